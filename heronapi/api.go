@@ -1,0 +1,66 @@
+// Package heronapi is a small client for the parts of the Heron Data API that the
+// Vault secrets engine uses. It has no Vault types: plain Go in, plain Go out.
+//
+// The backend is written against the names in this file; change them only together
+// with it. The implementation lives in client.go, limiter.go and errors.go.
+package heronapi
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Key is a Heron API key as the API describes it. Token is only ever set by CreateKey.
+type Key struct {
+	ID          string     `json:"heron_id"`
+	Name        string     `json:"name"`
+	Token       string     `json:"token,omitempty"`
+	TokenPrefix string     `json:"token_prefix"`
+	Created     time.Time  `json:"created"`
+	IsActive    bool       `json:"is_active"`
+	LastUsed    *time.Time `json:"last_used"`
+}
+
+// Config configures one Client (one Heron environment, one admin key).
+type Config struct {
+	BaseURL    string        // e.g. https://app.herondata.io ; trailing slash tolerated
+	APIKey     string        // sent as x-api-key; never logged
+	Timeout    time.Duration // per HTTP attempt; 0 -> 30s
+	MaxRetries int           // retries for 429, 5xx, transport errors (GET/PUT/DELETE); 0 = no retry
+	// Limiter is shared by every client of the same environment; nil -> unlimited.
+	Limiter *Limiter
+	// UserAgent, e.g. "vault-plugin-secrets-heron/v0.1.0". Requests whose context was
+	// marked with Background(ctx) send UserAgent + " (background)".
+	UserAgent string
+	Logger    hclog.Logger // nil -> hclog.NewNullLogger()
+	// RetryWaitMin/RetryWaitMax bound the capped exponential backoff (defaults 1s / 30s).
+	RetryWaitMin time.Duration
+	RetryWaitMax time.Duration
+}
+
+// Background marks ctx so that requests made with it carry the " (background)" User-Agent suffix.
+func Background(ctx context.Context) context.Context { return context.WithValue(ctx, bgKey{}, true) }
+
+// IsBackground reports whether ctx was marked by Background.
+func IsBackground(ctx context.Context) bool { v, _ := ctx.Value(bgKey{}).(bool); return v }
+
+type bgKey struct{}
+
+// API is what the backend needs from Heron; *Client implements it, tests may swap it.
+type API interface {
+	// CreateKey POSTs a new key. It never blindly re-sends the POST: a 429 is retried
+	// (not processed by Heron); after a 5xx or a transport error/lost response it lists
+	// the keys once, deletes any key with exactly this name (its token was lost), and
+	// then POSTs again, up to MaxRetries times.
+	CreateKey(ctx context.Context, name string) (*Key, error)
+	ListKeys(ctx context.Context) ([]Key, error)
+	DeactivateKey(ctx context.Context, id string) error
+	ActivateKey(ctx context.Context, id string) error
+	DeleteKey(ctx context.Context, id string) error
+	// Hello calls GET /api/hello_world/authenticated (nil on 200).
+	Hello(ctx context.Context) error
+}
+
+var _ API = (*Client)(nil)

@@ -1,0 +1,547 @@
+package heronapi
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hashicorp/go-cleanhttp"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+const (
+	defaultTimeout      = 30 * time.Second
+	defaultRetryWaitMin = time.Second
+	defaultRetryWaitMax = 30 * time.Second
+	defaultUserAgent    = "vault-plugin-secrets-heron"
+	backgroundSuffix    = " (background)"
+
+	// maxResponseBytes bounds what one answer may make us buffer; a list of every key
+	// of a user is far below this.
+	maxResponseBytes = 16 << 20
+	maxKeyNameRunes  = 128
+
+	keysPath  = "/api/credentials/keys"
+	helloPath = "/api/hello_world/authenticated"
+)
+
+var tokenRe = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
+
+// Client talks to one Heron environment with one admin key. It is safe for
+// concurrent use.
+type Client struct {
+	baseURL    string
+	apiKey     string
+	userAgent  string
+	logger     hclog.Logger
+	timeout    time.Duration
+	maxRetries int
+	http       *http.Client
+
+	// Two retry engines because the policies differ: GET/PUT/DELETE are idempotent,
+	// while a re-sent POST could create a second key whose token nobody would ever see.
+	rc       *retryablehttp.Client
+	rcCreate *retryablehttp.Client
+}
+
+// New validates cfg and builds a Client. Errors never echo the API key.
+func New(cfg Config) (*Client, error) {
+	if cfg.APIKey == "" {
+		return nil, errors.New("heron: API key is required")
+	}
+	for i := 0; i < len(cfg.APIKey); i++ {
+		// Checked here because net/http would only fail at send time, after the
+		// limiter has already spent a slot on a request that cannot go out.
+		if b := cfg.APIKey[i]; b <= ' ' || b > '~' {
+			return nil, errors.New("heron: API key contains characters not allowed in an HTTP header")
+		}
+	}
+	base, err := parseBaseURL(cfg.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+
+	c := &Client{
+		baseURL:    base,
+		apiKey:     cfg.APIKey,
+		userAgent:  cfg.UserAgent,
+		logger:     cfg.Logger,
+		timeout:    cfg.Timeout,
+		maxRetries: max(cfg.MaxRetries, 0),
+	}
+	if c.userAgent == "" {
+		c.userAgent = defaultUserAgent
+	}
+	if c.logger == nil {
+		c.logger = hclog.NewNullLogger()
+	}
+	if c.timeout <= 0 {
+		c.timeout = defaultTimeout
+	}
+	waitMin, waitMax := cfg.RetryWaitMin, cfg.RetryWaitMax
+	if waitMin <= 0 {
+		waitMin = defaultRetryWaitMin
+	}
+	if waitMax <= 0 {
+		waitMax = defaultRetryWaitMax
+	}
+	waitMax = max(waitMax, waitMin)
+
+	c.http = &http.Client{
+		// No http.Client.Timeout: it would also count the time spent queued in the
+		// limiter. The per-attempt timeout lives in attemptTransport instead.
+		Transport: &attemptTransport{
+			base:         cleanhttp.DefaultPooledTransport(),
+			limiter:      cfg.Limiter,
+			timeout:      c.timeout,
+			defaultPause: waitMin,
+		},
+		// Heron's API does not redirect. Following one would resend x-api-key, which
+		// net/http does not strip on cross-host redirects, to wherever it points.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	newRC := func(policy retryablehttp.CheckRetry) *retryablehttp.Client {
+		return &retryablehttp.Client{
+			HTTPClient:   c.http,
+			Logger:       retryLogger{c.logger},
+			RetryWaitMin: waitMin,
+			RetryWaitMax: waitMax,
+			RetryMax:     c.maxRetries,
+			CheckRetry:   policy,
+			Backoff:      backoff,
+			ErrorHandler: lastAttempt,
+		}
+	}
+	c.rc = newRC(c.retryPolicy)
+	c.rcCreate = newRC(c.createRetryPolicy)
+	return c, nil
+}
+
+func parseBaseURL(s string) (string, error) {
+	// url.Parse errors echo the input, which could carry credentials; keep ours generic.
+	u, err := url.Parse(strings.TrimSpace(s))
+	if err != nil {
+		return "", errors.New("heron: base URL is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("heron: base URL must use http or https, not %q", u.Scheme)
+	}
+	if u.Host == "" {
+		return "", errors.New("heron: base URL has no host")
+	}
+	if u.User != nil {
+		return "", errors.New("heron: base URL must not contain user information")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return "", errors.New("heron: base URL must not have a query or fragment")
+	}
+	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// CloseIdleConnections releases pooled connections, for when a Client is replaced
+// after a config change.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// createBudget is the number of extra POSTs CreateKey may still send, whether
+// re-sending after a 429 or after a lookup-and-delete recovery. Only the goroutine
+// running CreateKey touches it (CheckRetry runs inside Do), so it needs no lock.
+type createBudget struct{ left int }
+
+type createBudgetKey struct{}
+
+// CreateKey implements API.
+func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
+	if n := utf8.RuneCountInString(name); n < 1 || n > maxKeyNameRunes {
+		return nil, fmt.Errorf("heron: key name must be 1 to %d characters, got %d", maxKeyNameRunes, n)
+	}
+	body, err := json.Marshal(struct {
+		Name string `json:"name"`
+	}{name})
+	if err != nil {
+		return nil, fmt.Errorf("heron: encoding key name: %w", err)
+	}
+	budget := &createBudget{left: c.maxRetries}
+	pctx := context.WithValue(ctx, createBudgetKey{}, budget)
+	for {
+		key, out, err := c.createOnce(pctx, name, body)
+		switch out {
+		case createdOK:
+			return key, nil
+		case notCreated:
+			return nil, err
+		case maybeCreated:
+			return nil, fmt.Errorf("%w (a key named %q may exist)", err, name)
+		}
+		// lostResponse: Heron may have created the key, but its token is gone with
+		// the response. Delete it by name rather than leave a key nobody holds.
+		if budget.left <= 0 {
+			return nil, fmt.Errorf("heron: POST %s: no retries left (a key named %q may exist): %w",
+				keysPath, name, err)
+		}
+		budget.left--
+		c.logger.Warn("create key: the POST may have been processed; deleting any key with this name before sending it again",
+			"key_name", name, "error", err)
+		if lerr := c.deleteKeysNamed(ctx, name); lerr != nil {
+			return nil, fmt.Errorf("heron: POST %s failed (%w) and looking the key up by name failed, so a key named %q may exist: %w",
+				keysPath, err, name, lerr)
+		}
+	}
+}
+
+type createOutcome int
+
+const (
+	createdOK    createOutcome = iota
+	notCreated                 // Heron refused it or it never left: nothing to clean up
+	maybeCreated               // may exist, but recovery is not possible or would not help
+	lostResponse               // may exist; look it up by name, delete it, POST again
+)
+
+func (c *Client) createOnce(ctx context.Context, name string, body []byte) (*Key, createOutcome, error) {
+	status, respBody, err := c.roundTrip(ctx, c.rcCreate, http.MethodPost, keysPath, body)
+	if err != nil {
+		var apiErr *APIError
+		switch {
+		case errors.As(err, &apiErr):
+			if apiErr.StatusCode >= 500 {
+				return nil, lostResponse, err
+			}
+			return nil, notCreated, err
+		case errors.Is(err, ErrRateLimited), isPermanentTransportErr(err):
+			// The limiter refused before sending, or TLS failed before any byte of the body.
+			return nil, notCreated, err
+		case ctx.Err() != nil:
+			return nil, maybeCreated, err
+		default:
+			return nil, lostResponse, err
+		}
+	}
+	if status != http.StatusCreated {
+		return nil, maybeCreated, fmt.Errorf("heron: POST %s: unexpected status %d", keysPath, status)
+	}
+	var k Key
+	if err := json.Unmarshal(respBody, &k); err != nil {
+		// Created for sure, but the token is unreadable: as good as a lost response.
+		return nil, lostResponse, fmt.Errorf("heron: POST %s: decoding the answer: %w", keysPath, err)
+	}
+	if k.ID == "" || !tokenRe.MatchString(k.Token) {
+		// A key we cannot use: delete it now when we know its id, rather than
+		// leave it to the caller's write-ahead cleanup.
+		if k.ID != "" && c.DeleteKey(ctx, k.ID) == nil {
+			return nil, notCreated, fmt.Errorf("heron: POST %s: the answer has no valid token; deleted key %s again", keysPath, k.ID)
+		}
+		return nil, maybeCreated, fmt.Errorf("heron: POST %s: the answer has no valid heron_id or token", keysPath)
+	}
+	if k.TokenPrefix == "" {
+		k.TokenPrefix = k.Token[:8]
+	}
+	if k.Name == "" {
+		k.Name = name
+	}
+	c.logger.Debug("created key", "key_id", k.ID, "key_name", k.Name, "token_prefix", k.TokenPrefix)
+	return &k, createdOK, nil
+}
+
+// deleteKeysNamed removes keys left by a POST whose answer was lost. Names are
+// generated unique by the engine, so an exact match can only be that key.
+func (c *Client) deleteKeysNamed(ctx context.Context, name string) error {
+	keys, err := c.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Name != name {
+			continue
+		}
+		c.logger.Warn("create key: deleting the key created by an attempt whose answer was lost",
+			"key_name", name, "key_id", k.ID)
+		if err := c.DeleteKey(ctx, k.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListKeys implements API.
+func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
+	var out struct {
+		Keys []Key `json:"keys"`
+	}
+	if err := c.call(ctx, http.MethodGet, keysPath, &out, http.StatusOK); err != nil {
+		return nil, err
+	}
+	if out.Keys == nil {
+		out.Keys = []Key{}
+	}
+	return out.Keys, nil
+}
+
+// DeactivateKey implements API.
+func (c *Client) DeactivateKey(ctx context.Context, id string) error {
+	p, err := keyPath(id, "/deactivate")
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, http.MethodPut, p, nil, http.StatusOK)
+}
+
+// ActivateKey implements API.
+func (c *Client) ActivateKey(ctx context.Context, id string) error {
+	p, err := keyPath(id, "/activate")
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, http.MethodPut, p, nil, http.StatusOK)
+}
+
+// DeleteKey implements API.
+func (c *Client) DeleteKey(ctx context.Context, id string) error {
+	p, err := keyPath(id, "")
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, http.MethodDelete, p, nil, http.StatusNoContent, http.StatusOK)
+}
+
+// Hello implements API.
+func (c *Client) Hello(ctx context.Context) error {
+	return c.call(ctx, http.MethodGet, helloPath, nil, http.StatusOK)
+}
+
+func keyPath(id, suffix string) (string, error) {
+	// An empty id would turn "keys/{id}" into the collection itself.
+	if id == "" {
+		return "", errors.New("heron: key id is empty")
+	}
+	return keysPath + "/" + url.PathEscape(id) + suffix, nil
+}
+
+// call is one idempotent request with retries; out (if non-nil) receives the JSON answer.
+func (c *Client) call(ctx context.Context, method, path string, out any, ok ...int) error {
+	status, body, err := c.roundTrip(ctx, c.rc, method, path, nil)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(ok, status) {
+		return fmt.Errorf("heron: %s %s: unexpected status %d", method, path, status)
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("heron: %s %s: decoding the answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// roundTrip sends a request through rc (retries, limiter, per-attempt timeout) and
+// reads the whole answer. A non-2xx answer comes back as *APIError.
+func (c *Client) roundTrip(ctx context.Context, rc *retryablehttp.Client, method, path string, body []byte) (int, []byte, error) {
+	var raw any
+	if body != nil {
+		raw = body
+	}
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, c.baseURL+path, raw)
+	if err != nil {
+		return 0, nil, fmt.Errorf("heron: %s %s: %w", method, path, err)
+	}
+	req.Header.Set("x-api-key", c.apiKey)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	ua := c.userAgent
+	if IsBackground(ctx) {
+		ua += backgroundSuffix
+	}
+	req.Header.Set("User-Agent", ua)
+
+	resp, err := rc.Do(req)
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %s: %w", c.timeout, err)
+		}
+		return 0, nil, fmt.Errorf("heron: %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("heron: %s %s: reading the answer: %w", method, path, err)
+	}
+	if len(data) > maxResponseBytes {
+		return 0, nil, fmt.Errorf("heron: %s %s: answer larger than %d bytes", method, path, maxResponseBytes)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return 0, nil, newAPIError(method, path, resp, data, c.apiKey)
+	}
+	return resp.StatusCode, data, nil
+}
+
+// retryPolicy is for GET/PUT/DELETE: retry 429, 5xx and transport failures.
+func (c *Client) retryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return false, nil
+	}
+	if err != nil {
+		return !errors.Is(err, ErrRateLimited) && !isPermanentTransportErr(err), nil
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return retryAfterFits(ctx, resp), nil
+	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
+		return true, nil
+	}
+	return false, nil
+}
+
+// createRetryPolicy is for the key-creating POST: only a 429 is re-sent here, since
+// Heron did not process it. Anything else that may have reached Heron goes back to
+// CreateKey, which looks the key up before sending again.
+func (c *Client) createRetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil || err != nil || resp.StatusCode != http.StatusTooManyRequests || !retryAfterFits(ctx, resp) {
+		return false, nil
+	}
+	b, _ := ctx.Value(createBudgetKey{}).(*createBudget)
+	if b == nil || b.left <= 0 {
+		return false, nil
+	}
+	b.left--
+	return true, nil
+}
+
+// retryAfterFits reports whether waiting out Retry-After still leaves time before
+// ctx's deadline; if not, answering "rate limited" now beats timing out later.
+func retryAfterFits(ctx context.Context, resp *http.Response) bool {
+	ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	if !ok {
+		return true
+	}
+	dl, has := ctx.Deadline()
+	return !has || !time.Now().Add(ra).After(dl)
+}
+
+// isPermanentTransportErr spots failures that happen before the request leaves and
+// will not heal by retrying (certificate problems).
+func isPermanentTransportErr(err error) bool {
+	var (
+		verr *tls.CertificateVerificationError
+		uerr x509.UnknownAuthorityError
+		herr x509.HostnameError
+		cerr x509.CertificateInvalidError
+	)
+	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &cerr)
+}
+
+// backoff is capped exponential backoff with equal jitter: half of each step is kept
+// so the waits still grow as Heron asks (1s, 2s, 4s…), the other half is random so
+// clients that failed together do not retry together. It never undercuts Retry-After.
+func backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
+	d := minWait
+	for i := 0; i < attempt && d < maxWait; i++ {
+		d *= 2
+	}
+	d = min(d, maxWait)
+	if half := d / 2; half > 0 {
+		d = half + rand.N(half+1)
+	}
+	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
+		if ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok && ra > d {
+			d = ra
+		}
+	}
+	return d
+}
+
+// lastAttempt hands the final answer back to roundTrip so a status can become an
+// APIError (retryablehttp's default would discard it for a generic error).
+func lastAttempt(resp *http.Response, err error, tries int) (*http.Response, error) {
+	if err == nil {
+		return resp, nil
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	// url.Error repeats the method and full URL that our own prefix already names.
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	if tries > 1 {
+		err = fmt.Errorf("giving up after %d attempts: %w", tries, err)
+	}
+	return nil, err
+}
+
+// retryLogger adapts hclog to retryablehttp. retryablehttp calls every failed attempt
+// an error even when it goes on to retry; the caller gets the final outcome, so
+// per-attempt chatter is kept at debug level. retryablehttp never logs headers.
+type retryLogger struct{ l hclog.Logger }
+
+func (r retryLogger) Error(msg string, kv ...any) { r.l.Debug(msg, kv...) }
+func (r retryLogger) Info(msg string, kv ...any)  { r.l.Debug(msg, kv...) }
+func (r retryLogger) Debug(msg string, kv ...any) { r.l.Debug(msg, kv...) }
+func (r retryLogger) Warn(msg string, kv ...any)  { r.l.Debug(msg, kv...) }
+
+// attemptTransport wraps every single HTTP attempt, retries included, because each
+// attempt is a request Heron counts against the environment's budget.
+type attemptTransport struct {
+	base         http.RoundTripper
+	limiter      *Limiter
+	timeout      time.Duration
+	defaultPause time.Duration // for a 429 without Retry-After
+}
+
+func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.limiter != nil {
+		if err := t.limiter.Wait(req.Context()); err != nil {
+			if req.Body != nil {
+				req.Body.Close()
+			}
+			return nil, err
+		}
+	}
+	// The timeout starts after the limiter let us through: queueing for budget is
+	// bounded by the caller's context, not by the per-request timeout.
+	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if t.limiter != nil {
+		t.limiter.Observe(resp.Header)
+		if resp.StatusCode == http.StatusTooManyRequests {
+			d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+			if !ok {
+				d = t.defaultPause
+			}
+			t.limiter.PauseFor(d)
+		}
+	}
+	// The timeout must also cover reading the body, so it ends when the body is closed.
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}

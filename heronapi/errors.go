@@ -1,0 +1,141 @@
+package heronapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+var (
+	// ErrNotFound matches a 404: the key is already gone, which revocation treats as success.
+	ErrNotFound = errors.New("heron: not found")
+	// ErrUnauthorized matches a 401: the admin key is missing, unknown, deleted or deactivated.
+	ErrUnauthorized = errors.New("heron: unauthorized")
+	// ErrRateLimited matches a 429 that outlived the retries, and a Limiter that could not
+	// grant a request slot before the context's deadline.
+	ErrRateLimited = errors.New("heron: rate limited")
+)
+
+// APIError is any non-2xx answer from Heron.
+type APIError struct {
+	Method      string
+	Path        string // relative to the base URL; ids only, never the API key
+	StatusCode  int
+	Name        string        // Heron's "name", e.g. "Not Found"
+	Description string        // Heron's "description"; an object is kept as compact JSON
+	RetryAfter  time.Duration // from Retry-After on 429/503, 0 otherwise
+}
+
+func (e *APIError) Error() string {
+	name := e.Name
+	if name == "" {
+		name = http.StatusText(e.StatusCode)
+	}
+	s := fmt.Sprintf("heron: %s %s: %d %s", e.Method, e.Path, e.StatusCode, name)
+	if e.Description != "" && e.Description != name {
+		s += ": " + e.Description
+	}
+	return s
+}
+
+// Is lets callers test the status with errors.Is instead of type-asserting.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.StatusCode == http.StatusNotFound
+	case ErrUnauthorized:
+		return e.StatusCode == http.StatusUnauthorized
+	case ErrRateLimited:
+		return e.StatusCode == http.StatusTooManyRequests
+	}
+	return false
+}
+
+// maxErrorText bounds what a non-JSON error body (a proxy's HTML page, say) can add
+// to an error string that ends up in Vault's answers and logs.
+const maxErrorText = 256
+
+// newAPIError builds an APIError from a non-2xx response. secret is scrubbed from
+// whatever Heron (or a proxy in front of it) echoed back, so the key cannot leak
+// through an error string even if the server misbehaves.
+func newAPIError(method, path string, resp *http.Response, body []byte, secret string) *APIError {
+	e := &APIError{Method: method, Path: path, StatusCode: resp.StatusCode}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		e.RetryAfter, _ = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	var eb struct {
+		Name        string          `json:"name"`
+		Description json.RawMessage `json:"description"`
+	}
+	if err := json.Unmarshal(body, &eb); err == nil {
+		e.Name = eb.Name
+		e.Description = describe(eb.Description)
+	} else if text := strings.TrimSpace(string(body)); text != "" {
+		e.Description = truncate(text, maxErrorText)
+	}
+	if secret != "" {
+		e.Name = strings.ReplaceAll(e.Name, secret, "[redacted]")
+		e.Description = strings.ReplaceAll(e.Description, secret, "[redacted]")
+	}
+	return e
+}
+
+// describe turns Heron's description into one line: a string as is, a 422's
+// field-error object as compact JSON so nothing of it is lost.
+func describe(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return truncate(string(raw), maxErrorText)
+	}
+	return buf.String()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
+}
+
+// parseRetryAfter reads both forms RFC 9110 allows (delay-seconds and HTTP-date).
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		// Clamp so a hostile or broken header cannot overflow time.Duration.
+		if secs > int64(24*time.Hour/time.Second) {
+			secs = int64(24 * time.Hour / time.Second)
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d, true
+		}
+		return 0, true
+	}
+	return 0, false
+}

@@ -1,0 +1,96 @@
+package heronapi
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestSecretsNeverLeak drives every failure path with a logger at its most verbose
+// and checks that neither the API key nor a created token shows up anywhere.
+func TestSecretsNeverLeak(t *testing.T) {
+	t.Parallel()
+	logger, logs := bufLogger()
+	var errs []error
+	collect := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	mod := func(c *Config) { c.Logger = logger; c.MaxRetries = 1 }
+
+	// A server that echoes the key back in its errors, as a broken proxy might.
+	echo := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		heronError(w, 401, "unknown key "+r.Header.Get("x-api-key"))
+	})
+	c := newTestClient(t, echo.URL(), mod)
+	_, err := c.ListKeys(context.Background())
+	collect(err)
+	mustAPIError(t, err, 401)
+	_, err = c.CreateKey(context.Background(), "n")
+	collect(err)
+	echoText := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		w.WriteHeader(500)
+		_, _ = w.Write([]byte("bad key " + r.Header.Get("x-api-key")))
+	})
+	collect(newTestClient(t, echoText.URL(), mod).Hello(context.Background()))
+
+	// Lost responses, the recovery, a failed recovery, and a successful create.
+	var posts atomic.Int32
+	recov := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		switch r.Method {
+		case "POST":
+			if posts.Add(1)%2 == 1 {
+				hangUp(t, w)
+				return
+			}
+			writeJSON(w, 201, createdKey("k2", postedName(r), testToken))
+		case "GET":
+			if posts.Load() > 2 {
+				heronError(w, 500, "down")
+				return
+			}
+			writeJSON(w, 200, map[string]any{"keys": []any{listed("k1", "n")}})
+		case "DELETE":
+			w.WriteHeader(204)
+		}
+	})
+	c = newTestClient(t, recov.URL(), mod)
+	k, err := c.CreateKey(context.Background(), "n")
+	noErr(t, err)
+	if k.Token != testToken {
+		t.Fatal("token not returned")
+	}
+	_, err = c.CreateKey(context.Background(), "n")
+	collect(err)
+
+	// Transport errors and limiter refusals.
+	dead := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {})
+	dead.srv.Close()
+	collect(newTestClient(t, dead.URL(), mod).DeleteKey(context.Background(), "k"))
+	l := NewLimiter(1)
+	l.PauseFor(time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	collect(newTestClient(t, recov.URL(), func(c *Config) { mod(c); c.Limiter = l }).DeactivateKey(ctx, "k"))
+
+	// Bad config.
+	_, err = New(Config{BaseURL: "ftp://x", APIKey: testKey})
+	collect(err)
+	_, err = New(Config{BaseURL: "https://x", APIKey: testKey + " "})
+	collect(err)
+
+	if len(errs) != 8 {
+		t.Fatalf("expected 8 errors, got %d: %v", len(errs), errs)
+	}
+	for _, err := range errs {
+		assertNoSecret(t, "error", err.Error())
+	}
+	out := logs.String()
+	if out == "" {
+		t.Fatal("nothing was logged; the log check would be vacuous")
+	}
+	assertNoSecret(t, "logs", out)
+}

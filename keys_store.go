@@ -1,0 +1,142 @@
+package heron
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Storage layout of the keys the engine tracks:
+//
+//	keys/<key_id>               trackedKey: every key issued and not yet deleted
+//	role-keys/<role>/<key_id>   empty marker while the key is active, so that
+//	                            max_active_keys counts one role without reading all keys
+const (
+	keyStoragePrefix     = "keys/"
+	roleKeyStoragePrefix = "role-keys/"
+
+	keyStateActive      = "active"
+	keyStateDeactivated = "deactivated"
+)
+
+// trackedKey is the engine's record of one Heron key it issued. It never holds
+// the token: only ids and names, and the bookkeeping that tells a lease that
+// ran out (deactivate) from one that was revoked (delete).
+type trackedKey struct {
+	KeyID       string `json:"key_id"`
+	KeyName     string `json:"key_name"`
+	TokenPrefix string `json:"token_prefix"`
+	Environment string `json:"environment"`
+	Role        string `json:"role"`
+	State       string `json:"state"`
+
+	Issued time.Time `json:"issued"`
+	// Expires is when Vault will expire the lease, computed as Vault computes
+	// it (CalculateTTL with the mount's limits) and moved on every renewal.
+	Expires time.Time `json:"expires"`
+	// ExpiredKeyRetention is the role's retention at issuance, used if the
+	// role is gone by the time the lease expires.
+	ExpiredKeyRetention time.Duration `json:"expired_key_retention"`
+
+	DeactivatedAt time.Time `json:"deactivated_at,omitempty"`
+	DeleteAfter   time.Time `json:"delete_after,omitempty"`
+}
+
+// getTrackedKey returns the record of id, or (nil, nil) when it is not tracked.
+func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
+	entry, err := s.Get(ctx, keyStoragePrefix+id)
+	if err != nil {
+		return nil, fmt.Errorf("reading key record %s: %w", id, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	k := new(trackedKey)
+	if err := entry.DecodeJSON(k); err != nil {
+		return nil, fmt.Errorf("decoding key record %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// putTrackedKey stores k and keeps the role's active index in step with its state.
+func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
+	entry, err := logical.StorageEntryJSON(keyStoragePrefix+k.KeyID, k)
+	if err != nil {
+		return fmt.Errorf("encoding key record %s: %w", k.KeyID, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("storing key record %s: %w", k.KeyID, err)
+	}
+	idx := roleKeyStoragePrefix + k.Role + "/" + k.KeyID
+	if k.State == keyStateActive {
+		err = s.Put(ctx, &logical.StorageEntry{Key: idx})
+	} else {
+		err = s.Delete(ctx, idx)
+	}
+	if err != nil {
+		return fmt.Errorf("updating active index of key %s: %w", k.KeyID, err)
+	}
+	return nil
+}
+
+// deleteTrackedKey forgets k (its Heron key is gone).
+func deleteTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
+	if err := s.Delete(ctx, roleKeyStoragePrefix+k.Role+"/"+k.KeyID); err != nil {
+		return fmt.Errorf("deleting active index of key %s: %w", k.KeyID, err)
+	}
+	if err := s.Delete(ctx, keyStoragePrefix+k.KeyID); err != nil {
+		return fmt.Errorf("deleting key record %s: %w", k.KeyID, err)
+	}
+	return nil
+}
+
+// listTrackedKeys returns every tracked key.
+func listTrackedKeys(ctx context.Context, s logical.Storage) ([]*trackedKey, error) {
+	ids, err := s.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing key records: %w", err)
+	}
+	keys := make([]*trackedKey, 0, len(ids))
+	for _, id := range ids {
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			return nil, err
+		}
+		if k != nil {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+// countKeys counts the tracked keys that match.
+func countKeys(ctx context.Context, s logical.Storage, match func(*trackedKey) bool) (int, error) {
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if match(k) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// countActiveForRole counts the role's active keys from its index.
+func countActiveForRole(ctx context.Context, s logical.Storage, role string) (int, error) {
+	ids, err := s.List(ctx, roleKeyStoragePrefix+role+"/")
+	if err != nil {
+		return 0, fmt.Errorf("listing active keys of role %q: %w", role, err)
+	}
+	return len(ids), nil
+}
+
+// roleLock is the lock that serialises issuance and writes of a role.
+func (b *heronBackend) roleLock(role string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.roleLocks, role)
+}

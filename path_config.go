@@ -1,0 +1,536 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+const (
+	configStoragePrefix = "config/"
+
+	defaultBaseURL            = "https://app.herondata.io"
+	defaultRequestTimeout     = 30 * time.Second
+	defaultMaxRetries         = 4
+	defaultRateLimitPerMinute = 250
+	defaultOldKeyRetention    = 24 * time.Hour
+
+	maxRequestTimeout     = 5 * time.Minute
+	maxMaxRetries         = 20
+	maxRateLimitPerMinute = 100000
+	minRotationPeriod     = time.Minute
+)
+
+// environmentPattern takes any single path segment so that a bad name gets a
+// 400 naming the rule instead of Vault's "unsupported path".
+const environmentPattern = `(?P<environment>[^/]+)`
+
+var (
+	environmentRegex = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+	apiKeyRegex      = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
+
+	errConfigNotFound = errors.New("no config for Heron environment")
+)
+
+// heronConfig is one Heron environment: the admin key the engine manages keys
+// with, and how it talks to Heron.
+type heronConfig struct {
+	Environment        string        `json:"environment"`
+	AdminAPIKey        string        `json:"admin_api_key"`
+	AdminKeyID         string        `json:"admin_key_id"`
+	BaseURL            string        `json:"base_url"`
+	RequestTimeout     time.Duration `json:"request_timeout"`
+	MaxRetries         int           `json:"max_retries"`
+	RateLimitPerMinute int           `json:"rate_limit_per_minute"`
+	Verify             bool          `json:"verify"`
+	OldKeyRetention    time.Duration `json:"old_key_retention"`
+	RotationPeriod     time.Duration `json:"rotation_period"`
+	LastRotated        time.Time     `json:"last_rotated"`
+	// KeySetAt is when the current admin key was stored (by hand or by
+	// rotation); scheduled rotation counts rotation_period from it.
+	KeySetAt time.Time `json:"key_set_at"`
+	// RetiredKeys are rotated-out admin keys still to deactivate or delete.
+	// They live in the config entry so that switching to the new key and
+	// remembering the old one is a single atomic write.
+	RetiredKeys []retiredAdminKey `json:"retired_keys,omitempty"`
+}
+
+// retiredAdminKey is an admin key replaced by rotation (ids only, never the token).
+type retiredAdminKey struct {
+	KeyID       string    `json:"key_id"`
+	TokenPrefix string    `json:"token_prefix"`
+	RetiredAt   time.Time `json:"retired_at"`
+	Deactivated bool      `json:"deactivated"`
+	DeleteAfter time.Time `json:"delete_after"`
+}
+
+// validate checks every field and names the first one that is wrong.
+func (c *heronConfig) validate() error {
+	if !environmentRegex.MatchString(c.Environment) {
+		return fmt.Errorf("environment %q is invalid: it must match [a-z0-9-]{1,64}", c.Environment)
+	}
+	if c.AdminAPIKey == "" {
+		return errors.New("admin_api_key is required")
+	}
+	if !apiKeyRegex.MatchString(c.AdminAPIKey) {
+		// Never echo the value: it may be a real secret with a typo.
+		return errors.New("admin_api_key is malformed: it must be \"key_\" followed by 48 lowercase hex characters")
+	}
+	if err := validateBaseURL(c.BaseURL); err != nil {
+		return err
+	}
+	if c.RequestTimeout < time.Second || c.RequestTimeout > maxRequestTimeout {
+		return fmt.Errorf("request_timeout must be between 1s and %s, got %s", maxRequestTimeout, c.RequestTimeout)
+	}
+	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
+		return fmt.Errorf("max_retries must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
+	}
+	if c.RateLimitPerMinute < 1 || c.RateLimitPerMinute > maxRateLimitPerMinute {
+		return fmt.Errorf("rate_limit_per_minute must be between 1 and %d, got %d", maxRateLimitPerMinute, c.RateLimitPerMinute)
+	}
+	if c.OldKeyRetention < 0 {
+		return fmt.Errorf("old_key_retention must not be negative, got %s", c.OldKeyRetention)
+	}
+	if c.RotationPeriod < 0 || (c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod) {
+		return fmt.Errorf("rotation_period must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
+	}
+	return nil
+}
+
+// validateBaseURL accepts an absolute http(s) URL without query or fragment.
+func validateBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("base_url is not a valid URL: %v", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("base_url must use http or https, got %q", raw)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("base_url must include a host, got %q", raw)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("base_url must not carry credentials, a query or a fragment, got %q", u.Redacted())
+	}
+	return nil
+}
+
+// keyPrefix is the part of a key that Heron shows in its dashboard.
+func keyPrefix(key string) string {
+	if len(key) < 8 {
+		return ""
+	}
+	return key[:8]
+}
+
+func pathConfig(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "config/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "configurations",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathConfigList,
+					Summary:  "List the configured Heron environments.",
+				},
+			},
+			HelpSynopsis:    pathConfigListHelpSyn,
+			HelpDescription: pathConfigListHelpDesc,
+		},
+		{
+			Pattern: "config/" + environmentPattern + "$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "configuration",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"environment": {
+					Type:        framework.TypeString,
+					Description: "Name of the Heron environment ([a-z0-9-]{1,64}), e.g. development or production.",
+					Required:    true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Environment",
+					},
+				},
+				"admin_api_key": {
+					Type:        framework.TypeString,
+					Description: "Heron API key (key_ + 48 hex) able to manage the environment's keys. Never returned.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name:      "Admin API key",
+						Sensitive: true,
+					},
+				},
+				"base_url": {
+					Type:        framework.TypeString,
+					Description: "Heron API base URL.",
+					Default:     defaultBaseURL,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Base URL",
+					},
+				},
+				"request_timeout": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Timeout of each upstream request (1s to 5m).",
+					Default:     int(defaultRequestTimeout.Seconds()),
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Request timeout",
+					},
+				},
+				"max_retries": {
+					Type:        framework.TypeInt,
+					Description: "Retries (0 to 20) on 429, 5xx and transport errors.",
+					Default:     defaultMaxRetries,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Max retries",
+					},
+				},
+				"rate_limit_per_minute": {
+					Type:        framework.TypeInt,
+					Description: "Requests per minute (1 to 100000) this engine may send to the environment; Heron's whole budget is shared with your own traffic.",
+					Default:     defaultRateLimitPerMinute,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Rate limit per minute",
+					},
+				},
+				"verify": {
+					Type:        framework.TypeBool,
+					Description: "Check the admin key against Heron (GET /api/credentials/keys) before saving.",
+					Default:     true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Verify",
+					},
+				},
+				"old_key_retention": {
+					Type:        framework.TypeDurationSecond,
+					Description: "How long a rotated-out admin key stays deactivated before it is deleted.",
+					Default:     int(defaultOldKeyRetention.Seconds()),
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Old key retention",
+					},
+				},
+				"rotation_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Rotate the admin key automatically this often (0 = off, else at least 1m).",
+					Default:     0,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Rotation period",
+					},
+				},
+			},
+			ExistenceCheck: b.pathConfigExistenceCheck,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathConfigRead,
+					Summary:  "Read an environment's configuration (never the admin key).",
+				},
+				logical.CreateOperation: &framework.PathOperation{
+					Callback: b.pathConfigWrite,
+					Summary:  "Configure a Heron environment.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathConfigWrite,
+					Summary:  "Update a Heron environment's configuration.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback: b.pathConfigDelete,
+					Summary:  "Delete a Heron environment's configuration.",
+				},
+			},
+			HelpSynopsis:    pathConfigHelpSyn,
+			HelpDescription: pathConfigHelpDesc,
+		},
+		pathConfigRotate(b),
+	}
+}
+
+// getConfig returns the stored config of env, or (nil, nil) when there is none.
+func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig, error) {
+	entry, err := s.Get(ctx, configStoragePrefix+env)
+	if err != nil {
+		return nil, fmt.Errorf("reading config %q: %w", env, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	cfg := new(heronConfig)
+	if err := entry.DecodeJSON(cfg); err != nil {
+		return nil, fmt.Errorf("decoding config %q: %w", env, err)
+	}
+	return cfg, nil
+}
+
+// putConfig stores cfg.
+func putConfig(ctx context.Context, s logical.Storage, cfg *heronConfig) error {
+	entry, err := logical.StorageEntryJSON(configStoragePrefix+cfg.Environment, cfg)
+	if err != nil {
+		return fmt.Errorf("encoding config %q: %w", cfg.Environment, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("storing config %q: %w", cfg.Environment, err)
+	}
+	return nil
+}
+
+// configLock is the lock that serialises writes and rotation of env.
+func (b *heronBackend) configLock(env string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.configLocks, env)
+}
+
+func (b *heronBackend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	cfg, err := getConfig(ctx, req.Storage, d.Get("environment").(string))
+	if err != nil {
+		return false, err
+	}
+	return cfg != nil, nil
+}
+
+// pathConfigList handles LIST config/.
+func (b *heronBackend) pathConfigList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	envs, err := req.Storage.List(ctx, configStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing configs: %w", err)
+	}
+	return logical.ListResponse(envs), nil
+}
+
+// pathConfigRead handles READ config/<environment>.
+func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	env := d.Get("environment").(string)
+	cfg, err := getConfig(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return nil, nil
+	}
+	lastRotated := ""
+	if !cfg.LastRotated.IsZero() {
+		lastRotated = cfg.LastRotated.UTC().Format(time.RFC3339)
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"environment":           cfg.Environment,
+		"base_url":              cfg.BaseURL,
+		"request_timeout":       int64(cfg.RequestTimeout.Seconds()),
+		"max_retries":           cfg.MaxRetries,
+		"rate_limit_per_minute": cfg.RateLimitPerMinute,
+		"verify":                cfg.Verify,
+		"old_key_retention":     int64(cfg.OldKeyRetention.Seconds()),
+		"rotation_period":       int64(cfg.RotationPeriod.Seconds()),
+		"admin_key_prefix":      keyPrefix(cfg.AdminAPIKey),
+		"admin_key_id":          cfg.AdminKeyID,
+		"last_rotated":          lastRotated,
+	}}, nil
+}
+
+// pathConfigWrite handles CREATE and UPDATE config/<environment>.
+func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	env := d.Get("environment").(string)
+	if !environmentRegex.MatchString(env) {
+		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
+	}
+
+	lock := b.configLock(env)
+	lock.Lock()
+	defer lock.Unlock()
+
+	cfg, err := getConfig(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		if req.Operation == logical.UpdateOperation {
+			// Update on a missing entry only happens without an existence check
+			// (e.g. a raw API call racing a delete): treat it as create.
+			req.Operation = logical.CreateOperation
+		}
+		cfg = &heronConfig{Environment: env}
+	}
+	create := req.Operation == logical.CreateOperation
+
+	if v, ok := d.GetOk("admin_api_key"); ok {
+		newKey := strings.TrimSpace(v.(string))
+		if newKey != cfg.AdminAPIKey {
+			cfg.AdminAPIKey = newKey
+			// A hand-set key has an unknown Heron id until verify finds it.
+			cfg.AdminKeyID = ""
+			cfg.KeySetAt = b.now()
+		}
+	} else if create {
+		return logical.ErrorResponse("admin_api_key is required"), nil
+	}
+
+	stringField(d, "base_url", create, &cfg.BaseURL)
+	cfg.BaseURL = strings.TrimRight(strings.TrimSpace(cfg.BaseURL), "/")
+	durationField(d, "request_timeout", create, &cfg.RequestTimeout)
+	intField(d, "max_retries", create, &cfg.MaxRetries)
+	intField(d, "rate_limit_per_minute", create, &cfg.RateLimitPerMinute)
+	boolField(d, "verify", create, &cfg.Verify)
+	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
+	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
+
+	if err := cfg.validate(); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+
+	var warnings []string
+	if cfg.Verify {
+		id, warning, err := b.verifyAdminKey(ctx, cfg)
+		if err != nil {
+			return logical.ErrorResponse("verify: Heron refused the admin key for config %q: %v", env, err), nil
+		}
+		if id != "" {
+			cfg.AdminKeyID = id
+		}
+		if warning != "" {
+			warnings = append(warnings, warning)
+		}
+	}
+
+	if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		return nil, err
+	}
+	b.resetClient(env)
+
+	if len(warnings) == 0 {
+		return nil, nil
+	}
+	return &logical.Response{Warnings: warnings}, nil
+}
+
+// verifyAdminKey lists the environment's keys with cfg's admin key, which both
+// proves the key can manage keys and, when its prefix is unambiguous, tells us
+// its Heron id (needed to deactivate it after a rotation).
+func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) (string, string, error) {
+	c, err := b.newClient(cfg)
+	if err != nil {
+		return "", "", err
+	}
+	keys, err := c.ListKeys(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	if cfg.AdminKeyID != "" {
+		return cfg.AdminKeyID, "", nil
+	}
+	id, err := findKeyIDByPrefix(keys, keyPrefix(cfg.AdminAPIKey))
+	if err != nil {
+		return "", fmt.Sprintf("admin_key_id unknown: %v; rotation will not be able to deactivate this key until it is known", err), nil
+	}
+	return id, "", nil
+}
+
+// findKeyIDByPrefix returns the id of the single active key with prefix.
+func findKeyIDByPrefix(keys []heronapi.Key, prefix string) (string, error) {
+	var ids []string
+	for _, k := range keys {
+		if k.TokenPrefix == prefix && k.IsActive {
+			ids = append(ids, k.ID)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return "", fmt.Errorf("no active key with prefix %s in Heron's list", prefix)
+	case 1:
+		return ids[0], nil
+	default:
+		sort.Strings(ids)
+		return "", fmt.Errorf("%d active keys share the prefix %s (%s)", len(ids), prefix, strings.Join(ids, ", "))
+	}
+}
+
+// pathConfigDelete handles DELETE config/<environment>.
+func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	env := d.Get("environment").(string)
+
+	lock := b.configLock(env)
+	lock.Lock()
+	defer lock.Unlock()
+
+	roles, err := rolesUsingEnvironment(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	if len(roles) > 0 {
+		return logical.ErrorResponse("config %q is used by roles %s: delete or move those roles first", env, strings.Join(roles, ", ")), nil
+	}
+	// Without the admin key no lease of this environment could be revoked, so
+	// keys with live leases would be orphaned in Heron.
+	active, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {
+		return k.Environment == env && k.State == keyStateActive
+	})
+	if err != nil {
+		return nil, err
+	}
+	if active > 0 {
+		return logical.ErrorResponse("config %q still has %d active keys with live leases: revoke them first (vault lease revoke -prefix)", env, active), nil
+	}
+
+	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {
+		return nil, fmt.Errorf("deleting config %q: %w", env, err)
+	}
+	b.resetClient(env)
+	return nil, nil
+}
+
+// The field helpers apply a value when it was given, or the schema default on
+// create, so that an update only changes what the caller sent.
+func stringField(d *framework.FieldData, name string, create bool, dst *string) {
+	if v, ok := d.GetOk(name); ok {
+		*dst = v.(string)
+	} else if create {
+		*dst = d.GetDefaultOrZero(name).(string)
+	}
+}
+
+func intField(d *framework.FieldData, name string, create bool, dst *int) {
+	if v, ok := d.GetOk(name); ok {
+		*dst = v.(int)
+	} else if create {
+		*dst = d.GetDefaultOrZero(name).(int)
+	}
+}
+
+func boolField(d *framework.FieldData, name string, create bool, dst *bool) {
+	if v, ok := d.GetOk(name); ok {
+		*dst = v.(bool)
+	} else if create {
+		*dst = d.GetDefaultOrZero(name).(bool)
+	}
+}
+
+func durationField(d *framework.FieldData, name string, create bool, dst *time.Duration) {
+	if v, ok := d.GetOk(name); ok {
+		*dst = time.Duration(v.(int)) * time.Second
+	} else if create {
+		*dst = time.Duration(d.GetDefaultOrZero(name).(int)) * time.Second
+	}
+}
+
+const operationPrefixHeron = "heron"
+
+const pathConfigListHelpSyn = `List the configured Heron environments.`
+
+const pathConfigListHelpDesc = `Lists the environments that have an admin key configured.`
+
+const pathConfigHelpSyn = `Configure the admin key and connection settings of one Heron environment.`
+
+const pathConfigHelpDesc = `
+Each Heron environment (development, production, ...) has its own admin key:
+Heron separates environments at the credential level. The admin key must be
+able to create, list, deactivate and delete keys; it is checked against Heron
+on write (unless verify=false) and is never returned by a read.
+`

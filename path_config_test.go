@@ -1,0 +1,144 @@
+package heron
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
+
+func TestConfig_Validation(t *testing.T) {
+	e := getTestBackend(t)
+	good := func() map[string]interface{} {
+		return map[string]interface{}{"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL}
+	}
+	with := func(k string, v interface{}) map[string]interface{} {
+		d := good()
+		if v == nil {
+			delete(d, k)
+		} else {
+			d[k] = v
+		}
+		return d
+	}
+	cases := []struct {
+		name string
+		env  string
+		data map[string]interface{}
+		want string
+	}{
+		{"missing admin key", "development", with("admin_api_key", nil), "admin_api_key is required"},
+		{"short admin key", "development", with("admin_api_key", "key_abc"), "admin_api_key is malformed"},
+		{"uppercase admin key", "development", with("admin_api_key", "key_"+strings.Repeat("A", 48)), "admin_api_key is malformed"},
+		{"admin key without prefix", "development", with("admin_api_key", strings.Repeat("a", 52)), "admin_api_key is malformed"},
+		{"uppercase environment", "Dev", good(), "environment \"Dev\" is invalid"},
+		{"environment too long", strings.Repeat("a", 65), good(), "environment"},
+		{"environment with underscore", "dev_1", good(), "[a-z0-9-]{1,64}"},
+		{"base_url scheme", "development", with("base_url", "ftp://example.com"), "base_url must use http or https"},
+		{"base_url no host", "development", with("base_url", "http://"), "base_url must include a host"},
+		{"base_url garbage", "development", with("base_url", "::nope"), "base_url"},
+		{"base_url query", "development", with("base_url", "http://x/?a=b"), "base_url must not carry"},
+		{"request_timeout zero", "development", with("request_timeout", "0s"), "request_timeout must be between"},
+		{"request_timeout huge", "development", with("request_timeout", "1h"), "request_timeout must be between"},
+		{"request_timeout text", "development", with("request_timeout", "soon"), "request_timeout"},
+		{"max_retries negative", "development", with("max_retries", -1), "max_retries must be between 0 and 20"},
+		{"max_retries too many", "development", with("max_retries", 21), "max_retries must be between 0 and 20"},
+		{"rate limit zero", "development", with("rate_limit_per_minute", 0), "rate_limit_per_minute must be between 1 and 100000"},
+		{"rate limit huge", "development", with("rate_limit_per_minute", 100001), "rate_limit_per_minute must be between 1 and 100000"},
+		{"old_key_retention negative", "development", with("old_key_retention", -5), "old_key_retention"},
+		{"rotation_period too short", "development", with("rotation_period", "10s"), "rotation_period must be 0 (off) or at least"},
+		{"rotation_period negative", "development", with("rotation_period", -60), "rotation_period"},
+		{"verify fails: key unknown to Heron", "development", with("admin_api_key", herontest.NewKeyToken()), "verify: Heron refused the admin key"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e.badRequest(logical.CreateOperation, "config/"+tc.env, tc.data, tc.want)
+		})
+	}
+	resp, err := e.do(logical.ListOperation, "config/", nil)
+	require.NoError(t, err)
+	require.Empty(t, resp.Data["keys"], "no invalid config may have been stored")
+}
+
+func TestConfig_CRUD(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key":         e.adminKey["development"],
+		"base_url":              e.srv.URL + "/",
+		"request_timeout":       "90s",
+		"rate_limit_per_minute": 120,
+	})
+
+	resp := e.ok(logical.ReadOperation, "config/development", nil)
+	adminRec, ok := e.srv.KeyByToken(e.adminKey["development"])
+	require.True(t, ok)
+	require.Equal(t, map[string]interface{}{
+		"environment":           "development",
+		"base_url":              e.srv.URL,
+		"request_timeout":       int64(90),
+		"max_retries":           defaultMaxRetries,
+		"rate_limit_per_minute": 120,
+		"verify":                true,
+		"old_key_retention":     int64(86400),
+		"rotation_period":       int64(0),
+		"admin_key_prefix":      e.adminKey["development"][:8],
+		"admin_key_id":          adminRec.ID,
+		"last_rotated":          "",
+	}, resp.Data)
+
+	// Update changes only what is sent.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 7})
+	resp = e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, 7, resp.Data["max_retries"])
+	require.Equal(t, 120, resp.Data["rate_limit_per_minute"])
+	require.Equal(t, int64(90), resp.Data["request_timeout"])
+
+	// A bad value on update is refused and the stored config is untouched.
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": "nope"}, "admin_api_key is malformed")
+	resp = e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, e.adminKey["development"][:8], resp.Data["admin_key_prefix"])
+
+	// verify=false stores a key Heron would refuse, without calling Heron.
+	before := e.srv.CountRequests("", "", "")
+	other := herontest.NewKeyToken()
+	e.ok(logical.CreateOperation, "config/staging", map[string]interface{}{"admin_api_key": other, "base_url": e.srv.URL, "verify": false})
+	require.Equal(t, before, e.srv.CountRequests("", "", ""))
+	resp = e.ok(logical.ReadOperation, "config/staging", nil)
+	require.Equal(t, "", resp.Data["admin_key_id"])
+
+	resp = e.ok(logical.ListOperation, "config/", nil)
+	require.Equal(t, []string{"development", "staging"}, resp.Data["keys"])
+
+	e.ok(logical.DeleteOperation, "config/staging", nil)
+	resp, err := e.do(logical.ReadOperation, "config/staging", nil)
+	require.NoError(t, err)
+	require.Nil(t, resp)
+}
+
+func TestConfig_DeleteRefusedWhileInUse(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("b-role", map[string]interface{}{})
+	e.role("a-role", map[string]interface{}{})
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "used by roles a-role, b-role")
+
+	lease := e.issue("a-role")
+	e.ok(logical.DeleteOperation, "roles/a-role", nil)
+	e.ok(logical.DeleteOperation, "roles/b-role", nil)
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "1 active keys")
+	require.NoError(t, e.revoke(lease))
+	e.ok(logical.DeleteOperation, "config/development", nil)
+}
+
+func TestConfig_AdminKeyNeverReturnedOrLogged(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	resp := e.ok(logical.ReadOperation, "config/development", nil)
+	for k, v := range resp.Data {
+		require.NotContains(t, fmt.Sprint(v), e.adminKey["development"], "field %s", k)
+	}
+}

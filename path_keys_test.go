@@ -1,0 +1,410 @@
+package heron
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
+
+var tokenRegex = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
+
+func TestCreds_Issue(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("payments", map[string]interface{}{"ttl": "30m", "max_ttl": "2h"})
+
+	posts := e.srv.CountRequests("POST", "/api/credentials/keys", "development")
+	resp := e.issue("payments")
+	require.Equal(t, posts+1, e.srv.CountRequests("POST", "/api/credentials/keys", "development"), "exactly one upstream POST")
+	require.Equal(t, 1, e.srv.CountRequests("", "", "development")-posts-countVerify(e), "exactly one upstream request for the issuance")
+
+	token := resp.Data["api_key"].(string)
+	require.Regexp(t, tokenRegex, token)
+	rec, ok := e.srv.KeyByToken(token)
+	require.True(t, ok)
+	require.Equal(t, rec.ID, resp.Data["key_id"])
+	require.Equal(t, rec.Name, resp.Data["key_name"])
+	require.Equal(t, token[:8], resp.Data["token_prefix"])
+	require.Equal(t, "development", resp.Data["environment"])
+	require.Equal(t, "payments", resp.Data["role"])
+	require.Regexp(t, `^vault-payments-token-tester-\d{10}-[A-Za-z0-9]{8}$`, rec.Name)
+	require.True(t, e.authenticates(token))
+
+	require.Equal(t, 30*time.Minute, resp.Secret.TTL)
+	require.Equal(t, 2*time.Hour, resp.Secret.MaxTTL)
+	require.True(t, resp.Secret.Renewable)
+	require.Equal(t, secretTypeAPIKey, resp.Secret.InternalData["secret_type"])
+	for k, v := range resp.Secret.InternalData {
+		require.NotContains(t, fmt.Sprint(v), token, "internal data %s holds the token", k)
+	}
+	require.NoError(t, e.revoke(resp))
+}
+
+// countVerify is the number of requests config writes sent (the verify list).
+func countVerify(e *testEnv) int {
+	return e.srv.CountRequests("GET", "/api/credentials/keys", "development")
+}
+
+func TestCreds_Errors(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("capped", map[string]interface{}{"max_ttl": "1h"})
+	e.role("long-names", map[string]interface{}{"name_template": strings.Repeat("n", 90) + "-{{.DisplayName}}"})
+
+	t.Run("unknown role", func(t *testing.T) {
+		e.badRequest(logical.ReadOperation, "creds/nope", nil, `unknown role "nope"`)
+	})
+	t.Run("ttl above max_ttl", func(t *testing.T) {
+		e.badRequest(logical.UpdateOperation, "creds/capped", map[string]interface{}{"ttl": "2h"}, "ttl (2h0m0s) is longer than the role's max_ttl (1h0m0s)")
+	})
+	t.Run("name over 128 characters at issuance", func(t *testing.T) {
+		before := e.srv.CountRequests("", "", "")
+		resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "creds/long-names", Storage: e.s,
+			DisplayName: strings.Repeat("d", 40),
+		})
+		require.NoError(t, err)
+		require.True(t, resp.IsError())
+		require.Contains(t, resp.Error().Error(), "131 characters, Heron allows at most 128")
+		require.Equal(t, before, e.srv.CountRequests("", "", ""), "no upstream call before the name is known to fit")
+	})
+}
+
+func TestCreds_TTLParam(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "1h", "max_ttl": "2h"})
+	resp := e.ok(logical.UpdateOperation, "creds/r", map[string]interface{}{"ttl": "10m"})
+	require.Equal(t, 10*time.Minute, resp.Secret.TTL)
+	require.NoError(t, e.revoke(resp))
+}
+
+func TestCreds_MaxActiveKeys(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("capped", map[string]interface{}{"max_active_keys": 2})
+	a, b := e.issue("capped"), e.issue("capped")
+	e.badRequest(logical.ReadOperation, "creds/capped", nil, `role "capped" has 2 active keys and max_active_keys is 2`)
+	require.NoError(t, e.revoke(a))
+	c := e.issue("capped")
+	require.NoError(t, e.revoke(b))
+	require.NoError(t, e.revoke(c))
+}
+
+func TestLease_Renew(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "60s", "max_ttl": "120s"})
+	lease := e.issue("r")
+	token := lease.Data["api_key"].(string)
+	calls := e.srv.CountRequests("", "", "")
+
+	renewed, err := e.renew(lease, 0)
+	require.NoError(t, err)
+	require.False(t, renewed.IsError())
+	require.Equal(t, 60*time.Second, renewed.Secret.TTL)
+	require.Equal(t, calls, e.srv.CountRequests("", "", ""), "renew makes no upstream call")
+	require.True(t, e.authenticates(token), "renew keeps the same key")
+
+	// Close to max_ttl the renewal is capped to what is left.
+	lease.Secret.IssueTime = time.Now().Add(-100 * time.Second)
+	renewed, err = e.renew(lease, 0)
+	require.NoError(t, err)
+	require.False(t, renewed.IsError())
+	require.LessOrEqual(t, renewed.Secret.TTL, 21*time.Second)
+	require.Greater(t, renewed.Secret.TTL, 15*time.Second)
+	rec, err := getTrackedKey(context.Background(), e.s, lease.Data["key_id"].(string))
+	require.NoError(t, err)
+	require.WithinDuration(t, lease.Secret.IssueTime.Truncate(time.Second).Add(120*time.Second), rec.Expires, time.Second)
+
+	// Past max_ttl renewal fails.
+	lease.Secret.IssueTime = time.Now().Add(-130 * time.Second)
+	renewed, err = e.renew(lease, 0)
+	require.NoError(t, err)
+	require.True(t, renewed.IsError())
+
+	// A deleted role cannot renew.
+	lease.Secret.IssueTime = time.Now()
+	e.ok(logical.DeleteOperation, "roles/r", nil)
+	renewed, err = e.renew(lease, 0)
+	require.NoError(t, err)
+	require.True(t, renewed.IsError())
+	require.Contains(t, renewed.Error().Error(), `role "r" no longer exists`)
+
+	require.NoError(t, e.revoke(lease), "revocation works without the role")
+}
+
+func TestLease_RevokeBeforeExpiryDeletes(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "1h"})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+	require.NoError(t, e.revoke(lease))
+
+	rec, _ := e.srv.Key(id)
+	require.True(t, rec.Deleted, "explicit revoke deletes the key")
+	require.False(t, e.authenticates(lease.Data["api_key"].(string)))
+	require.Equal(t, 1, e.srv.CountRequests("DELETE", "/api/credentials/keys/"+id, "development"))
+	tracked, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.Nil(t, tracked)
+}
+
+func TestLease_ExpiryDeactivatesThenTidyDeletes(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "10m", "expired_key_retention": "1h"})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+	token := lease.Data["api_key"].(string)
+
+	// Vault revokes at the lease's end: the engine's clock says it ran out.
+	e.atTime(time.Now().Add(10 * time.Minute))
+	require.NoError(t, e.revoke(lease))
+	rec, _ := e.srv.Key(id)
+	require.False(t, rec.Deleted, "expiry deactivates, it does not delete")
+	require.False(t, rec.IsActive)
+	require.False(t, e.authenticates(token), "a deactivated key gets 401")
+
+	read := e.ok(logical.ReadOperation, "keys/"+id, nil)
+	require.Equal(t, keyStateDeactivated, read.Data["state"])
+	require.Equal(t, false, read.Data["is_active"])
+	require.Equal(t, true, read.Data["in_heron"])
+
+	// Before retention tidy keeps it; after, it deletes it.
+	resp := e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 0, resp.Data["expired_keys_deleted"])
+	e.atTime(time.Now().Add(71 * time.Minute))
+	resp = e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 1, resp.Data["expired_keys_deleted"])
+	rec, _ = e.srv.Key(id)
+	require.True(t, rec.Deleted)
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	require.Empty(t, list.Data["keys"])
+}
+
+func TestLease_RenewMovesExpiry(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "10m", "max_ttl": "1h"})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	// Renewed 8 minutes in, the lease now ends 18 minutes after issue: a
+	// revoke at minute 12 is an explicit revocation and deletes.
+	start := time.Now()
+	e.atTime(start.Add(8 * time.Minute))
+	_, err := e.renew(lease, 0)
+	require.NoError(t, err)
+	e.atTime(start.Add(12 * time.Minute))
+	require.NoError(t, e.revoke(lease))
+	rec, _ := e.srv.Key(id)
+	require.True(t, rec.Deleted)
+}
+
+func TestLease_Revoke404Succeeds(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	for _, expired := range []bool{false, true} {
+		t.Run(fmt.Sprintf("expired=%v", expired), func(t *testing.T) {
+			e.atTime(time.Now())
+			lease := e.issue("r")
+			id := lease.Data["key_id"].(string)
+			deleteDirect(t, e, id)
+			if expired {
+				e.atTime(time.Now().Add(2 * time.Hour))
+			}
+			require.NoError(t, e.revoke(lease))
+			tracked, err := getTrackedKey(context.Background(), e.s, id)
+			require.NoError(t, err)
+			require.Nil(t, tracked, "a key Heron no longer has is not tracked")
+		})
+	}
+}
+
+// deleteDirect deletes a key in Heron behind the engine's back.
+func deleteDirect(t *testing.T, e *testEnv, id string) {
+	t.Helper()
+	req, _ := newHeronRequest(e, "DELETE", "/api/credentials/keys/"+id)
+	res, err := httpClient.Do(req)
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, 204, res.StatusCode)
+}
+
+func TestLease_RevokeWithBadAdminKeyFails(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	admin, _ := e.srv.KeyByToken(e.adminKey["development"])
+	setActiveDirect(t, e, admin.ID, false)
+	err := e.revoke(lease)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), `admin key of config "development" (401)`)
+	rec, _ := e.srv.Key(id)
+	require.False(t, rec.Deleted)
+
+	// Vault retries; once the admin key works again the revocation goes through.
+	setActiveDirect(t, e, admin.ID, true)
+	require.NoError(t, e.revoke(lease))
+	rec, _ = e.srv.Key(id)
+	require.True(t, rec.Deleted)
+}
+
+func TestCreds_RateLimitedRetryAfterIsWaited(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	e.srv.Force429("development", 800*time.Millisecond, time.Second)
+	start := time.Now()
+	lease := e.issue("r")
+	require.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond, "Retry-After: 1 must be waited out")
+	require.True(t, e.authenticates(lease.Data["api_key"].(string)))
+	require.Len(t, liveIssued(e), 1)
+	require.NoError(t, e.revoke(lease))
+}
+
+func TestCreds_RateLimitedAfterRetriesIs502(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0,
+	})
+	e.role("r", map[string]interface{}{})
+	e.srv.Force429("development", time.Minute, time.Second)
+	_, err := e.do(logical.ReadOperation, "creds/r", nil)
+	require.ErrorIs(t, err, logical.ErrUpstreamRateLimited)
+	code, _ := logical.RespondErrorCommon(&logical.Request{}, nil, err)
+	require.Equal(t, 502, code)
+	var coded logical.HTTPCodedError
+	require.ErrorAs(t, err, &coded, "the 502 must survive the plugin's gRPC boundary")
+	require.Equal(t, 502, coded.Code())
+	require.Empty(t, liveIssued(e))
+	wals, _ := e.s.List(context.Background(), "wal/")
+	require.Empty(t, wals, "a 429 was not processed: no write-ahead record is left")
+}
+
+func TestCreds_LostPOSTResponseCreatesNoDuplicate(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	for _, mode := range []herontest.FaultMode{herontest.FaultProcessThenDrop, herontest.FaultStatus502} {
+		t.Run(mode.String(), func(t *testing.T) {
+			e.srv.FailNext("POST", "/api/credentials/keys", 1, mode)
+			lease := e.issue("r")
+			name := lease.Data["key_name"].(string)
+			var live []herontest.KeyRecord
+			for _, k := range e.srv.KeysIn("development") {
+				if k.Name == name && !k.Deleted {
+					live = append(live, k)
+				}
+			}
+			require.Len(t, live, 1, "one live key by that name")
+			require.Equal(t, lease.Data["key_id"], live[0].ID)
+			require.True(t, e.authenticates(lease.Data["api_key"].(string)))
+			require.NoError(t, e.revoke(lease))
+			wals, _ := e.s.List(context.Background(), "wal/")
+			require.Empty(t, wals)
+		})
+	}
+}
+
+func TestStorage_NoTokenAnywhere(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.configure("production")
+	e.role("r", map[string]interface{}{})
+	e.role("p", map[string]interface{}{"environment": "production"})
+	var tokens []string
+	var leases []*logical.Response
+	for _, r := range []string{"r", "p", "r"} {
+		l := e.issue(r)
+		leases = append(leases, l)
+		tokens = append(tokens, l.Data["api_key"].(string))
+	}
+	_, err := e.ok(logical.UpdateOperation, "config/development/rotate", nil), error(nil)
+	require.NoError(t, err)
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(leases[0]))
+
+	cfgDev, _ := getConfig(context.Background(), e.s, "development")
+	cfgProd, _ := getConfig(context.Background(), e.s, "production")
+	keys, err := logical.CollectKeys(context.Background(), e.s)
+	require.NoError(t, err)
+	require.NotEmpty(t, keys)
+	for _, k := range keys {
+		entry, err := e.s.Get(context.Background(), k)
+		require.NoError(t, err)
+		for _, tok := range tokens {
+			require.NotContains(t, string(entry.Value), tok, "storage entry %s holds an issued token", k)
+		}
+		// The only admin key in storage is each config's own current one.
+		admins := []string{e.adminKey["development"], e.adminKey["production"], cfgDev.AdminAPIKey}
+		for _, a := range admins {
+			if (k == "config/development" && a == cfgDev.AdminAPIKey) || (k == "config/production" && a == cfgProd.AdminAPIKey) {
+				continue
+			}
+			require.NotContains(t, string(entry.Value), a, "storage entry %s holds an admin key", k)
+		}
+	}
+	for _, l := range leases[1:] {
+		require.NoError(t, e.revoke(l))
+	}
+}
+
+// liveIssued lists the keys the engine issued that Heron still holds.
+func liveIssued(e *testEnv) []herontest.KeyRecord {
+	var out []herontest.KeyRecord
+	for _, k := range e.srv.Keys() {
+		if !k.Deleted && strings.HasPrefix(k.Name, "vault-") && !strings.HasPrefix(k.Name, "vault-admin-") {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func TestKeys_ListingMatchesHeron(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.configure("production")
+	e.role("a", map[string]interface{}{})
+	e.role("b", map[string]interface{}{"environment": "production"})
+	la, lb := e.issue("a"), e.issue("b")
+
+	resp := e.ok(logical.ListOperation, "keys/", nil)
+	require.ElementsMatch(t, []string{la.Data["key_id"].(string), lb.Data["key_id"].(string)}, resp.Data["keys"])
+	info := resp.Data["key_info"].(map[string]interface{})[lb.Data["key_id"].(string)].(map[string]interface{})
+	require.Equal(t, "production", info["environment"])
+	require.Equal(t, "b", info["role"])
+	require.Equal(t, keyStateActive, info["state"])
+	require.Equal(t, lb.Data["token_prefix"], info["token_prefix"])
+
+	resp = e.ok(logical.ListOperation, "keys/", map[string]interface{}{"environment": "development"})
+	require.Equal(t, []string{la.Data["key_id"].(string)}, resp.Data["keys"])
+	resp = e.ok(logical.ListOperation, "keys/", map[string]interface{}{"state": keyStateDeactivated})
+	require.Empty(t, resp.Data["keys"])
+
+	read := e.ok(logical.ReadOperation, "keys/"+la.Data["key_id"].(string), nil)
+	require.Equal(t, true, read.Data["is_active"])
+	require.Equal(t, la.Data["key_name"], read.Data["key_name"])
+	raw, _ := json.Marshal(read.Data)
+	require.NotContains(t, string(raw), la.Data["api_key"].(string))
+
+	require.NoError(t, e.revoke(la))
+	require.NoError(t, e.revoke(lb))
+	resp = e.ok(logical.ListOperation, "keys/", nil)
+	require.Empty(t, resp.Data["keys"])
+}

@@ -1,0 +1,383 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/template"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const (
+	roleStoragePrefix = "roles/"
+
+	defaultNameTemplate         = `vault-{{.RoleName | truncate 32}}-{{.DisplayName | truncate 32}}-{{unix_time}}-{{random 8}}`
+	defaultExpiredKeyRetention  = 72 * time.Hour
+	maxKeyNameLength            = 128
+	validationDisplayNameLength = 32
+)
+
+// heronRole describes the keys that creds/<role> issues.
+type heronRole struct {
+	Name                string        `json:"name"`
+	Environment         string        `json:"environment"`
+	TTL                 time.Duration `json:"ttl"`
+	MaxTTL              time.Duration `json:"max_ttl"`
+	NameTemplate        string        `json:"name_template"`
+	Description         string        `json:"description"`
+	MaxActiveKeys       int           `json:"max_active_keys"`
+	ExpiredKeyRetention time.Duration `json:"expired_key_retention"`
+}
+
+// nameTemplateData is what a name_template can use.
+type nameTemplateData struct {
+	RoleName    string
+	DisplayName string
+	EntityID    string
+	Environment string
+}
+
+// nameTemplate returns the role's template text (the default when unset).
+func (r *heronRole) nameTemplate() string {
+	if r.NameTemplate == "" {
+		return defaultNameTemplate
+	}
+	return r.NameTemplate
+}
+
+// renderKeyName renders the role's name_template. Errors are user errors: the
+// template or the caller's names produce a name Heron would refuse.
+func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
+	tmpl, err := template.NewTemplate(template.Template(r.nameTemplate()))
+	if err != nil {
+		return "", fmt.Errorf("name_template is invalid: %v", err)
+	}
+	name, err := tmpl.Generate(data)
+	if err != nil {
+		return "", fmt.Errorf("name_template failed to render: %v", err)
+	}
+	if strings.TrimSpace(name) == "" {
+		return "", errors.New("name_template rendered an empty key name")
+	}
+	if n := utf8.RuneCountInString(name); n > maxKeyNameLength {
+		return "", fmt.Errorf("name_template rendered a key name of %d characters, Heron allows at most %d", n, maxKeyNameLength)
+	}
+	return name, nil
+}
+
+// validate checks the role's own fields (not the environment's existence,
+// which needs storage).
+func (r *heronRole) validate() error {
+	if r.Environment == "" {
+		return errors.New("environment is required")
+	}
+	if r.TTL < 0 {
+		return fmt.Errorf("ttl must not be negative, got %s", r.TTL)
+	}
+	if r.MaxTTL < 0 {
+		return fmt.Errorf("max_ttl must not be negative, got %s", r.MaxTTL)
+	}
+	if r.TTL > 0 && r.MaxTTL > 0 && r.TTL > r.MaxTTL {
+		return fmt.Errorf("ttl (%s) must not be greater than max_ttl (%s)", r.TTL, r.MaxTTL)
+	}
+	if r.MaxActiveKeys < 0 {
+		return fmt.Errorf("max_active_keys must be 0 (no cap) or positive, got %d", r.MaxActiveKeys)
+	}
+	if r.ExpiredKeyRetention < 0 {
+		return fmt.Errorf("expired_key_retention must not be negative, got %s", r.ExpiredKeyRetention)
+	}
+	// Render with the longest display name the default template keeps, so a
+	// template that only fails for real callers is caught now.
+	_, err := r.renderKeyName(nameTemplateData{
+		RoleName:    r.Name,
+		DisplayName: strings.Repeat("d", validationDisplayNameLength),
+		EntityID:    "00000000-0000-0000-0000-000000000000",
+		Environment: r.Environment,
+	})
+	return err
+}
+
+func pathRoles(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "roles/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "roles",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathRolesList,
+					Summary:  "List the roles.",
+				},
+			},
+			HelpSynopsis:    pathRolesListHelpSyn,
+			HelpDescription: pathRolesListHelpDesc,
+		},
+		{
+			Pattern: "roles/" + framework.GenericNameRegex("name") + "$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "role",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeLowerCaseString,
+					Description: "Name of the role.",
+					Required:    true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Role name",
+					},
+				},
+				"environment": {
+					Type:        framework.TypeString,
+					Description: "Heron environment (an existing config/<environment>) the role's keys are created in.",
+					Required:    true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Environment",
+					},
+				},
+				"ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Lease TTL of issued keys (0 = the mount's default).",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "TTL",
+					},
+				},
+				"max_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Maximum lease TTL of issued keys, renewals included (0 = the mount's max).",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Max TTL",
+					},
+				},
+				"name_template": {
+					Type:        framework.TypeString,
+					Description: "Template of the Heron key name (fields RoleName, DisplayName, EntityID, Environment); 1 to 128 characters once rendered.",
+					Default:     defaultNameTemplate,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Name template",
+					},
+				},
+				"description": {
+					Type:        framework.TypeString,
+					Description: "Free-form description of the role.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Description",
+					},
+				},
+				"max_active_keys": {
+					Type:        framework.TypeInt,
+					Description: "Refuse new credentials while this many keys of the role are active (0 = no cap).",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Max active keys",
+					},
+				},
+				"expired_key_retention": {
+					Type:        framework.TypeDurationSecond,
+					Description: "How long a key deactivated at lease expiry is kept before it is deleted.",
+					Default:     int(defaultExpiredKeyRetention.Seconds()),
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Expired key retention",
+					},
+				},
+			},
+			ExistenceCheck: b.pathRolesExistenceCheck,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathRolesRead,
+					Summary:  "Read a role.",
+				},
+				logical.CreateOperation: &framework.PathOperation{
+					Callback: b.pathRolesWrite,
+					Summary:  "Create a role.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathRolesWrite,
+					Summary:  "Update a role.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback: b.pathRolesDelete,
+					Summary:  "Delete a role.",
+				},
+			},
+			HelpSynopsis:    pathRolesHelpSyn,
+			HelpDescription: pathRolesHelpDesc,
+		},
+	}
+}
+
+// getRole returns the stored role, or (nil, nil) when there is none.
+func getRole(ctx context.Context, s logical.Storage, name string) (*heronRole, error) {
+	entry, err := s.Get(ctx, roleStoragePrefix+name)
+	if err != nil {
+		return nil, fmt.Errorf("reading role %q: %w", name, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	role := new(heronRole)
+	if err := entry.DecodeJSON(role); err != nil {
+		return nil, fmt.Errorf("decoding role %q: %w", name, err)
+	}
+	return role, nil
+}
+
+// rolesUsingEnvironment lists, sorted, the roles that name env.
+func rolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) ([]string, error) {
+	names, err := s.List(ctx, roleStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing roles: %w", err)
+	}
+	var using []string
+	for _, name := range names {
+		role, err := getRole(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		if role != nil && role.Environment == env {
+			using = append(using, name)
+		}
+	}
+	sort.Strings(using)
+	return using, nil
+}
+
+func (b *heronBackend) pathRolesExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return false, err
+	}
+	return role != nil, nil
+}
+
+// pathRolesList handles LIST roles/.
+func (b *heronBackend) pathRolesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, roleStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing roles: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+// pathRolesRead handles READ roles/<name>.
+func (b *heronBackend) pathRolesRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return nil, nil
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"environment":           role.Environment,
+		"ttl":                   int64(role.TTL.Seconds()),
+		"max_ttl":               int64(role.MaxTTL.Seconds()),
+		"name_template":         role.nameTemplate(),
+		"description":           role.Description,
+		"max_active_keys":       role.MaxActiveKeys,
+		"expired_key_retention": int64(role.ExpiredKeyRetention.Seconds()),
+	}}, nil
+}
+
+// pathRolesWrite handles CREATE and UPDATE roles/<name>.
+func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+
+	// Issuance holds the role lock while it counts active keys; taking it
+	// here keeps a write from changing the cap in the middle of that count.
+	lock := b.roleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	role, err := getRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	create := role == nil
+	if create {
+		role = &heronRole{Name: name}
+	}
+
+	stringField(d, "environment", create, &role.Environment)
+	role.Environment = strings.TrimSpace(role.Environment)
+	durationField(d, "ttl", create, &role.TTL)
+	durationField(d, "max_ttl", create, &role.MaxTTL)
+	if v, ok := d.GetOk("name_template"); ok {
+		role.NameTemplate = v.(string)
+		if role.NameTemplate == defaultNameTemplate {
+			role.NameTemplate = ""
+		}
+	}
+	stringField(d, "description", create, &role.Description)
+	intField(d, "max_active_keys", create, &role.MaxActiveKeys)
+	durationField(d, "expired_key_retention", create, &role.ExpiredKeyRetention)
+
+	if v, ok := d.GetOk("name_template"); ok && strings.TrimSpace(v.(string)) == "" {
+		return logical.ErrorResponse("name_template must not be empty (omit it to use the default)"), nil
+	}
+	if err := role.validate(); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	cfg, err := getConfig(ctx, req.Storage, role.Environment)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("environment %q has no config: write config/%s first", role.Environment, role.Environment), nil
+	}
+
+	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, role)
+	if err != nil {
+		return nil, fmt.Errorf("encoding role %q: %w", name, err)
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, fmt.Errorf("storing role %q: %w", name, err)
+	}
+
+	// Like HashiCorp's engines: a TTL above the mount's max is accepted, and
+	// Vault clamps the lease; say so rather than refuse.
+	var warnings []string
+	sysMax := b.System().MaxLeaseTTL()
+	if role.TTL > sysMax {
+		warnings = append(warnings, fmt.Sprintf("ttl (%s) is greater than the mount's max TTL (%s): leases will be capped at %s", role.TTL, sysMax, sysMax))
+	}
+	if role.MaxTTL > sysMax {
+		warnings = append(warnings, fmt.Sprintf("max_ttl (%s) is greater than the mount's max TTL (%s): leases will be capped at %s", role.MaxTTL, sysMax, sysMax))
+	}
+	if len(warnings) == 0 {
+		return nil, nil
+	}
+	return &logical.Response{Warnings: warnings}, nil
+}
+
+// pathRolesDelete handles DELETE roles/<name>. Keys already issued stay
+// revocable: their leases carry the environment, not the role.
+func (b *heronBackend) pathRolesDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	lock := b.roleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	if err := req.Storage.Delete(ctx, roleStoragePrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting role %q: %w", name, err)
+	}
+	return nil, nil
+}
+
+const pathRolesListHelpSyn = `List the roles.`
+
+const pathRolesListHelpDesc = `Lists the roles from which Heron keys can be issued.`
+
+const pathRolesHelpSyn = `Manage the roles from which Heron API keys are issued.`
+
+const pathRolesHelpDesc = `
+A role names the Heron environment its keys are created in, the lease TTLs,
+the template of the key names, an optional cap on active keys, and how long a
+key deactivated at lease expiry is kept before deletion.
+`

@@ -1,0 +1,236 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+func pathTidy(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "tidy$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationVerb:   "tidy",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathTidyWrite,
+					Summary:  "Run the cleanup pass now.",
+				},
+			},
+			HelpSynopsis:    pathTidyHelpSyn,
+			HelpDescription: pathTidyHelpDesc,
+		},
+	}
+}
+
+// cleanupCounts is what one cleanup pass did.
+type cleanupCounts struct {
+	ExpiredKeysDeleted   int
+	AdminKeysDeleted     int
+	AdminKeysDeactivated int
+	UntrackedGoneKeys    int
+	RolledBackWAL        int
+	EnvironmentsSkipped  int
+}
+
+// pathTidyWrite handles UPDATE tidy.
+func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	counts, err := b.cleanupWithWAL(heronapi.Background(ctx), req)
+	if err != nil {
+		return nil, upstreamError("tidy", err)
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"expired_keys_deleted":   counts.ExpiredKeysDeleted,
+		"admin_keys_deactivated": counts.AdminKeysDeactivated,
+		"admin_keys_deleted":     counts.AdminKeysDeleted,
+		"reconciled_keys":        counts.UntrackedGoneKeys,
+		"rolled_back_wal":        counts.RolledBackWAL,
+	}}, nil
+}
+
+// cleanupWithWAL is tidy: the cleanup pass plus settling write-ahead records
+// of interrupted issuances (Vault's rollback does that on its own schedule).
+func (b *heronBackend) cleanupWithWAL(ctx context.Context, req *logical.Request) (*cleanupCounts, error) {
+	settled, walErr := b.rollbackStaleWALs(ctx, req)
+	counts, err := b.cleanup(ctx, req.Storage)
+	if counts != nil {
+		counts.RolledBackWAL = settled
+	}
+	return counts, errors.Join(walErr, err)
+}
+
+// cleanup deletes keys deactivated at expiry once past their retention,
+// deactivates and deletes rotated-out admin keys, and drops from tracking the
+// keys Heron no longer has. It spends the same per-environment budget as
+// everything else and carries on past one environment's failure.
+func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage) (*cleanupCounts, error) {
+	counts := &cleanupCounts{}
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return counts, err
+	}
+	byEnv := make(map[string][]*trackedKey)
+	for _, k := range keys {
+		byEnv[k.Environment] = append(byEnv[k.Environment], k)
+	}
+	envs, err := s.List(ctx, configStoragePrefix)
+	if err != nil {
+		return counts, fmt.Errorf("listing configs: %w", err)
+	}
+	for _, env := range envs {
+		if _, ok := byEnv[env]; !ok {
+			byEnv[env] = nil
+		}
+	}
+
+	var errs []error
+	for env, envKeys := range byEnv {
+		if err := b.cleanupEnvironment(ctx, s, env, envKeys, counts); err != nil {
+			errs = append(errs, fmt.Errorf("environment %q: %w", env, err))
+		}
+	}
+	return counts, errors.Join(errs...)
+}
+
+func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, keys []*trackedKey, counts *cleanupCounts) error {
+	lock := b.configLock(env)
+	lock.RLock()
+	defer lock.RUnlock()
+
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	if cfg == nil {
+		counts.EnvironmentsSkipped++
+		b.Logger().Warn("tracked keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
+		return nil
+	}
+	client, err := b.getClient(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	log := b.Logger().With("environment", env)
+	var errs []error
+
+	// Reconcile first: a key Heron no longer has needs no delete call. Only
+	// records older than the listing are judged, so an issuance finishing
+	// meanwhile is never mistaken for a vanished key.
+	if len(keys) > 0 {
+		listedAt := b.now()
+		live, err := client.ListKeys(ctx)
+		if err != nil {
+			return fmt.Errorf("listing keys: %w", err)
+		}
+		inHeron := make(map[string]bool, len(live))
+		for _, k := range live {
+			inHeron[k.ID] = true
+		}
+		kept := keys[:0]
+		for _, k := range keys {
+			if inHeron[k.KeyID] || !k.Issued.Before(listedAt) {
+				kept = append(kept, k)
+				continue
+			}
+			if err := deleteTrackedKey(ctx, s, k); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			counts.UntrackedGoneKeys++
+			log.Warn("tracked key no longer exists in Heron: dropped from tracking", "key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "state", k.State)
+		}
+		keys = kept
+	}
+
+	now := b.now()
+	for _, k := range keys {
+		if k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
+			continue
+		}
+		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
+			continue
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.ExpiredKeysDeleted++
+		log.Info("deleted expired key after retention", "key_id", k.KeyID, "role", k.Role)
+	}
+
+	if err := b.cleanupRetired(ctx, s, cfg, client, counts); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupRetired deactivates rotated-out admin keys still active and deletes
+// those past old_key_retention.
+func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API, counts *cleanupCounts) error {
+	if len(cfg.RetiredKeys) == 0 {
+		return nil
+	}
+	var errs []error
+	before := 0
+	for _, rk := range cfg.RetiredKeys {
+		if !rk.Deactivated {
+			before++
+		}
+	}
+	if before > 0 {
+		if err := b.deactivateRetired(ctx, s, cfg, client); err != nil {
+			errs = append(errs, err)
+		}
+		for _, rk := range cfg.RetiredKeys {
+			if !rk.Deactivated {
+				before--
+			}
+		}
+		counts.AdminKeysDeactivated += before
+	}
+
+	now := b.now()
+	remaining := cfg.RetiredKeys[:0]
+	deleted := 0
+	for _, rk := range cfg.RetiredKeys {
+		if !retiredDue(rk, now) {
+			remaining = append(remaining, rk)
+			continue
+		}
+		if err := client.DeleteKey(ctx, rk.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err))
+			remaining = append(remaining, rk)
+			continue
+		}
+		deleted++
+		b.Logger().Info("deleted rotated-out admin key after retention", "environment", cfg.Environment, "key_id", rk.KeyID)
+	}
+	if deleted > 0 {
+		cfg.RetiredKeys = remaining
+		if err := putConfig(ctx, s, cfg); err != nil {
+			errs = append(errs, err)
+		} else {
+			counts.AdminKeysDeleted += deleted
+		}
+	}
+	return errors.Join(errs...)
+}
+
+const pathTidyHelpSyn = `Run the cleanup pass now.`
+
+const pathTidyHelpDesc = `
+Deletes keys deactivated at lease expiry once their role's
+expired_key_retention has passed, deactivates and deletes rotated-out admin
+keys past old_key_retention, drops from tracking the keys Heron no longer has,
+and deletes keys left by interrupted issuances (write-ahead records). The same
+pass runs periodically. Returns counts.
+`
