@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/hashicorp/go-secure-stdlib/base62"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/template"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -54,7 +57,15 @@ func (r *heronRole) nameTemplate() string {
 // renderKeyName renders the role's name_template. Errors are user errors: the
 // template or the caller's names produce a name Heron would refuse.
 func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
-	tmpl, err := template.NewTemplate(template.Template(r.nameTemplate()))
+	tmpl, err := template.NewTemplate(
+		template.Template(r.nameTemplate()),
+		// The sdk's random allocates whatever length it is asked for; a
+		// template like {{random 2000000000}} would take the plugin down.
+		template.Function("random", boundedRandom),
+		// text/template's printf pads to any width it is given
+		// ({{printf "%999999999d" 1}}); only allow widths a name can hold.
+		template.Function("printf", boundedPrintf),
+	)
 	if err != nil {
 		return "", fmt.Errorf("name_template is invalid: %v", err)
 	}
@@ -69,6 +80,33 @@ func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
 		return "", fmt.Errorf("name_template rendered a key name of %d characters, Heron allows at most %d", n, maxKeyNameLength)
 	}
 	return name, nil
+}
+
+// boundedRandom is the sdk's random, refusing lengths no key name can hold.
+func boundedRandom(n int) (string, error) {
+	if n < 1 || n > maxKeyNameLength {
+		return "", fmt.Errorf("random length must be between 1 and %d, got %d", maxKeyNameLength, n)
+	}
+	return base62.Random(n)
+}
+
+// printfWidth finds the width and precision numbers of a format string.
+var printfWidth = regexp.MustCompile(`%[-+# 0]*(\*|\d+)?(?:\.(\*|\d+))?`)
+
+// boundedPrintf is fmt.Sprintf with widths and precisions capped at what a
+// key name can hold.
+func boundedPrintf(format string, args ...interface{}) (string, error) {
+	for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
+		for _, w := range m[1:] {
+			if w == "*" {
+				return "", errors.New("printf: * widths are not allowed in name_template")
+			}
+			if n, err := strconv.Atoi(w); w != "" && (err != nil || n > maxKeyNameLength) {
+				return "", fmt.Errorf("printf: widths above %d are not allowed in name_template", maxKeyNameLength)
+			}
+		}
+	}
+	return fmt.Sprintf(format, args...), nil
 }
 
 // validate checks the role's own fields (not the environment's existence,

@@ -1,0 +1,407 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+const rootToken = "root"
+
+// vault is one `vault server` process of one test, dev mode or file storage.
+type vault struct {
+	t    *testing.T
+	dir  string
+	home string
+	port int
+	addr string
+	// token is the root token: "root" in dev mode, from init otherwise.
+	token string
+
+	fileMode   bool
+	configPath string
+	unsealKey  string
+
+	logPath string
+	proc    *proc
+	api     *vaultapi.Client
+}
+
+// startDevVault starts `vault server -dev` with the plugin directory, then
+// registers the plugin by checksum and mounts it at heron/.
+func startDevVault(t *testing.T) *vault {
+	t.Helper()
+	v := newVault(t)
+	v.token = rootToken
+	v.start()
+	v.waitHealth(http.StatusOK)
+	v.initAPI()
+	v.enableHeron()
+	return v
+}
+
+// startFileVault starts a non-dev server with file storage, so that state
+// (leases included) survives a restart, then inits, unseals and mounts heron/.
+func startFileVault(t *testing.T) *vault {
+	t.Helper()
+	v := newVault(t)
+	v.fileMode = true
+	v.configPath = filepath.Join(v.dir, "vault.hcl")
+	cfg := fmt.Sprintf(`
+storage "file" {
+  path = %q
+}
+listener "tcp" {
+  address         = "127.0.0.1:%d"
+  cluster_address = "127.0.0.1:%d"
+  tls_disable     = true
+}
+api_addr         = "http://127.0.0.1:%d"
+cluster_addr     = "https://127.0.0.1:%d"
+plugin_directory = %q
+disable_mlock    = true
+log_level        = "debug"
+`, filepath.Join(v.dir, "data"), v.port, v.port+1, v.port, v.port+1, pluginDir)
+	if err := os.WriteFile(v.configPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v.start()
+	v.waitHealth(0)
+
+	var init struct {
+		Keys      []string `json:"unseal_keys_b64"`
+		RootToken string   `json:"root_token"`
+	}
+	v.runJSON(&init, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
+	if len(init.Keys) != 1 || init.RootToken == "" {
+		t.Fatalf("operator init: unexpected answer %+v", init)
+	}
+	v.unsealKey, v.token = init.Keys[0], init.RootToken
+	v.unseal()
+	v.initAPI()
+	v.enableHeron()
+	return v
+}
+
+func newVault(t *testing.T) *vault {
+	dir := t.TempDir()
+	v := &vault{t: t, dir: dir, home: filepath.Join(dir, "home"), logPath: filepath.Join(dir, "vault.log")}
+	if err := os.MkdirAll(v.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	v.port = freePortPair(t)
+	v.addr = fmt.Sprintf("http://127.0.0.1:%d", v.port)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- tail of the Vault log %s ----\n%s", v.logPath, fileTail(v.logPath, 120))
+		}
+	})
+	return v
+}
+
+func (v *vault) start() {
+	v.t.Helper()
+	var args []string
+	if v.fileMode {
+		args = []string{"server", "-config=" + v.configPath}
+	} else {
+		args = []string{"server", "-dev",
+			"-dev-root-token-id=" + rootToken,
+			fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port),
+			"-dev-plugin-dir=" + pluginDir,
+			"-log-level=debug"}
+	}
+	v.proc = startProc(v.t, "vault", v.logPath, baseEnv(v.home), vaultBin, args...)
+}
+
+// stop stops the server with sig (SIGTERM: graceful shutdown; SIGKILL: crash).
+func (v *vault) stop(sig syscall.Signal) {
+	v.t.Helper()
+	v.proc.stop(sig, 20*time.Second)
+}
+
+// restart starts a stopped file-mode server again and unseals it.
+func (v *vault) restart() {
+	v.t.Helper()
+	if !v.fileMode {
+		v.t.Fatal("restart needs file storage; a dev server forgets everything")
+	}
+	v.start()
+	v.waitHealth(0)
+	v.unseal()
+}
+
+func (v *vault) unseal() {
+	v.t.Helper()
+	v.run("operator", "unseal", v.unsealKey)
+	v.waitHealth(http.StatusOK)
+}
+
+// waitHealth polls sys/health until it answers want (0: any answer, i.e. the
+// listener is up), failing early if the process died.
+func (v *vault) waitHealth(want int) {
+	v.t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	c := &http.Client{Timeout: 2 * time.Second}
+	var last string
+	for time.Now().Before(deadline) {
+		if v.proc.exited() {
+			v.t.Fatalf("vault exited (%v) before becoming healthy; log tail:\n%s", v.proc.err, v.proc.logTail(60))
+		}
+		resp, err := c.Get(v.addr + "/v1/sys/health")
+		if err == nil {
+			resp.Body.Close()
+			if want == 0 || resp.StatusCode == want {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	v.t.Fatalf("vault not healthy (want %d) after 90s, last: %s", want, last)
+}
+
+func (v *vault) initAPI() {
+	v.t.Helper()
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = v.addr
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	c.SetToken(v.token)
+	c.ClearNamespace()
+	v.api = c
+}
+
+// enableHeron registers the plugin with its checksum and version and mounts
+// it at heron/, then checks the mount runs exactly the binary built for this run.
+func (v *vault) enableHeron() {
+	v.t.Helper()
+	v.run("plugin", "register", "-sha256="+pluginSHA256, "-version="+pluginVersion, "secret", pluginName)
+	v.run("secrets", "enable", "-path=heron", "-plugin-version="+pluginVersion, pluginName)
+
+	var mounts map[string]struct {
+		Type           string `json:"type"`
+		PluginVersion  string `json:"plugin_version"`
+		RunningVersion string `json:"running_plugin_version"`
+		RunningSHA256  string `json:"running_sha256"`
+	}
+	v.runJSON(&mounts, "secrets", "list", "-format=json")
+	m, ok := mounts["heron/"]
+	if !ok {
+		v.t.Fatalf("heron/ not in `vault secrets list`")
+	}
+	if m.Type != pluginName || m.RunningVersion != pluginVersion || m.RunningSHA256 != pluginSHA256 {
+		v.t.Fatalf("heron/ runs %s %s sha256 %s, want %s %s sha256 %s",
+			m.Type, m.RunningVersion, m.RunningSHA256, pluginName, pluginVersion, pluginSHA256)
+	}
+}
+
+// cliResult is one run of the vault CLI.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// cliAs runs the vault CLI with token (root if "") and returns what it did;
+// only failures to run at all are fatal.
+func (v *vault) cliAs(token string, stdin string, args ...string) cliResult {
+	v.t.Helper()
+	if token == "" {
+		token = v.token
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vaultBin, args...)
+	cmd.Env = append(baseEnv(v.home), "VAULT_ADDR="+v.addr, "VAULT_TOKEN="+token)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	res := cliResult{stdout: out.String(), stderr: errb.String()}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		res.code = exitErr.ExitCode()
+	default:
+		v.t.Fatalf("running vault %s: %v", strings.Join(args, " "), err)
+	}
+	return res
+}
+
+// run runs the CLI as root and fails the test unless it succeeds.
+func (v *vault) run(args ...string) string {
+	v.t.Helper()
+	return v.runAs("", args...)
+}
+
+func (v *vault) runAs(token string, args ...string) string {
+	v.t.Helper()
+	r := v.cliAs(token, "", args...)
+	if r.code != 0 {
+		v.t.Fatalf("vault %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stderr, r.stdout)
+	}
+	return r.stdout
+}
+
+// runJSON runs the CLI (args must include -format=json) and decodes stdout.
+func (v *vault) runJSON(out any, args ...string) {
+	v.t.Helper()
+	v.runJSONAs("", out, args...)
+}
+
+func (v *vault) runJSONAs(token string, out any, args ...string) {
+	v.t.Helper()
+	s := v.runAs(token, args...)
+	if err := json.Unmarshal([]byte(s), out); err != nil {
+		v.t.Fatalf("vault %s: decoding output: %v\n%s", strings.Join(args, " "), err, s)
+	}
+}
+
+// configure writes config/<env> pointing at the emulator.
+func (v *vault) configure(env, adminKey, baseURL string, extra ...string) {
+	v.t.Helper()
+	args := append([]string{"write", "heron/config/" + env, "admin_api_key=" + adminKey, "base_url=" + baseURL}, extra...)
+	v.run(args...)
+}
+
+// configureBoth configures development and production against e.
+func (v *vault) configureBoth(e *emulator, extra ...string) {
+	v.t.Helper()
+	v.configure("development", e.devKey, e.URL, extra...)
+	v.configure("production", e.prodKey, e.URL, extra...)
+}
+
+func (v *vault) writeRole(name string, fields ...string) {
+	v.t.Helper()
+	v.run(append([]string{"write", "heron/roles/" + name}, fields...)...)
+}
+
+// creds is the CLI's JSON rendering of `vault read heron/creds/<role>`.
+type creds struct {
+	LeaseID       string   `json:"lease_id"`
+	LeaseDuration int      `json:"lease_duration"`
+	Renewable     bool     `json:"renewable"`
+	Warnings      []string `json:"warnings"`
+	Data          struct {
+		APIKey      string `json:"api_key"`
+		KeyID       string `json:"key_id"`
+		KeyName     string `json:"key_name"`
+		TokenPrefix string `json:"token_prefix"`
+		Environment string `json:"environment"`
+		Role        string `json:"role"`
+	} `json:"data"`
+}
+
+// readCreds runs `vault read heron/creds/<role>` as token (root if "").
+func (v *vault) readCreds(token, role string) creds {
+	v.t.Helper()
+	var c creds
+	v.runJSONAs(token, &c, "read", "-format=json", "heron/creds/"+role)
+	if c.LeaseID == "" || c.Data.APIKey == "" || c.Data.KeyID == "" {
+		v.t.Fatalf("read heron/creds/%s: incomplete answer %+v", role, c)
+	}
+	return c
+}
+
+// leaseRenewal is the CLI's JSON rendering of `vault lease renew`.
+type leaseRenewal struct {
+	LeaseID       string   `json:"lease_id"`
+	LeaseDuration int      `json:"lease_duration"`
+	Renewable     bool     `json:"renewable"`
+	Warnings      []string `json:"warnings"`
+}
+
+func (v *vault) renew(leaseID string, extra ...string) leaseRenewal {
+	v.t.Helper()
+	var r leaseRenewal
+	v.runJSON(&r, append(append([]string{"lease", "renew", "-format=json"}, extra...), leaseID)...)
+	return r
+}
+
+// leasesUnder lists the lease ids Vault still holds under prefix (e.g.
+// "heron/creds/bulk/"); a 404 means none.
+func (v *vault) leasesUnder(prefix string) []string {
+	v.t.Helper()
+	s, err := v.api.Logical().List("sys/leases/lookup/" + prefix)
+	if err != nil {
+		v.t.Fatalf("list sys/leases/lookup/%s: %v", prefix, err)
+	}
+	if s == nil || s.Data == nil {
+		return nil
+	}
+	raw, _ := s.Data["keys"].([]any)
+	out := make([]string, 0, len(raw))
+	for _, k := range raw {
+		out = append(out, fmt.Sprint(k))
+	}
+	return out
+}
+
+// irrevocableLeases is Vault's count of leases it gave up revoking.
+func (v *vault) irrevocableLeases() int {
+	v.t.Helper()
+	var r struct {
+		Data struct {
+			LeaseCount int `json:"lease_count"`
+		} `json:"data"`
+	}
+	v.runJSON(&r, "read", "-format=json", "sys/leases/count", "type=irrevocable")
+	return r.Data.LeaseCount
+}
+
+// trackedKeys lists what the engine still tracks (keys/), keyed by key id.
+func (v *vault) trackedKeys() map[string]map[string]any {
+	v.t.Helper()
+	s, err := v.api.Logical().List("heron/keys/")
+	if err != nil {
+		v.t.Fatalf("list heron/keys/: %v", err)
+	}
+	out := map[string]map[string]any{}
+	if s == nil || s.Data == nil {
+		return out
+	}
+	info, _ := s.Data["key_info"].(map[string]any)
+	for id, i := range info {
+		m, _ := i.(map[string]any)
+		out[id] = m
+	}
+	return out
+}
+
+// tidy runs the engine's cleanup pass and returns its counts.
+func (v *vault) tidy() map[string]any {
+	v.t.Helper()
+	var r struct {
+		Data map[string]any `json:"data"`
+	}
+	v.runJSON(&r, "write", "-format=json", "-f", "heron/tidy")
+	return r.Data
+}
+
+// logContains reports whether the server log holds s anywhere.
+func (v *vault) logContains(s string) bool {
+	b, err := os.ReadFile(v.logPath)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	return bytes.Contains(b, []byte(s))
+}
