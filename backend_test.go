@@ -139,6 +139,9 @@ func (e *testEnv) configure(env string) {
 		"admin_api_key": e.adminKey[env],
 		"base_url":      e.srv.URL,
 		"max_retries":   3,
+		// The engine's own limiter is tested on its own; here it would only
+		// make the suite slow.
+		"rate_limit_per_minute": maxRateLimitPerMinute,
 	})
 }
 

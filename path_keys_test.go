@@ -281,7 +281,7 @@ func TestCreds_RateLimitedRetryAfterIsWaited(t *testing.T) {
 func TestCreds_RateLimitedAfterRetriesIs502(t *testing.T) {
 	e := getTestBackend(t)
 	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
-		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0,
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0, "rate_limit_per_minute": maxRateLimitPerMinute,
 	})
 	e.role("r", map[string]interface{}{})
 	e.srv.Force429("development", time.Minute, time.Second)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -155,9 +154,9 @@ func (e *emulator) waitState(t *testing.T, id string, want keyState, timeout tim
 // instantaneous check).
 func (e *emulator) requireDeactivatedNotDeleted(t *testing.T, id, token string, timeout time.Duration) herontest.KeyRecord {
 	t.Helper()
-	k := e.waitState(t, id, stateDeactivated, timeout)
+	e.waitState(t, id, stateDeactivated, timeout)
 	time.Sleep(time.Second)
-	k = e.key(t, id)
+	k := e.key(t, id)
 	if got := stateOf(k); got != stateDeactivated {
 		t.Fatalf("key %s: %s a second after deactivation, want it to stay deactivated (not deleted)", id, got)
 	}
@@ -184,8 +183,4 @@ func (e *emulator) engineRequests() []herontest.RequestRecord {
 
 func describe(r herontest.RequestRecord) string {
 	return fmt.Sprintf("%s %s -> %d (User-Agent %q)", r.Method, r.Path, r.Status, r.UserAgent)
-}
-
-func isKeyPath(path string) bool {
-	return strings.HasPrefix(path, "/api/credentials/keys")
 }

@@ -77,7 +77,8 @@ func (p *proc) stopOnce(sig syscall.Signal, grace time.Duration) {
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	<-p.done
-	// Plugins may still be exiting; give them the group signal's effect.
+	// Wait for the rest of the group (plugins) to be gone too, so that a
+	// restart never shares the data directory with a dying plugin.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {

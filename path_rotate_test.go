@@ -1,0 +1,204 @@
+package heron
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
+
+func TestRotate_HeronFlow(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"old_key_retention": "1h"})
+	oldKey := e.adminKey["development"]
+	oldRec, _ := e.srv.KeyByToken(oldKey)
+
+	resp := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	newID := resp.Data["admin_key_id"].(string)
+	newRec, ok := e.srv.Key(newID)
+	require.True(t, ok)
+	require.Regexp(t, `^vault-admin-development-\d{10}$`, newRec.Name)
+	require.Equal(t, oldRec.ID, newRec.CreatedBy, "created with the current admin key")
+	require.Equal(t, newRec.Token[:8], resp.Data["admin_key_prefix"])
+
+	read := e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, newID, read.Data["admin_key_id"])
+	require.NotEmpty(t, read.Data["last_rotated"])
+	_, err := time.Parse(time.RFC3339, read.Data["last_rotated"].(string))
+	require.NoError(t, err)
+
+	require.False(t, e.authenticates(oldKey), "the old key is deactivated")
+	require.True(t, e.authenticates(newRec.Token))
+	oldRec, _ = e.srv.Key(oldRec.ID)
+	require.False(t, oldRec.Deleted, "the old key is kept for old_key_retention")
+
+	// The engine works with the new key.
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	require.NoError(t, e.revoke(lease))
+
+	resp = e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 0, resp.Data["admin_keys_deleted"])
+	e.atTime(time.Now().Add(61 * time.Minute))
+	resp = e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 1, resp.Data["admin_keys_deleted"])
+	oldRec, _ = e.srv.Key(oldRec.ID)
+	require.True(t, oldRec.Deleted, "deleted after retention")
+}
+
+func TestRotate_FailureBetweenCreateAndStore(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	fs := &flakyStorage{Storage: e.s}
+	e.s = fs
+	fs.setFailPut(func(k string) bool { return k == "config/development" })
+
+	_, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
+	require.Error(t, err)
+	fs.setFailPut(nil)
+
+	require.True(t, e.authenticates(e.adminKey["development"]), "the old key keeps working")
+	cfg, _ := getConfig(context.Background(), fs, "development")
+	require.Equal(t, e.adminKey["development"], cfg.AdminAPIKey)
+	for _, k := range e.srv.KeysIn("development") {
+		if strings.HasPrefix(k.Name, "vault-admin-") {
+			require.True(t, k.Deleted, "the new key %s was rolled back", k.ID)
+		}
+	}
+	require.Zero(t, walCount(t, fs))
+}
+
+func TestRotate_NewKeyFailsVerification(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// The first GET after the POST is the new key's verification.
+	e.srv.FailNext("GET", "/api/credentials/keys", 50, herontest.FaultStatus500)
+	_, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "verifying the new admin key")
+	e.srv.ResetFaults()
+
+	require.True(t, e.authenticates(e.adminKey["development"]))
+	for _, k := range e.srv.KeysIn("development") {
+		if strings.HasPrefix(k.Name, "vault-admin-") {
+			require.True(t, k.Deleted, "the unverified key %s was deleted", k.ID)
+		}
+	}
+}
+
+func TestRotate_WhileIssuing(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var leases []*logical.Response
+	var failures []string
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := e.do(logical.ReadOperation, "creds/r", nil)
+				mu.Lock()
+				switch {
+				case err != nil:
+					failures = append(failures, err.Error())
+				case resp.IsError():
+					failures = append(failures, resp.Error().Error())
+				default:
+					leases = append(leases, resp)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	require.Empty(t, failures, "no issuance fails during rotation")
+	require.NotEmpty(t, leases)
+	for _, l := range leases {
+		require.True(t, e.authenticates(l.Data["api_key"].(string)))
+		require.NoError(t, e.revoke(l))
+	}
+}
+
+func TestRotate_Scheduled(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_period": "1h"})
+	start := time.Now()
+	req := &logical.Request{Storage: e.s}
+
+	e.atTime(start.Add(59 * time.Minute))
+	require.NoError(t, e.b.periodicFunc(context.Background(), req))
+	require.True(t, e.authenticates(e.adminKey["development"]), "not rotated before it is due")
+
+	e.atTime(start.Add(61 * time.Minute))
+	require.NoError(t, e.b.periodicFunc(context.Background(), req))
+	require.False(t, e.authenticates(e.adminKey["development"]), "rotated once due")
+	read := e.ok(logical.ReadOperation, "config/development", nil)
+	require.NotEqual(t, e.adminKey["development"][:8], read.Data["admin_key_prefix"])
+
+	// Background requests say so in their User-Agent.
+	var bg int
+	for _, r := range e.srv.Requests() {
+		if !strings.HasPrefix(r.Path, "/api/credentials/") {
+			continue // the test's own hello calls
+		}
+		if strings.HasSuffix(r.UserAgent, " (background)") {
+			bg++
+		}
+		require.True(t, strings.HasPrefix(r.UserAgent, "vault-plugin-secrets-heron/"), r.UserAgent)
+	}
+	require.Positive(t, bg)
+
+	// The next rotation counts from this one.
+	e.atTime(start.Add(61*time.Minute + 59*time.Minute))
+	prefix := read.Data["admin_key_prefix"]
+	require.NoError(t, e.b.periodicFunc(context.Background(), req))
+	read = e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, prefix, read.Data["admin_key_prefix"])
+}
+
+func TestRotate_UnknownAdminKeyID(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "verify": false,
+	})
+	read := e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, "", read.Data["admin_key_id"])
+	// Unique prefix in Heron's list: rotation finds the id and proceeds.
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	require.False(t, e.authenticates(e.adminKey["development"]))
+
+	keys := []heronapi.Key{
+		{ID: "a", TokenPrefix: "key_abcd", IsActive: true},
+		{ID: "b", TokenPrefix: "key_abcd", IsActive: true},
+		{ID: "c", TokenPrefix: "key_ffff", IsActive: false},
+	}
+	_, err := findKeyIDByPrefix(keys, "key_abcd")
+	require.ErrorContains(t, err, "2 active keys share the prefix key_abcd (a, b)")
+	_, err = findKeyIDByPrefix(keys, "key_ffff")
+	require.ErrorContains(t, err, "no active key with prefix key_ffff")
+}
