@@ -99,6 +99,7 @@ func backend() *heronBackend {
 		PeriodicFunc:      b.periodicFunc,
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
+		RotateCredential:  b.rotateCredential,
 		RunningVersion:    Version,
 	}
 	return b

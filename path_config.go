@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
@@ -57,6 +58,15 @@ type heronConfig struct {
 	OldKeyRetention    time.Duration `json:"old_key_retention"`
 	RotationPeriod     time.Duration `json:"rotation_period"`
 	LastRotated        time.Time     `json:"last_rotated"`
+	// Vault's automated-rotation fields. RotationSchedule is a cron
+	// schedule (exclusive with RotationPeriod); RotationWindow bounds how late
+	// a scheduled rotation may start (enforced by Vault Enterprise's rotation
+	// manager). RotationManaged records that Vault's rotation manager accepted
+	// the job, in which case the engine's own scheduler stays out of the way.
+	RotationSchedule         string        `json:"rotation_schedule,omitempty"`
+	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
+	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
+	RotationManaged          bool          `json:"rotation_managed,omitempty"`
 	// KeySetAt is when the current admin key was stored (by hand or by
 	// rotation); scheduled rotation counts rotation_period from it.
 	KeySetAt time.Time `json:"key_set_at"`
@@ -104,6 +114,20 @@ func (c *heronConfig) validate() error {
 	}
 	if c.RotationPeriod < 0 || (c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod) {
 		return fmt.Errorf("rotation_period must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
+	}
+	if c.RotationSchedule != "" {
+		if c.RotationPeriod > 0 {
+			return errors.New("rotation_schedule and rotation_period are mutually exclusive: set one of them")
+		}
+		if _, err := rotation.DefaultScheduler.Parse(c.RotationSchedule); err != nil {
+			return fmt.Errorf("rotation_schedule is not a valid cron schedule: %v", err)
+		}
+	}
+	if c.RotationWindow < 0 {
+		return fmt.Errorf("rotation_window must not be negative, got %s", c.RotationWindow)
+	}
+	if c.RotationWindow > 0 && c.RotationSchedule == "" {
+		return errors.New("rotation_window needs rotation_schedule")
 	}
 	return nil
 }
@@ -224,10 +248,31 @@ func pathConfig(b *heronBackend) []*framework.Path {
 				},
 				"rotation_period": {
 					Type:        framework.TypeDurationSecond,
-					Description: "Rotate the admin key automatically this often (0 = off, else at least 1m).",
+					Description: "Rotate the admin key automatically this often (0 = off, else at least 1m). Exclusive with rotation_schedule.",
 					Default:     0,
 					DisplayAttrs: &framework.DisplayAttributes{
 						Name: "Rotation period",
+					},
+				},
+				"rotation_schedule": {
+					Type:        framework.TypeString,
+					Description: "Cron schedule of automatic admin key rotations (e.g. \"0 3 * * SAT\"). Exclusive with rotation_period.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Rotation schedule",
+					},
+				},
+				"rotation_window": {
+					Type:        framework.TypeDurationSecond,
+					Description: "How long after a scheduled time a rotation may still start (Vault Enterprise rotation manager). Needs rotation_schedule.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Rotation window",
+					},
+				},
+				"disable_automated_rotation": {
+					Type:        framework.TypeBool,
+					Description: "Turn automatic rotation off without forgetting the schedule.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Disable automated rotation",
 					},
 				},
 			},
@@ -322,17 +367,21 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		lastRotated = cfg.LastRotated.UTC().Format(time.RFC3339)
 	}
 	return &logical.Response{Data: map[string]interface{}{
-		"environment":           cfg.Environment,
-		"base_url":              cfg.BaseURL,
-		"request_timeout":       int64(cfg.RequestTimeout.Seconds()),
-		"max_retries":           cfg.MaxRetries,
-		"rate_limit_per_minute": cfg.RateLimitPerMinute,
-		"verify":                cfg.Verify,
-		"old_key_retention":     int64(cfg.OldKeyRetention.Seconds()),
-		"rotation_period":       int64(cfg.RotationPeriod.Seconds()),
-		"admin_key_prefix":      keyPrefix(cfg.AdminAPIKey),
-		"admin_key_id":          cfg.AdminKeyID,
-		"last_rotated":          lastRotated,
+		"environment":                cfg.Environment,
+		"base_url":                   cfg.BaseURL,
+		"request_timeout":            int64(cfg.RequestTimeout.Seconds()),
+		"max_retries":                cfg.MaxRetries,
+		"rate_limit_per_minute":      cfg.RateLimitPerMinute,
+		"verify":                     cfg.Verify,
+		"old_key_retention":          int64(cfg.OldKeyRetention.Seconds()),
+		"rotation_period":            int64(cfg.RotationPeriod.Seconds()),
+		"rotation_schedule":          cfg.RotationSchedule,
+		"rotation_window":            int64(cfg.RotationWindow.Seconds()),
+		"disable_automated_rotation": cfg.DisableAutomatedRotation,
+		"rotation_managed_by_vault":  cfg.RotationManaged,
+		"admin_key_prefix":           keyPrefix(cfg.AdminAPIKey),
+		"admin_key_id":               cfg.AdminKeyID,
+		"last_rotated":               lastRotated,
 	}}, nil
 }
 
@@ -381,6 +430,22 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	boolField(d, "verify", create, &cfg.Verify)
 	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
 	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
+	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
+	cfg.RotationSchedule = strings.TrimSpace(cfg.RotationSchedule)
+	durationField(d, "rotation_window", create, &cfg.RotationWindow)
+	boolField(d, "disable_automated_rotation", create, &cfg.DisableAutomatedRotation)
+	// Setting one of the exclusive pair clears the other, as with Vault's
+	// own engines, so switching from a period to a schedule is one write.
+	if _, ok := d.GetOk("rotation_schedule"); ok && cfg.RotationSchedule != "" {
+		if _, ok := d.GetOk("rotation_period"); !ok {
+			cfg.RotationPeriod = 0
+		}
+	}
+	if _, ok := d.GetOk("rotation_period"); ok && cfg.RotationPeriod > 0 {
+		if _, ok := d.GetOk("rotation_schedule"); !ok {
+			cfg.RotationSchedule, cfg.RotationWindow = "", 0
+		}
+	}
 
 	if err := cfg.validate(); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -399,6 +464,8 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			warnings = append(warnings, warning)
 		}
 	}
+
+	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
 		return nil, err

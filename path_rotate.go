@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
@@ -195,14 +197,11 @@ func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, e
 	var errs []error
 	for _, env := range envs {
 		cfg, err := getConfig(ctx, s, env)
-		if err != nil || cfg == nil || cfg.RotationPeriod <= 0 {
+		if err != nil || cfg == nil {
 			continue
 		}
-		base := cfg.KeySetAt
-		if base.IsZero() {
-			base = cfg.LastRotated
-		}
-		if !base.IsZero() && now.Before(base.Add(cfg.RotationPeriod)) {
+		due := nextRotation(cfg)
+		if due.IsZero() || now.Before(due) {
 			continue
 		}
 		if _, _, err := b.rotateAdminKey(ctx, s, env); err != nil {
@@ -227,3 +226,72 @@ current one, checks that the new key works, stores it, deactivates the old key
 and deletes it after old_key_retention. The old key keeps working until the
 new one is stored; a key created by an interrupted rotation is rolled back.
 `
+
+// registerRotation hands the config's schedule to Vault's rotation manager
+// where the server has one (Vault Enterprise 1.19+). Vault Community answers
+// that it is unsupported: the engine's own periodic pass then rotates on the
+// same schedule, so the setting means the same thing on every edition.
+func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
+	wanted := !cfg.DisableAutomatedRotation && (cfg.RotationPeriod > 0 || cfg.RotationSchedule != "")
+	if !wanted {
+		if cfg.RotationManaged {
+			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
+				MountPoint: req.MountPoint, ReqPath: req.Path,
+			})
+			if err != nil {
+				return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
+			}
+			cfg.RotationManaged = false
+		}
+		return nil
+	}
+	_, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
+		Name:             "heron-admin-key-" + cfg.Environment,
+		MountPoint:       req.MountPoint,
+		ReqPath:          configStoragePrefix + cfg.Environment,
+		RotationSchedule: cfg.RotationSchedule,
+		RotationWindow:   cfg.RotationWindow,
+		RotationPeriod:   cfg.RotationPeriod,
+	})
+	if err != nil {
+		cfg.RotationManaged = false
+		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "environment", cfg.Environment, "error", err)
+		return nil
+	}
+	cfg.RotationManaged = true
+	return nil
+}
+
+// rotateCredential is Vault's rotation manager calling back for a job
+// registered by registerRotation (req.Path is config/<environment>).
+func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Request) error {
+	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
+	if !ok || env == "" {
+		return fmt.Errorf("rotation request for unexpected path %q", req.Path)
+	}
+	_, _, err := b.rotateAdminKey(heronapi.Background(ctx), req.Storage, env)
+	return err
+}
+
+// nextRotation is when cfg's admin key is next due for automatic rotation
+// by the engine's own scheduler (zero: never).
+func nextRotation(cfg *heronConfig) time.Time {
+	if cfg.DisableAutomatedRotation || cfg.RotationManaged {
+		return time.Time{}
+	}
+	base := cfg.KeySetAt
+	if base.IsZero() {
+		base = cfg.LastRotated
+	}
+	switch {
+	case cfg.RotationPeriod > 0:
+		return base.Add(cfg.RotationPeriod)
+	case cfg.RotationSchedule != "":
+		sched, err := rotation.DefaultScheduler.Parse(cfg.RotationSchedule)
+		if err != nil {
+			return time.Time{}
+		}
+		return sched.Next(base)
+	}
+	return time.Time{}
+}

@@ -202,3 +202,32 @@ func TestRotate_UnknownAdminKeyID(t *testing.T) {
 	_, err = findKeyIDByPrefix(keys, "key_ffff")
 	require.ErrorContains(t, err, "no active key with prefix key_ffff")
 }
+
+func TestRotate_CronScheduleOnCommunityVault(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// StaticSystemView, like Vault Community, has no rotation manager: the
+	// engine falls back to its own scheduler.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 * * * *"})
+	read := e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, "0 * * * *", read.Data["rotation_schedule"])
+	require.Equal(t, false, read.Data["rotation_managed_by_vault"])
+
+	cfg, _ := getConfig(context.Background(), e.s, "development")
+	due := nextRotation(cfg)
+	require.Equal(t, 0, due.Minute())
+	require.True(t, due.After(cfg.KeySetAt))
+	req := &logical.Request{Storage: e.s}
+
+	e.atTime(due.Add(-time.Minute))
+	require.NoError(t, e.b.periodicFunc(context.Background(), req))
+	require.True(t, e.authenticates(e.adminKey["development"]), "not before the scheduled time")
+	e.atTime(due.Add(time.Minute))
+	require.NoError(t, e.b.periodicFunc(context.Background(), req))
+	require.False(t, e.authenticates(e.adminKey["development"]), "rotated at the scheduled time")
+
+	// disable_automated_rotation keeps the schedule but stops rotating.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"disable_automated_rotation": true})
+	cfg, _ = getConfig(context.Background(), e.s, "development")
+	require.True(t, nextRotation(cfg).IsZero())
+}
