@@ -163,11 +163,21 @@ func (b *heronBackend) clientConfig(cfg *heronConfig, apiKey string) heronapi.Co
 		APIKey:       apiKey,
 		Timeout:      cfg.RequestTimeout,
 		MaxRetries:   cfg.MaxRetries,
-		Limiter:      heronapi.SharedLimiter(cfg.BaseURL, apiKey, cfg.RateLimitPerMinute),
+		Limiter:      heronapi.SharedLimiter(cfg.BaseURL, limiterIdentity(cfg, apiKey), cfg.RateLimitPerMinute),
 		UserAgent:    userAgent(),
 		Logger:       b.Logger().Named("heron").With("environment", cfg.Environment),
 		RetryWaitMin: b.retryWaitMin,
 	}
+}
+
+// limiterIdentity is what the shared limiter is keyed by (with the base
+// URL): the config's budget lineage, or the key itself for a config written
+// before budget keys existed.
+func limiterIdentity(cfg *heronConfig, apiKey string) string {
+	if cfg.BudgetKey != "" {
+		return "budget:" + cfg.BudgetKey
+	}
+	return apiKey
 }
 
 // periodicFunc runs the cleanup pass and any due admin key rotation. Like

@@ -2,6 +2,8 @@ package heron
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -67,6 +69,10 @@ type heronConfig struct {
 	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
 	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	RotationManaged          bool          `json:"rotation_managed,omitempty"`
+	// BudgetKey names the rate limiter this config spends: the SHA-256 of the
+	// admin key set by hand, kept across rotations, so that mounts sharing an
+	// admin key share one budget and a rotation does not start a second one.
+	BudgetKey string `json:"budget_key,omitempty"`
 	// KeySetAt is when the current admin key was stored (by hand or by
 	// rotation); scheduled rotation counts rotation_period from it.
 	KeySetAt time.Time `json:"key_set_at"`
@@ -148,6 +154,12 @@ func validateBaseURL(raw string) error {
 		return fmt.Errorf("base_url must not carry credentials, a query or a fragment, got %q", u.Redacted())
 	}
 	return nil
+}
+
+// budgetKey identifies a rate-limit budget without keeping the key itself.
+func budgetKey(adminKey string) string {
+	sum := sha256.Sum256([]byte(adminKey))
+	return hex.EncodeToString(sum[:])
 }
 
 // keyPrefix is the part of a key that Heron shows in its dashboard.
@@ -417,6 +429,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			// A hand-set key has an unknown Heron id until verify finds it.
 			cfg.AdminKeyID = ""
 			cfg.KeySetAt = b.now()
+			cfg.BudgetKey = budgetKey(newKey)
 		}
 	} else if create {
 		return logical.ErrorResponse("admin_api_key is required"), nil

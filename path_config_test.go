@@ -84,21 +84,21 @@ func TestConfig_CRUD(t *testing.T) {
 	adminRec, ok := e.srv.KeyByToken(e.adminKey["development"])
 	require.True(t, ok)
 	require.Equal(t, map[string]interface{}{
-		"environment":           "development",
-		"base_url":              e.srv.URL,
-		"request_timeout":       int64(90),
-		"max_retries":           defaultMaxRetries,
-		"rate_limit_per_minute": 120,
-		"verify":                true,
-		"old_key_retention":     int64(86400),
-		"rotation_period":       int64(0),
+		"environment":                "development",
+		"base_url":                   e.srv.URL,
+		"request_timeout":            int64(90),
+		"max_retries":                defaultMaxRetries,
+		"rate_limit_per_minute":      120,
+		"verify":                     true,
+		"old_key_retention":          int64(86400),
+		"rotation_period":            int64(0),
 		"rotation_schedule":          "",
 		"rotation_window":            int64(0),
 		"disable_automated_rotation": false,
 		"rotation_managed_by_vault":  false,
-		"admin_key_prefix":      e.adminKey["development"][:8],
-		"admin_key_id":          adminRec.ID,
-		"last_rotated":          "",
+		"admin_key_prefix":           e.adminKey["development"][:8],
+		"admin_key_id":               adminRec.ID,
+		"last_rotated":               "",
 	}, resp.Data)
 
 	// Update changes only what is sent.

@@ -231,3 +231,22 @@ func TestRotate_CronScheduleOnCommunityVault(t *testing.T) {
 	cfg, _ = getConfig(context.Background(), e.s, "development")
 	require.True(t, nextRotation(cfg).IsZero())
 }
+
+func TestRotate_KeepsTheEnvironmentsBudget(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	limiterOf := func() *heronapi.Limiter {
+		cfg, err := getConfig(context.Background(), e.s, "development")
+		require.NoError(t, err)
+		return e.b.clientConfig(cfg, cfg.AdminAPIKey).Limiter
+	}
+	before := limiterOf()
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	require.Same(t, before, limiterOf(), "Heron's budget is per environment: a rotation must not open a second one")
+
+	// A key set by hand starts its own budget.
+	other := e.srv.AddAdminKey("development")
+	e.adminKey["other"] = other
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": other})
+	require.NotSame(t, before, limiterOf())
+}
