@@ -47,29 +47,15 @@ type trackedKey struct {
 
 // getTrackedKey returns the record of id, or (nil, nil) when it is not tracked.
 func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
-	entry, err := s.Get(ctx, keyStoragePrefix+id)
-	if err != nil {
-		return nil, fmt.Errorf("reading key record %s: %w", id, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	k := new(trackedKey)
-	if err := entry.DecodeJSON(k); err != nil {
-		return nil, fmt.Errorf("decoding key record %s: %w", id, err)
-	}
-	return k, nil
+	return getJSON[trackedKey](ctx, s, keyStoragePrefix+id, "key record "+id)
 }
 
 // putTrackedKey stores k and keeps the role's active index in step with its state.
 func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
-	entry, err := logical.StorageEntryJSON(keyStoragePrefix+k.KeyID, k)
-	if err != nil {
-		return fmt.Errorf("encoding key record %s: %w", k.KeyID, err)
+	if err := putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k); err != nil {
+		return err
 	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("storing key record %s: %w", k.KeyID, err)
-	}
+	var err error
 	idx := roleKeyStoragePrefix + k.Role + "/" + k.KeyID
 	if k.State == keyStateActive {
 		err = s.Put(ctx, &logical.StorageEntry{Key: idx})

@@ -316,30 +316,12 @@ func pathConfig(b *heronBackend) []*framework.Path {
 
 // getConfig returns the stored config of env, or (nil, nil) when there is none.
 func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig, error) {
-	entry, err := s.Get(ctx, configStoragePrefix+env)
-	if err != nil {
-		return nil, fmt.Errorf("reading config %q: %w", env, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	cfg := new(heronConfig)
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decoding config %q: %w", env, err)
-	}
-	return cfg, nil
+	return getJSON[heronConfig](ctx, s, configStoragePrefix+env, fmt.Sprintf("config %q", env))
 }
 
 // putConfig stores cfg.
 func putConfig(ctx context.Context, s logical.Storage, cfg *heronConfig) error {
-	entry, err := logical.StorageEntryJSON(configStoragePrefix+cfg.Environment, cfg)
-	if err != nil {
-		return fmt.Errorf("encoding config %q: %w", cfg.Environment, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("storing config %q: %w", cfg.Environment, err)
-	}
-	return nil
+	return putJSON(ctx, s, configStoragePrefix+cfg.Environment, fmt.Sprintf("config %q", cfg.Environment), cfg)
 }
 
 // configLock is the lock that serialises writes and rotation of env.

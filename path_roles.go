@@ -253,18 +253,7 @@ func pathRoles(b *heronBackend) []*framework.Path {
 
 // getRole returns the stored role, or (nil, nil) when there is none.
 func getRole(ctx context.Context, s logical.Storage, name string) (*heronRole, error) {
-	entry, err := s.Get(ctx, roleStoragePrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("reading role %q: %w", name, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	role := new(heronRole)
-	if err := entry.DecodeJSON(role); err != nil {
-		return nil, fmt.Errorf("decoding role %q: %w", name, err)
-	}
-	return role, nil
+	return getJSON[heronRole](ctx, s, roleStoragePrefix+name, fmt.Sprintf("role %q", name))
 }
 
 // rolesUsingEnvironment lists, sorted, the roles that name env.
@@ -371,12 +360,8 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse("environment %q has no config: write config/%s first", role.Environment, role.Environment), nil
 	}
 
-	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, role)
-	if err != nil {
-		return nil, fmt.Errorf("encoding role %q: %w", name, err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("storing role %q: %w", name, err)
+	if err := putJSON(ctx, req.Storage, roleStoragePrefix+name, fmt.Sprintf("role %q", name), role); err != nil {
+		return nil, err
 	}
 
 	// Like HashiCorp's engines: a TTL above the mount's max is accepted, and
