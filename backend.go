@@ -99,6 +99,7 @@ func backend() *heronBackend {
 		PeriodicFunc:      b.periodicFunc,
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
+		Clean:             b.clean,
 		RotateCredential:  b.rotateCredential,
 		RunningVersion:    Version,
 	}
@@ -113,11 +114,30 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	}
 }
 
+// clean runs when the mount is unmounted or the plugin reloaded.
+func (b *heronBackend) clean(context.Context) {
+	b.clientsLock.RLock()
+	envs := make([]string, 0, len(b.clients))
+	for env := range b.clients {
+		envs = append(envs, env)
+	}
+	b.clientsLock.RUnlock()
+	for _, env := range envs {
+		b.resetClient(env)
+	}
+}
+
 // resetClient forgets the cached client of env.
 func (b *heronBackend) resetClient(env string) {
 	b.clientsLock.Lock()
-	defer b.clientsLock.Unlock()
+	c := b.clients[env]
 	delete(b.clients, env)
+	b.clientsLock.Unlock()
+	// Requests in flight keep their connections; idle ones would otherwise
+	// linger with the old admin key's pool until the GC finds them.
+	if closer, ok := c.(interface{ CloseIdleConnections() }); ok {
+		closer.CloseIdleConnections()
+	}
 }
 
 // getClient returns the cached Heron client of env, building it on first use.
