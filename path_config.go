@@ -73,6 +73,10 @@ type heronConfig struct {
 	// admin key set by hand, kept across rotations, so that mounts sharing an
 	// admin key share one budget and a rotation does not start a second one.
 	BudgetKey string `json:"budget_key,omitempty"`
+	// AdminKeyByEngine records that the current admin key was created by a
+	// rotation: its token exists nowhere but here, so deleting the config
+	// deletes the key too.
+	AdminKeyByEngine bool `json:"admin_key_by_engine,omitempty"`
 	// KeySetAt is when the current admin key was stored (by hand or by
 	// rotation); scheduled rotation counts rotation_period from it.
 	KeySetAt time.Time `json:"key_set_at"`
@@ -412,6 +416,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			cfg.AdminKeyID = ""
 			cfg.KeySetAt = b.now()
 			cfg.BudgetKey = budgetKey(newKey)
+			cfg.AdminKeyByEngine = false
 		}
 	} else if create {
 		return logical.ErrorResponse("admin_api_key is required"), nil
@@ -541,11 +546,67 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return logical.ErrorResponse("config %q still has %d active keys with live leases: revoke them first (vault lease revoke -prefix)", env, active), nil
 	}
 
+	// Keys waiting out their retention could never be deleted once the admin
+	// key is gone: delete them now rather than leave them in Heron.
+	if err := b.purgeEnvironment(ctx, req.Storage, env); err != nil {
+		return nil, upstreamError(fmt.Sprintf("deleting the retained keys of config %q before deleting it", env), err)
+	}
+
 	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {
 		return nil, fmt.Errorf("deleting config %q: %w", env, err)
 	}
 	b.resetClient(env)
 	return nil, nil
+}
+
+// purgeEnvironment deletes, ahead of their retention, the deactivated keys and
+// rotated-out admin keys of env.
+func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, env string) error {
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil || cfg == nil {
+		return err
+	}
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return err
+	}
+	var retained []*trackedKey
+	for _, k := range keys {
+		if k.Environment == env && k.State == keyStateDeactivated {
+			retained = append(retained, k)
+		}
+	}
+	ownAdmin := cfg.AdminKeyByEngine && cfg.AdminKeyID != ""
+	if len(retained) == 0 && len(cfg.RetiredKeys) == 0 && !ownAdmin {
+		return nil
+	}
+	client, err := b.getClient(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	for _, k := range retained {
+		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			return fmt.Errorf("deleting key %s: %w", k.KeyID, err)
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			return err
+		}
+		b.Logger().Info("deleted retained key with its config", "key_id", k.KeyID, "environment", env)
+	}
+	for _, rk := range cfg.RetiredKeys {
+		if err := client.DeleteKey(ctx, rk.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			return fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err)
+		}
+		b.Logger().Info("deleted rotated-out admin key with its config", "key_id", rk.KeyID, "environment", env)
+	}
+	if ownAdmin {
+		// Last, since it is the key making these calls.
+		if err := client.DeleteKey(ctx, cfg.AdminKeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			return fmt.Errorf("deleting the admin key %s created by rotation: %w", cfg.AdminKeyID, err)
+		}
+		b.Logger().Info("deleted the engine-created admin key with its config", "key_id", cfg.AdminKeyID, "environment", env)
+	}
+	return nil
 }
 
 // The field helpers apply a value when it was given, or the schema default on

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
@@ -142,7 +143,27 @@ func TestConfig_DeleteRefusedWhileInUse(t *testing.T) {
 	e.ok(logical.DeleteOperation, "roles/b-role", nil)
 	e.badRequest(logical.DeleteOperation, "config/development", nil, "1 active keys")
 	require.NoError(t, e.revoke(lease))
+
+	// A key deactivated at expiry and a rotated-out admin key wait out their
+	// retention; without the config nothing could delete them later, so the
+	// delete does it now.
+	e.role("c", map[string]interface{}{})
+	expiring := e.issue("c")
+	e.ok(logical.DeleteOperation, "roles/c", nil)
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(expiring))
+	e.atTime(time.Now())
+	oldAdmin, _ := e.srv.KeyByToken(e.adminKey["development"])
+	rotated := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+
 	e.ok(logical.DeleteOperation, "config/development", nil)
+	k, _ := e.srv.Key(expiring.Data["key_id"].(string))
+	require.True(t, k.Deleted, "retained key deleted with its config")
+	k, _ = e.srv.Key(oldAdmin.ID)
+	require.True(t, k.Deleted, "old admin key deleted with its config")
+	k, _ = e.srv.Key(rotated.Data["admin_key_id"].(string))
+	require.True(t, k.Deleted, "the admin key the engine created, whose token nobody else holds, is deleted with its config")
+	require.Empty(t, e.ok(logical.ListOperation, "keys/", nil).Data["keys"])
 }
 
 func TestConfig_AdminKeyNeverReturnedOrLogged(t *testing.T) {

@@ -134,6 +134,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 
 	next.LastRotated = now
 	next.KeySetAt = now
+	next.AdminKeyByEngine = true
 	next.RetiredKeys = append(append([]retiredAdminKey(nil), cfg.RetiredKeys...), retiredAdminKey{
 		KeyID:       cfg.AdminKeyID,
 		TokenPrefix: keyPrefix(cfg.AdminAPIKey),
