@@ -258,3 +258,26 @@ func TestFailure_RevokeOutOfBudgetIsRetryable(t *testing.T) {
 	require.Less(t, time.Since(start), time.Second, "a wait that cannot fit the deadline fails at once")
 	e.allowLive[lease.Data["key_id"].(string)] = true
 }
+
+func TestRateLimit_MountsShareOneBudget(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// A second mount of the same plugin process, configured with the same
+	// admin key against the same Heron: Heron's budget is one, so is ours.
+	other := backend()
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	require.NoError(t, other.Setup(context.Background(), conf))
+	resp, err := other.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.CreateOperation, Path: "config/dev-copy", Storage: conf.StorageView,
+		Data: map[string]interface{}{"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL + "/", "verify": false},
+	})
+	require.NoError(t, err)
+	require.Nil(t, resp)
+
+	mine, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	theirs, err := getConfig(context.Background(), conf.StorageView, "dev-copy")
+	require.NoError(t, err)
+	require.Same(t, e.b.clientConfig(mine, mine.AdminAPIKey).Limiter, other.clientConfig(theirs, theirs.AdminAPIKey).Limiter)
+}
