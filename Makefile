@@ -61,9 +61,17 @@ lint: vet
 demo:
 	bash scripts/demo.sh
 
-## bench: benchmarks against a real Vault and the emulator
+## bench: client and handler benchmarks, then the engine on a real Vault + emulator
+## (issue/expiry/revoke/renew request counts, latency, mass revocation, RSS), printing
+## a table and writing BENCHMARKS.md; BENCH_SMALL=1 (CI) runs small sizes, writes nothing
 bench: vault
-	$(GO) test -run '^$$' -bench . -benchmem ./heronapi/ .
+	@mkdir -p bin
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(if $(BENCH_SMALL),-benchtime=200ms) ./heronapi/ . \
+		> bin/bench-go.txt || { cat bin/bench-go.txt; exit 1; }
+	@cat bin/bench-go.txt
+	HERON_BENCH_GO_RESULTS=$(CURDIR)/bin/bench-go.txt \
+	$(if $(BENCH_SMALL),HERON_BENCH_LEASES=200 HERON_BENCH_BUDGET=1200 HERON_BENCH_LIVE=500 HERON_BENCH_SAMPLES=50,HERON_BENCH_WRITE=1) \
+		$(GO) test -count=1 -timeout 60m -run '^$$' -bench '^BenchmarkEngine$$' -benchtime=1x ./e2e/
 
 clean:
 	rm -rf bin/$(PLUGIN) bin/heron-emulator
