@@ -281,3 +281,48 @@ func TestRateLimit_MountsShareOneBudget(t *testing.T) {
 	require.NoError(t, err)
 	require.Same(t, e.b.clientConfig(mine, mine.AdminAPIKey).Limiter, other.clientConfig(theirs, theirs.AdminAPIKey).Limiter)
 }
+
+func TestFailure_RevokeWithoutBudgetIsDeferredNotLost(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "rate_limit_per_minute": 1, "verify": false,
+	})
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r") // spends this minute's only request
+	id := lease.Data["key_id"].(string)
+
+	revoke := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := e.b.HandleRequest(ctx, &logical.Request{
+			Operation: logical.RevokeOperation, Path: "creds/x", Storage: e.s, Secret: lease.Secret,
+		})
+		return err
+	}
+	// Vault's first attempts get a retryable "rate limited"...
+	for i := 1; i < deferRevokeAfter; i++ {
+		require.ErrorIs(t, revoke(), logical.ErrUpstreamRateLimited, "attempt %d", i)
+	}
+	// ...then, well before Vault's sixth and last attempt, the lease is let
+	// go and the key handed to the cleanup pass instead of becoming an
+	// irrevocable lease with a live key.
+	require.NoError(t, revoke())
+	rec, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.Equal(t, pendingDelete, rec.Pending)
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	require.Equal(t, pendingDelete, list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})["pending"])
+	renewed, err := e.renew(lease, 0)
+	require.NoError(t, err)
+	require.True(t, renewed.IsError(), "a released lease cannot be renewed")
+
+	// Budget back: the cleanup pass finishes the revocation.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": maxRateLimitPerMinute, "verify": false})
+	resp := e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 1, resp.Data["pending_revocations"])
+	k, _ := e.srv.Key(id)
+	require.True(t, k.Deleted)
+	rec, err = getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.Nil(t, rec)
+}

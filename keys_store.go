@@ -43,7 +43,25 @@ type trackedKey struct {
 
 	DeactivatedAt time.Time `json:"deactivated_at,omitempty"`
 	DeleteAfter   time.Time `json:"delete_after,omitempty"`
+
+	// RateLimitedRevokes counts revocations of this key's lease that found no
+	// budget. After deferRevokeAfter of them the lease is let go and the key
+	// is handed to the cleanup pass (Pending), because Vault gives up on a
+	// lease after six failed attempts and would leave the key live for good.
+	RateLimitedRevokes int `json:"rate_limited_revokes,omitempty"`
+	// Pending is what the cleanup pass still owes a key whose lease is gone:
+	// pendingDelete or pendingDeactivate.
+	Pending string `json:"pending,omitempty"`
 }
+
+const (
+	pendingDelete     = "delete"
+	pendingDeactivate = "deactivate"
+
+	// deferRevokeAfter is below Vault's six revocation attempts, so the lease
+	// is never marked irrevocable for want of budget.
+	deferRevokeAfter = 3
+)
 
 // getTrackedKey returns the record of id, or (nil, nil) when it is not tracked.
 func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {

@@ -537,7 +537,7 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	// Without the admin key no lease of this environment could be revoked, so
 	// keys with live leases would be orphaned in Heron.
 	active, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {
-		return k.Environment == env && k.State == keyStateActive
+		return k.Environment == env && k.State == keyStateActive && k.Pending == ""
 	})
 	if err != nil {
 		return nil, err
@@ -572,7 +572,7 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 	}
 	var retained []*trackedKey
 	for _, k := range keys {
-		if k.Environment == env && k.State == keyStateDeactivated {
+		if k.Environment == env && (k.State == keyStateDeactivated || k.Pending != "") {
 			retained = append(retained, k)
 		}
 	}

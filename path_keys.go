@@ -399,7 +399,7 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 	if err != nil {
 		return nil, err
 	}
-	if rec == nil || rec.State != keyStateActive {
+	if rec == nil || rec.State != keyStateActive || rec.Pending != "" {
 		return logical.ErrorResponse("key %s is no longer active in this engine (deleted or deactivated in Heron?)", keyID), nil
 	}
 	rec.Expires = leaseEnd(b.now(), ttl, req.Secret.IssueTime, b.effectiveMaxTTL(role))
@@ -462,7 +462,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 	now := b.now()
 	expired := rec != nil && rec.State == keyStateActive && !now.Before(rec.Expires.Add(-expiryGrace))
-	if rec != nil && rec.State == keyStateDeactivated {
+	if rec != nil && (rec.State == keyStateDeactivated || rec.Pending != "") {
 		// Already deactivated by an earlier attempt that failed to finish:
 		// the retention clock is running, nothing more to do for the lease.
 		return nil, nil
@@ -485,6 +485,8 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 		expired = false
 	case errors.Is(err, heronapi.ErrUnauthorized):
 		return nil, fmt.Errorf("revoking key %s: Heron rejected the admin key of config %q (401): rotate or rewrite config/%s: %w", keyID, env, env, err)
+	case errors.Is(err, heronapi.ErrRateLimited) && rec != nil:
+		return b.revokeRateLimited(ctx, req.Storage, rec, expired, err)
 	default:
 		return nil, upstreamError(fmt.Sprintf("revoking key %s in environment %q", keyID, env), err)
 	}
@@ -512,6 +514,30 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 		return nil, err
 	}
 	log.Info("lease expired: key deactivated", "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
+	return nil, nil
+}
+
+// revokeRateLimited handles a revocation that found no budget (ours or
+// Heron's). The first attempts fail retryably so Vault tries again later; past
+// deferRevokeAfter the lease is released and the cleanup pass, which has no
+// request deadline, deletes (or deactivates) the key as budget allows.
+func (b *heronBackend) revokeRateLimited(ctx context.Context, s logical.Storage, rec *trackedKey, expired bool, cause error) (*logical.Response, error) {
+	rec.RateLimitedRevokes++
+	if rec.RateLimitedRevokes < deferRevokeAfter {
+		if err := putTrackedKey(ctx, s, rec); err != nil {
+			return nil, err
+		}
+		return nil, upstreamError(fmt.Sprintf("revoking key %s in environment %q (attempt %d)", rec.KeyID, rec.Environment, rec.RateLimitedRevokes), cause)
+	}
+	rec.Pending = pendingDelete
+	if expired {
+		rec.Pending = pendingDeactivate
+	}
+	if err := putTrackedKey(ctx, s, rec); err != nil {
+		return nil, err
+	}
+	b.Logger().Warn("no request budget to revoke the key in time: the lease is released and the cleanup pass will finish the job",
+		"key_id", rec.KeyID, "role", rec.Role, "environment", rec.Environment, "pending", rec.Pending, "attempts", rec.RateLimitedRevokes)
 	return nil, nil
 }
 
@@ -543,6 +569,7 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 			"state":        k.State,
 			"issued":       k.Issued.UTC().Format(time.RFC3339),
 			"expires":      k.Expires.UTC().Format(time.RFC3339),
+			"pending":      k.Pending,
 		}
 	}
 	sort.Strings(ids)
@@ -569,6 +596,7 @@ func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d
 		"issued":       rec.Issued.UTC().Format(time.RFC3339),
 		"expires":      rec.Expires.UTC().Format(time.RFC3339),
 		"delete_after": formatTime(rec.DeleteAfter),
+		"pending":      rec.Pending,
 	}
 
 	client, err := b.getClient(ctx, req.Storage, rec.Environment)

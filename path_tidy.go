@@ -38,6 +38,7 @@ type cleanupCounts struct {
 	AdminKeysDeactivated int
 	UntrackedGoneKeys    int
 	RolledBackWAL        int
+	PendingRevocations   int
 	EnvironmentsSkipped  int
 }
 
@@ -53,6 +54,7 @@ func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, 
 		"admin_keys_deleted":     counts.AdminKeysDeleted,
 		"reconciled_keys":        counts.UntrackedGoneKeys,
 		"rolled_back_wal":        counts.RolledBackWAL,
+		"pending_revocations":    counts.PendingRevocations,
 	}}, nil
 }
 
@@ -150,9 +152,22 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		keys = kept
 	}
 
+	// Revocations that were released for want of budget come first: those
+	// keys may still be live.
+	for _, k := range keys {
+		if k.Pending == "" {
+			continue
+		}
+		if err := b.finishPending(ctx, s, client, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.PendingRevocations++
+	}
+
 	now := b.now()
 	for _, k := range keys {
-		if k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
+		if k.Pending != "" || k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
 			continue
 		}
 		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
@@ -171,6 +186,30 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// finishPending carries out the revocation a released lease left behind.
+func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, client heronapi.API, k *trackedKey) error {
+	var err error
+	if k.Pending == pendingDeactivate {
+		err = client.DeactivateKey(ctx, k.KeyID)
+	} else {
+		err = client.DeleteKey(ctx, k.KeyID)
+	}
+	if errors.Is(err, heronapi.ErrNotFound) || (err == nil && k.Pending == pendingDelete) {
+		b.Logger().Info("finished a deferred revocation", "key_id", k.KeyID, "role", k.Role, "pending", k.Pending)
+		return deleteTrackedKey(ctx, s, k)
+	}
+	if err != nil {
+		return fmt.Errorf("finishing the deferred %s of key %s: %w", k.Pending, k.KeyID, err)
+	}
+	now := b.now()
+	k.Pending = ""
+	k.State = keyStateDeactivated
+	k.DeactivatedAt = now
+	k.DeleteAfter = now.Add(k.ExpiredKeyRetention)
+	b.Logger().Info("finished a deferred deactivation", "key_id", k.KeyID, "role", k.Role)
+	return putTrackedKey(ctx, s, k)
 }
 
 // cleanupRetired deactivates rotated-out admin keys still active and deletes

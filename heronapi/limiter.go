@@ -31,6 +31,10 @@ type Limiter struct {
 // one minute, so anything longer is a broken header, not a reason to stall the engine.
 const maxObservedPause = time.Minute
 
+// maxSlotHeadroom is the most of a caller's remaining time Wait keeps for the
+// request itself and what the caller does with its answer.
+const maxSlotHeadroom = 2 * time.Second
+
 // NewLimiter returns a limiter for perMinute requests per minute. A perMinute below 1
 // is treated as 1: an unset budget must fail slow, never spend Heron's whole budget.
 func NewLimiter(perMinute int) *Limiter {
@@ -55,6 +59,15 @@ func (l *Limiter) SetPerMinute(n int) {
 // after ctx's deadline (the caller can answer "rate limited" at once instead of timing
 // out), and returns ctx.Err() when ctx is canceled.
 func (l *Limiter) Wait(ctx context.Context) error {
+	// A slot granted just before the deadline is wasted: the request would be
+	// sent and its caller time out before it can record what happened. Keep a
+	// little of the caller's time for that.
+	if dl, ok := ctx.Deadline(); ok {
+		headroom := min(maxSlotHeadroom, time.Until(dl)/4)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-headroom))
+		defer cancel()
+	}
 	if err := l.waitPause(ctx); err != nil {
 		return err
 	}
