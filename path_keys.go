@@ -216,14 +216,11 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	cfgLock.RLock()
 	defer cfgLock.RUnlock()
 
-	cfg, err := getConfig(ctx, req.Storage, role.Environment)
-	if err != nil {
-		return nil, err
-	}
-	if cfg == nil {
+	// The cached client stands for the config: no storage read per issuance.
+	client, err := b.getClient(ctx, req.Storage, role.Environment)
+	if errors.Is(err, errConfigNotFound) {
 		return logical.ErrorResponse("role %q names environment %q, which has no config", roleName, role.Environment), nil
 	}
-	client, err := b.getClient(ctx, req.Storage, role.Environment)
 	if err != nil {
 		return nil, err
 	}
@@ -403,7 +400,8 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse("key %s is no longer active in this engine (deleted or deactivated in Heron?)", keyID), nil
 	}
 	rec.Expires = leaseEnd(b.now(), ttl, req.Secret.IssueTime, b.effectiveMaxTTL(role))
-	if err := putTrackedKey(ctx, req.Storage, rec); err != nil {
+	// Only the record changes on renewal; the active index entry stands.
+	if err := putJSON(ctx, req.Storage, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
 		return nil, err
 	}
 
