@@ -14,9 +14,12 @@ import (
 //	keys/<key_id>               trackedKey: every key issued and not yet deleted
 //	role-keys/<role>/<key_id>   empty marker while the key is active, so that
 //	                            max_active_keys counts one role without reading all keys
+//	retained-keys/<key_id>      empty marker while the key is deactivated or owes a
+//	                            deferred revocation: all the cleanup pass has to read
 const (
-	keyStoragePrefix     = "keys/"
-	roleKeyStoragePrefix = "role-keys/"
+	keyStoragePrefix         = "keys/"
+	roleKeyStoragePrefix     = "role-keys/"
+	retainedKeyStoragePrefix = "retained-keys/"
 
 	keyStateActive      = "active"
 	keyStateDeactivated = "deactivated"
@@ -68,10 +71,17 @@ func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedK
 	return getJSON[trackedKey](ctx, s, keyStoragePrefix+id, "key record "+id)
 }
 
-// putTrackedKey stores k and keeps the role's active index in step with its state.
+// putTrackedKey stores k and keeps the indexes in step with its state. A key
+// only ever moves from active to pending or deactivated, so each state writes
+// just the markers it needs (issuance: one).
 func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
 	if err := putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k); err != nil {
 		return err
+	}
+	if k.retained() {
+		if err := s.Put(ctx, &logical.StorageEntry{Key: retainedKeyStoragePrefix + k.KeyID}); err != nil {
+			return fmt.Errorf("indexing retained key %s: %w", k.KeyID, err)
+		}
 	}
 	var err error
 	idx := roleKeyStoragePrefix + k.Role + "/" + k.KeyID
@@ -86,15 +96,51 @@ func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error 
 	return nil
 }
 
+// retained reports whether the cleanup pass still owes k something.
+func (k *trackedKey) retained() bool {
+	return k.State == keyStateDeactivated || k.Pending != ""
+}
+
 // deleteTrackedKey forgets k (its Heron key is gone).
 func deleteTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
-	if err := s.Delete(ctx, roleKeyStoragePrefix+k.Role+"/"+k.KeyID); err != nil {
-		return fmt.Errorf("deleting active index of key %s: %w", k.KeyID, err)
+	if k.State == keyStateActive {
+		if err := s.Delete(ctx, roleKeyStoragePrefix+k.Role+"/"+k.KeyID); err != nil {
+			return fmt.Errorf("deleting active index of key %s: %w", k.KeyID, err)
+		}
+	}
+	if k.retained() {
+		if err := s.Delete(ctx, retainedKeyStoragePrefix+k.KeyID); err != nil {
+			return fmt.Errorf("deleting retained index of key %s: %w", k.KeyID, err)
+		}
 	}
 	if err := s.Delete(ctx, keyStoragePrefix+k.KeyID); err != nil {
 		return fmt.Errorf("deleting key record %s: %w", k.KeyID, err)
 	}
 	return nil
+}
+
+// retainedKeys returns the keys deactivated or owing a deferred revocation,
+// dropping index entries whose record is gone.
+func retainedKeys(ctx context.Context, s logical.Storage) ([]*trackedKey, error) {
+	ids, err := s.List(ctx, retainedKeyStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing retained keys: %w", err)
+	}
+	keys := make([]*trackedKey, 0, len(ids))
+	for _, id := range ids {
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			return nil, err
+		}
+		if k == nil || !k.retained() {
+			if err := s.Delete(ctx, retainedKeyStoragePrefix+id); err != nil {
+				return nil, fmt.Errorf("deleting stale retained index of key %s: %w", id, err)
+			}
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 // listTrackedKeys returns every tracked key.

@@ -566,13 +566,13 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 	if err != nil || cfg == nil {
 		return err
 	}
-	keys, err := listTrackedKeys(ctx, s)
+	all, err := retainedKeys(ctx, s)
 	if err != nil {
 		return err
 	}
 	var retained []*trackedKey
-	for _, k := range keys {
-		if k.Environment == env && (k.State == keyStateDeactivated || k.Pending != "") {
+	for _, k := range all {
+		if k.Environment == env {
 			retained = append(retained, k)
 		}
 	}

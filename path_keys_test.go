@@ -408,3 +408,31 @@ func TestKeys_ListingMatchesHeron(t *testing.T) {
 	resp = e.ok(logical.ListOperation, "keys/", nil)
 	require.Empty(t, resp.Data["keys"])
 }
+
+func TestTidy_ReconcilesKeysGoneFromHeron(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.configure("production")
+	e.role("r", map[string]interface{}{"ttl": "1h"})
+	e.role("p", map[string]interface{}{"environment": "production"})
+	kept, gone, expired, prod := e.issue("r"), e.issue("r"), e.issue("r"), e.issue("p")
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(expired))
+	e.atTime(time.Now().Add(time.Minute))
+	deleteDirect(t, e, gone.Data["key_id"].(string))
+	deleteDirect(t, e, expired.Data["key_id"].(string))
+
+	resp := e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 2, resp.Data["reconciled_keys"])
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	require.ElementsMatch(t, []string{kept.Data["key_id"].(string), prod.Data["key_id"].(string)}, list.Data["keys"])
+	retained, err := e.s.List(context.Background(), retainedKeyStoragePrefix)
+	require.NoError(t, err)
+	require.Empty(t, retained, "no index entry outlives its record")
+
+	// A second pass finds nothing more to do.
+	resp = e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 0, resp.Data["reconciled_keys"])
+	require.NoError(t, e.revoke(kept))
+	require.NoError(t, e.revoke(prod))
+}

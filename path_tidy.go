@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -75,46 +76,91 @@ func (b *heronBackend) cleanupWithWAL(ctx context.Context, req *logical.Request)
 // everything else and carries on past one environment's failure.
 func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage) (*cleanupCounts, error) {
 	counts := &cleanupCounts{}
-	keys, err := listTrackedKeys(ctx, s)
+	// Only ids of all tracked keys, and records of the few retained ones, are
+	// read: the pass runs every minute and must not cost O(keys) storage reads.
+	ids, err := s.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return counts, fmt.Errorf("listing key records: %w", err)
+	}
+	retained, err := retainedKeys(ctx, s)
 	if err != nil {
 		return counts, err
 	}
 	byEnv := make(map[string][]*trackedKey)
-	for _, k := range keys {
+	for _, k := range retained {
 		byEnv[k.Environment] = append(byEnv[k.Environment], k)
 	}
 	envs, err := s.List(ctx, configStoragePrefix)
 	if err != nil {
 		return counts, fmt.Errorf("listing configs: %w", err)
 	}
-	for _, env := range envs {
-		if _, ok := byEnv[env]; !ok {
-			byEnv[env] = nil
-		}
-	}
 
 	var errs []error
-	for env, envKeys := range byEnv {
-		if err := b.cleanupEnvironment(ctx, s, env, envKeys, counts); err != nil {
+	seen := listing{live: map[string]bool{}, at: map[string]time.Time{}}
+	for _, env := range envs {
+		if err := b.cleanupEnvironment(ctx, s, env, len(ids) > 0, byEnv[env], &seen, counts); err != nil {
 			errs = append(errs, fmt.Errorf("environment %q: %w", env, err))
 		}
+		delete(byEnv, env)
+	}
+	for env, keys := range byEnv {
+		counts.EnvironmentsSkipped++
+		b.Logger().Warn("retained keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
+	}
+	if err := b.reconcile(ctx, s, ids, &seen, counts); err != nil {
+		errs = append(errs, err)
 	}
 	return counts, errors.Join(errs...)
 }
 
-func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, keys []*trackedKey, counts *cleanupCounts) error {
+// listing is what the pass learnt from Heron: the ids of every key it holds
+// in the environments it listed, and when each was listed.
+type listing struct {
+	live map[string]bool
+	at   map[string]time.Time
+}
+
+// reconcile drops from tracking the keys Heron no longer has. Only records
+// issued before their environment was listed are judged, so an issuance
+// finishing meanwhile is never mistaken for a vanished key; heron ids are
+// unique, so one set serves every environment.
+func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []string, seen *listing, counts *cleanupCounts) error {
+	var errs []error
+	for _, id := range ids {
+		if seen.live[id] {
+			continue
+		}
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if k == nil {
+			continue // deleted by this pass or a revocation meanwhile
+		}
+		listedAt, ok := seen.at[k.Environment]
+		if !ok || !k.Issued.Before(listedAt) {
+			continue
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.UntrackedGoneKeys++
+		b.Logger().Warn("tracked key no longer exists in Heron: dropped from tracking",
+			"key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "environment", k.Environment, "state", k.State)
+	}
+	return errors.Join(errs...)
+}
+
+func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, list bool, keys []*trackedKey, seen *listing, counts *cleanupCounts) error {
 	lock := b.configLock(env)
 	lock.RLock()
 	defer lock.RUnlock()
 
 	cfg, err := getConfig(ctx, s, env)
-	if err != nil {
+	if err != nil || cfg == nil {
 		return err
-	}
-	if cfg == nil {
-		counts.EnvironmentsSkipped++
-		b.Logger().Warn("tracked keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
-		return nil
 	}
 	client, err := b.getClient(ctx, s, env)
 	if err != nil {
@@ -123,33 +169,26 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	log := b.Logger().With("environment", env)
 	var errs []error
 
-	// Reconcile first: a key Heron no longer has needs no delete call. Only
-	// records older than the listing are judged, so an issuance finishing
-	// meanwhile is never mistaken for a vanished key.
-	if len(keys) > 0 {
+	if list {
 		listedAt := b.now()
 		live, err := client.ListKeys(ctx)
 		if err != nil {
-			return fmt.Errorf("listing keys: %w", err)
-		}
-		inHeron := make(map[string]bool, len(live))
-		for _, k := range live {
-			inHeron[k.ID] = true
-		}
-		kept := keys[:0]
-		for _, k := range keys {
-			if inHeron[k.KeyID] || !k.Issued.Before(listedAt) {
-				kept = append(kept, k)
-				continue
+			errs = append(errs, fmt.Errorf("listing keys: %w", err))
+		} else {
+			for _, k := range live {
+				seen.live[k.ID] = true
 			}
-			if err := deleteTrackedKey(ctx, s, k); err != nil {
-				errs = append(errs, err)
-				continue
+			seen.at[env] = listedAt
+			// A retained key Heron no longer has needs no call: reconcile
+			// drops it.
+			kept := keys[:0]
+			for _, k := range keys {
+				if seen.live[k.KeyID] || !k.Issued.Before(listedAt) {
+					kept = append(kept, k)
+				}
 			}
-			counts.UntrackedGoneKeys++
-			log.Warn("tracked key no longer exists in Heron: dropped from tracking", "key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "state", k.State)
+			keys = kept
 		}
-		keys = kept
 	}
 
 	// Revocations that were released for want of budget come first: those
