@@ -585,23 +585,10 @@ func benchMeasureMassRevoke(t *testing.T, v *vault, e *emulator, h *benchHTTP, n
 			times = append(times, r.Time)
 		}
 	}
-	m.maxInMinute = benchMaxInWindow(times, time.Minute)
+	m.maxInMinute = herontest.MaxInWindowOf(times, time.Minute)
 
 	v.run("write", "heron/config/development", fmt.Sprintf("rate_limit_per_minute=%d", benchFastBudget), "verify=false")
 	return m
-}
-
-// benchMaxInWindow is herontest's MaxInWindow over a chosen set of requests.
-func benchMaxInWindow(ts []time.Time, window time.Duration) int {
-	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
-	best, lo := 0, 0
-	for hi := range ts {
-		for ts[hi].Sub(ts[lo]) >= window {
-			lo++
-		}
-		best = max(best, hi-lo+1)
-	}
-	return best
 }
 
 // ---------------------------------------------------------------------------

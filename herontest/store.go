@@ -214,10 +214,13 @@ func (s *Server) MaxInWindow(env string, window time.Duration) int {
 		}
 	}
 	s.mu.Unlock()
-	return maxInWindow(ts, window)
+	return MaxInWindowOf(ts, window)
 }
 
-func maxInWindow(ts []time.Time, window time.Duration) int {
+// MaxInWindowOf is the largest number of the times ts (sorted in place) that
+// fall in any sliding window of the given length: how a budget over a sliding
+// minute is judged, for any chosen set of requests.
+func MaxInWindowOf(ts []time.Time, window time.Duration) int {
 	if window <= 0 {
 		return 0
 	}
