@@ -106,6 +106,8 @@ func FuzzNameTemplate(f *testing.F) {
 	f.Add(`{{printf "%0999999999d" 1}}`, "", "r")
 	f.Add(`{{printf "%*d" 1000000000 1}}`, "x", "r")
 	f.Add(`{{.DisplayName | truncate 5}}-{{uuid}}-{{.EntityID}}`, "ü", "r")
+	f.Add(`{{range 2000000000}}{{end}}`, "", "r")
+	f.Add(`{{define "a"}}{{template "b"}}{{template "b"}}{{end}}{{template "a"}}`, "", "r")
 	f.Fuzz(func(t *testing.T, tmpl, displayName, roleName string) {
 		r := &heronRole{Name: roleName, Environment: "development", NameTemplate: tmpl}
 		name, err := r.renderKeyName(nameTemplateData{RoleName: roleName, DisplayName: displayName, Environment: "development"})

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	gotemplate "text/template"
+	"text/template/parse"
 	"time"
 	"unicode/utf8"
 
@@ -57,6 +59,9 @@ func (r *heronRole) nameTemplate() string {
 // renderKeyName renders the role's name_template. Errors are user errors: the
 // template or the caller's names produce a name Heron would refuse.
 func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
+	if err := checkTemplateShape(r.nameTemplate()); err != nil {
+		return "", err
+	}
 	tmpl, err := template.NewTemplate(
 		template.Template(r.nameTemplate()),
 		// The sdk's random allocates whatever length it is asked for; a
@@ -80,6 +85,67 @@ func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
 		return "", fmt.Errorf("name_template rendered a key name of %d characters, Heron allows at most %d", n, maxKeyNameLength)
 	}
 	return name, nil
+}
+
+// maxNameTemplateLength bounds the template text; a name is at most 128
+// characters, so a longer template is a mistake or an attack.
+const maxNameTemplateLength = 4096
+
+// templateFuncNames lists the functions helper/template provides, so the
+// shape check can parse what it will accept.
+var templateFuncNames = []string{
+	"random", "truncate", "truncate_sha256", "uppercase", "lowercase", "replace", "sha256",
+	"base64", "unix_time", "unix_time_millis", "timestamp", "uuid", "printf",
+}
+
+// checkTemplateShape refuses what could make rendering unbounded: loops
+// ({{range 2000000000}}{{end}} spins for minutes without writing a byte),
+// nested templates (each calling the next twice: 2^30 executions in a few
+// hundred bytes) and very long template text. A key name needs none of them.
+func checkTemplateShape(text string) error {
+	if len(text) > maxNameTemplateLength {
+		return fmt.Errorf("name_template is %d bytes long, at most %d are allowed", len(text), maxNameTemplateLength)
+	}
+	funcs := make(map[string]any, len(templateFuncNames))
+	for _, name := range templateFuncNames {
+		funcs[name] = func(...any) string { return "" }
+	}
+	trees, err := parse.Parse("name_template", text, "", "", funcs, gotemplate.FuncMap{})
+	if err != nil {
+		return fmt.Errorf("name_template is invalid: %v", err)
+	}
+	if len(trees) > 1 {
+		return errors.New("name_template must not define templates (define, block)")
+	}
+	for _, tree := range trees {
+		if tree.Root != nil && unbounded(tree.Root) {
+			return errors.New("name_template must not use range or template actions: a key name needs no loop")
+		}
+	}
+	return nil
+}
+
+// unbounded reports whether node contains an action whose cost the template
+// text does not bound: range, or a call to another template.
+func unbounded(node parse.Node) bool {
+	switch n := node.(type) {
+	case *parse.RangeNode, *parse.TemplateNode:
+		return true
+	case *parse.ListNode:
+		if n == nil {
+			return false
+		}
+		for _, c := range n.Nodes {
+			if unbounded(c) {
+				return true
+			}
+		}
+	case *parse.IfNode:
+		return unbounded(n.List) || unbounded(n.ElseList)
+	case *parse.WithNode:
+		return unbounded(n.List) || unbounded(n.ElseList)
+	}
+	return false
 }
 
 // boundedRandom is the sdk's random, refusing lengths no key name can hold.

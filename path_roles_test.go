@@ -28,6 +28,11 @@ func TestRoles_Validation(t *testing.T) {
 		{"template unknown field", map[string]interface{}{"environment": "development", "name_template": "{{.Nope}}"}, "name_template failed to render"},
 		{"template renders empty", map[string]interface{}{"environment": "development", "name_template": "{{if false}}x{{end}}"}, "name_template rendered an empty key name"},
 		{"template empty", map[string]interface{}{"environment": "development", "name_template": ""}, "name_template must not be empty"},
+		{"template loops", map[string]interface{}{"environment": "development", "name_template": "{{range 2000000000}}{{end}}x"}, "must not use range"},
+		{"template loops inside if", map[string]interface{}{"environment": "development", "name_template": "{{if true}}{{range 9}}x{{end}}{{end}}"}, "must not use range"},
+		{"template defines templates", map[string]interface{}{"environment": "development", "name_template": `{{define "a"}}x{{end}}{{template "a"}}`}, "must not define templates"},
+		{"template calls a template", map[string]interface{}{"environment": "development", "name_template": `{{template "a"}}`}, "must not use range or template"},
+		{"template text huge", map[string]interface{}{"environment": "development", "name_template": strings.Repeat("{{/* */}}", 500)}, "at most 4096 are allowed"},
 		{"template too long", map[string]interface{}{"environment": "development", "name_template": strings.Repeat("x", 129)}, "129 characters, Heron allows at most 128"},
 		{"template too long with display name", map[string]interface{}{"environment": "development", "name_template": strings.Repeat("x", 100) + "{{.DisplayName}}"}, "132 characters"},
 	}
