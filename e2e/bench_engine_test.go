@@ -644,9 +644,9 @@ func benchMeasureRSS(t *testing.T, v *vault, e *emulator, h *benchHTTP, live int
 		t.Fatalf("issuing %d live leases: %v", live, err)
 	}
 	r.issueWall = time.Since(from)
-	// The cleanup pass Vault runs every minute reads every tracked key and
-	// lists Heron's keys: with all leases live that is the plugin's largest
-	// working set, so it is part of the figure.
+	// The cleanup pass Vault runs every minute lists every tracked key id and
+	// Heron's keys: with all leases live that is a large working set, so it is
+	// part of the figure.
 	pids := []int{v.proc.cmd.Process.Pid, r.pid}
 	cpu0, t0 := benchCPU(t, pids), time.Now()
 	v.tidy()
@@ -1083,7 +1083,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		m.n, benchFastBudget, m.issueWall.Round(100*time.Millisecond), m.postsPerKey, m.issueReqsPer,
 		m.deletes, m.other, m.maxInMinute, m.budget, benchWithin(m.maxInMinute <= m.budget+1), m.leasesGone.Seconds())
 	s := r.rss
-	p("- 4. A fresh plugin process (`vault plugin reload`; VmRSS %s after its first issuance) issued %d leases in %s (16 clients), then ran `tidy` (the periodic pass: reads every tracked key, lists Heron's keys): "+
+	p("- 4. A fresh plugin process (`vault plugin reload`; VmRSS %s after its first issuance) issued %d leases in %s (16 clients), then ran `tidy` (the periodic pass: lists tracked key ids, reads retained ones, lists Heron's keys): "+
 		"VmHWM %s, VmRSS %s; that pass took %s (CPU: Vault %s, plugin %s). After a `LIST heron/keys/` of all of them (%s): VmHWM %s. "+
 		"The plugin's VmHWM over the earlier measurements was %s. Vault itself: VmRSS %s before, %s with the leases (VmHWM %s). "+
 		"Revoking them all at %d/min took %s, %d irrevocable.\n",
