@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
@@ -249,4 +250,65 @@ func TestRotate_KeepsTheEnvironmentsBudget(t *testing.T) {
 	e.adminKey["other"] = other
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": other})
 	require.NotSame(t, before, limiterOf())
+}
+
+// rotationManagerView is a SystemView with Vault Enterprise's rotation
+// manager: it accepts jobs and remembers them.
+type rotationManagerView struct {
+	logical.StaticSystemView
+	mu   sync.Mutex
+	jobs map[string]*rotation.RotationJobConfigureRequest
+}
+
+func (v *rotationManagerView) RegisterRotationJob(_ context.Context, req *rotation.RotationJobConfigureRequest) (string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.jobs[req.ReqPath] = req
+	return "job-" + req.ReqPath, nil
+}
+
+func (v *rotationManagerView) DeregisterRotationJob(_ context.Context, req *rotation.RotationJobDeregisterRequest) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.jobs, req.ReqPath)
+	return nil
+}
+
+func TestRotate_RotationManager(t *testing.T) {
+	e := getTestBackend(t)
+	view := &rotationManagerView{
+		StaticSystemView: logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL},
+		jobs:             map[string]*rotation.RotationJobConfigureRequest{},
+	}
+	b := backend()
+	b.retryWaitMin = 5 * time.Millisecond
+	conf := logical.TestBackendConfig()
+	conf.StorageView = e.s
+	conf.System = view
+	require.NoError(t, b.Setup(context.Background(), conf))
+	e.b = b
+	e.configure("development")
+
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * SAT", "rotation_window": "1h"})
+	read := e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, true, read.Data["rotation_managed_by_vault"])
+	job := view.jobs["config/development"]
+	require.NotNil(t, job, "the schedule is handed to Vault's rotation manager")
+	require.Equal(t, "0 3 * * SAT", job.RotationSchedule)
+	require.Equal(t, time.Hour, job.RotationWindow)
+
+	// The engine's own scheduler stays out of the way...
+	cfg, _ := getConfig(context.Background(), e.s, "development")
+	require.True(t, nextRotation(cfg).IsZero())
+	// ...and Vault's callback rotates.
+	_, err := b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.RotationOperation, Path: "config/development", Storage: e.s,
+	})
+	require.NoError(t, err)
+	require.False(t, e.authenticates(e.adminKey["development"]), "rotated by the rotation manager's call")
+
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"disable_automated_rotation": true})
+	require.Empty(t, view.jobs, "disabling deregisters the job")
+	read = e.ok(logical.ReadOperation, "config/development", nil)
+	require.Equal(t, false, read.Data["rotation_managed_by_vault"])
 }
