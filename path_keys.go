@@ -294,23 +294,12 @@ type issuedKey struct {
 // that whatever fails (a lost response, a crash, a storage error) the key ends
 // up either tracked or deleted by the rollback.
 func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey) (*issuedKey, error) {
-	b.markInflight(rec.KeyName)
-	defer b.unmarkInflight(rec.KeyName)
-
-	walID, err := framework.PutWAL(ctx, s, walKindKey, &walKeyEntry{
+	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{
 		Environment: rec.Environment,
 		Role:        rec.Role,
 		KeyName:     rec.KeyName,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("writing write-ahead record for key %q: %w", rec.KeyName, err)
-	}
-
-	key, err := client.CreateKey(ctx, rec.KeyName)
-	if err != nil {
-		if notProcessed(err) {
-			b.deleteWAL(ctx, s, walID)
-		}
 		return nil, err
 	}
 	rec.KeyID = key.ID
@@ -318,18 +307,11 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 	if rec.TokenPrefix == "" {
 		rec.TokenPrefix = keyPrefix(key.Token)
 	}
-
 	if err := putTrackedKey(ctx, s, rec); err != nil {
-		// Nothing tracks the key: delete it now. If that fails too, the
-		// write-ahead record stays and the rollback deletes it later.
-		if derr := client.DeleteKey(ctx, key.ID); derr == nil || errors.Is(derr, heronapi.ErrNotFound) {
-			b.deleteWAL(ctx, s, walID)
-		} else {
-			b.Logger().Error("could not delete untracked key; rollback will", "key_id", key.ID, "key_name", rec.KeyName, "error", derr)
-		}
+		guard.undo(ctx, client, key.ID)
 		return nil, err
 	}
-	b.deleteWAL(ctx, s, walID)
+	guard.done(ctx)
 	b.Logger().Info("issued key", "key_id", rec.KeyID, "key_name", rec.KeyName, "role", rec.Role, "environment", rec.Environment, "expires", rec.Expires.UTC().Format(time.RFC3339))
 	return &issuedKey{rec: rec, token: key.Token}, nil
 }

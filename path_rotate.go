@@ -102,18 +102,8 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 
 	now := b.now()
 	name := fmt.Sprintf("vault-admin-%s-%d", env, now.Unix())
-	b.markInflight(name)
-	defer b.unmarkInflight(name)
-	walID, err := framework.PutWAL(ctx, s, walKindAdminKey, &walKeyEntry{Environment: env, KeyName: name})
+	newKey, guard, err := b.createUnderWAL(ctx, s, oldClient, walKindAdminKey, &walKeyEntry{Environment: env, KeyName: name})
 	if err != nil {
-		return nil, "", fmt.Errorf("writing write-ahead record for admin key %q: %w", name, err)
-	}
-
-	newKey, err := oldClient.CreateKey(ctx, name)
-	if err != nil {
-		if notProcessed(err) {
-			b.deleteWAL(ctx, s, walID)
-		}
 		return nil, "", fmt.Errorf("creating the new admin key: %w", err)
 	}
 
@@ -126,9 +116,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	}
 	if err != nil {
 		// The old key keeps working; take the new one back out.
-		if derr := oldClient.DeleteKey(ctx, newKey.ID); derr == nil || errors.Is(derr, heronapi.ErrNotFound) {
-			b.deleteWAL(ctx, s, walID)
-		}
+		guard.undo(ctx, oldClient, newKey.ID)
 		return nil, "", fmt.Errorf("verifying the new admin key %s: %w", newKey.ID, err)
 	}
 
@@ -142,12 +130,10 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 		DeleteAfter: now.Add(cfg.OldKeyRetention),
 	})
 	if err := putConfig(ctx, s, &next); err != nil {
-		if derr := oldClient.DeleteKey(ctx, newKey.ID); derr == nil || errors.Is(derr, heronapi.ErrNotFound) {
-			b.deleteWAL(ctx, s, walID)
-		}
+		guard.undo(ctx, oldClient, newKey.ID)
 		return nil, "", err
 	}
-	b.deleteWAL(ctx, s, walID)
+	guard.done(ctx)
 	b.resetClient(env)
 	b.Logger().Info("rotated admin key", "environment", env, "new_key_id", newKey.ID, "old_key_id", cfg.AdminKeyID)
 

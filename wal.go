@@ -52,6 +52,56 @@ func (b *heronBackend) isInflight(name string) bool {
 	return ok
 }
 
+// walGuard is a key creation still covered by its write-ahead record.
+// Exactly one of done or undo ends it.
+type walGuard struct {
+	b    *heronBackend
+	s    logical.Storage
+	id   string
+	name string
+}
+
+// createUnderWAL creates a key named entry.KeyName in Heron under a
+// write-ahead record and the in-flight mark, so that whatever fails before
+// the caller has recorded the key, the key ends up deleted: by undo now, or by
+// the rollback later. When Heron certainly created nothing the record goes
+// at once.
+func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry) (*heronapi.Key, *walGuard, error) {
+	b.markInflight(entry.KeyName)
+	id, err := framework.PutWAL(ctx, s, kind, entry)
+	if err != nil {
+		b.unmarkInflight(entry.KeyName)
+		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)
+	}
+	g := &walGuard{b: b, s: s, id: id, name: entry.KeyName}
+	key, err := client.CreateKey(ctx, entry.KeyName)
+	if err != nil {
+		if notProcessed(err) {
+			b.deleteWAL(ctx, s, id)
+		}
+		b.unmarkInflight(entry.KeyName)
+		return nil, nil, err
+	}
+	return key, g, nil
+}
+
+// done ends the guard once the caller's own record holds the key.
+func (g *walGuard) done(ctx context.Context) {
+	g.b.deleteWAL(ctx, g.s, g.id)
+	g.b.unmarkInflight(g.name)
+}
+
+// undo deletes the created key because nothing will track it. If Heron
+// cannot be reached the write-ahead record stays and the rollback deletes it.
+func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) {
+	defer g.b.unmarkInflight(g.name)
+	if err := client.DeleteKey(ctx, keyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		g.b.Logger().Error("could not delete an untracked key; the rollback will", "key_id", keyID, "key_name", g.name, "error", err)
+		return
+	}
+	g.b.deleteWAL(ctx, g.s, g.id)
+}
+
 // deleteWAL removes a write-ahead record once its key is tracked or known not
 // to exist. A failure only means the rollback will look for the key later
 // and, finding it tracked, leave it alone.
@@ -124,7 +174,9 @@ func (b *heronBackend) deleteUntrackedByName(ctx context.Context, s logical.Stor
 	}
 	deleted := 0
 	for _, k := range keys {
-		if k.Name != name || k.ID == cfg.AdminKeyID || k.TokenPrefix == keyPrefix(cfg.AdminAPIKey) && cfg.AdminKeyID == "" {
+		// Never the current admin key: by id, or by prefix while its id is unknown.
+		isAdmin := k.ID == cfg.AdminKeyID || (cfg.AdminKeyID == "" && k.TokenPrefix == keyPrefix(cfg.AdminAPIKey))
+		if k.Name != name || isAdmin {
 			continue
 		}
 		rec, err := getTrackedKey(ctx, s, k.ID)
