@@ -50,10 +50,10 @@ type bgKey struct{}
 
 // API is what the backend needs from Heron; *Client implements it, tests may swap it.
 type API interface {
-	// CreateKey POSTs a new key. It never blindly re-sends the POST: a 429 is retried
-	// (not processed by Heron); after a 5xx or a transport error/lost response it lists
-	// the keys once, deletes any key with exactly this name (its token was lost), and
-	// then POSTs again, up to MaxRetries times.
+	// CreateKey POSTs a new key. It never re-sends the POST except after a 429
+	// (which Heron did not process); when the POST may have been processed
+	// without an answer the error wraps ErrOutcomeUnknown, and any other error
+	// means Heron created nothing.
 	CreateKey(ctx context.Context, name string) (*Key, error)
 	ListKeys(ctx context.Context) ([]Key, error)
 	DeactivateKey(ctx context.Context, id string) error

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -32,13 +31,10 @@ const (
 	// maxResponseBytes bounds what one answer may make us buffer; a list of every key
 	// of a user is far below this.
 	maxResponseBytes = 16 << 20
-	maxKeyNameRunes  = 128
 
 	keysPath  = "/api/credentials/keys"
 	helloPath = "/api/hello_world/authenticated"
 )
-
-var tokenRe = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
 
 // Client talks to one Heron environment with one admin key. It is safe for
 // concurrent use.
@@ -155,17 +151,12 @@ func parseBaseURL(s string) (string, error) {
 // after a config change.
 func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
-// createBudget is the number of extra POSTs CreateKey may still send, whether
-// re-sending after a 429 or after a lookup-and-delete recovery. Only the goroutine
-// running CreateKey touches it (CheckRetry runs inside Do), so it needs no lock.
-type createBudget struct{ left int }
-
-type createBudgetKey struct{}
-
-// CreateKey implements API.
+// CreateKey implements API. Only a 429 is re-sent (Heron did not process it);
+// any answer that leaves the outcome open comes back wrapping ErrOutcomeUnknown,
+// for the caller, who knows which keys are its own, to settle by listing.
 func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
-	if n := utf8.RuneCountInString(name); n < 1 || n > maxKeyNameRunes {
-		return nil, fmt.Errorf("heron: key name must be 1 to %d characters, got %d", maxKeyNameRunes, n)
+	if n := utf8.RuneCountInString(name); n < 1 || n > MaxKeyNameLength {
+		return nil, fmt.Errorf("heron: key name must be 1 to %d characters, got %d", MaxKeyNameLength, n)
 	}
 	body, err := json.Marshal(struct {
 		Name string `json:"name"`
@@ -173,106 +164,55 @@ func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heron: encoding key name: %w", err)
 	}
-	budget := &createBudget{left: c.maxRetries}
-	pctx := context.WithValue(ctx, createBudgetKey{}, budget)
-	for {
-		key, out, err := c.createOnce(pctx, name, body)
-		switch out {
-		case createdOK:
-			return key, nil
-		case notCreated:
-			return nil, err
-		case maybeCreated:
-			return nil, fmt.Errorf("%w (a key named %q may exist)", err, name)
-		}
-		// lostResponse: Heron may have created the key, but its token is gone with
-		// the response. Delete it by name rather than leave a key nobody holds.
-		if budget.left <= 0 {
-			return nil, fmt.Errorf("heron: POST %s: no retries left (a key named %q may exist): %w",
-				keysPath, name, err)
-		}
-		budget.left--
-		c.logger.Warn("create key: the POST may have been processed; deleting any key with this name before sending it again",
-			"key_name", name, "error", err)
-		if lerr := c.deleteKeysNamed(ctx, name); lerr != nil {
-			return nil, fmt.Errorf("heron: POST %s failed (%w) and looking the key up by name failed, so a key named %q may exist: %w",
-				keysPath, err, name, lerr)
-		}
-	}
-}
-
-type createOutcome int
-
-const (
-	createdOK    createOutcome = iota
-	notCreated                 // Heron refused it or it never left: nothing to clean up
-	maybeCreated               // may exist, but recovery is not possible or would not help
-	lostResponse               // may exist; look it up by name, delete it, POST again
-)
-
-func (c *Client) createOnce(ctx context.Context, name string, body []byte) (*Key, createOutcome, error) {
 	status, respBody, err := c.roundTrip(ctx, c.rcCreate, http.MethodPost, keysPath, body)
 	if err != nil {
 		var apiErr *APIError
 		switch {
 		case errors.As(err, &apiErr):
 			if apiErr.StatusCode >= 500 {
-				return nil, lostResponse, err
+				// A gateway's 502/504 or Heron's own 500 may come after the
+				// key was made.
+				return nil, unknownOutcome(err)
 			}
-			return nil, notCreated, err
+			return nil, err // 4xx, 429 included: not processed
 		case errors.Is(err, ErrRateLimited), isPermanentTransportErr(err):
 			// The limiter refused before sending, or TLS failed before any byte of the body.
-			return nil, notCreated, err
-		case ctx.Err() != nil:
-			return nil, maybeCreated, err
+			return nil, err
 		default:
-			return nil, lostResponse, err
+			// Dropped connection, timeout, cancellation: the POST may have
+			// been processed.
+			return nil, unknownOutcome(err)
 		}
 	}
 	if status != http.StatusCreated {
-		return nil, maybeCreated, fmt.Errorf("heron: POST %s: unexpected status %d", keysPath, status)
+		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: unexpected status %d", keysPath, status))
 	}
 	var k Key
 	if err := json.Unmarshal(respBody, &k); err != nil {
 		// Created for sure, but the token is unreadable: as good as a lost response.
-		return nil, lostResponse, fmt.Errorf("heron: POST %s: decoding the answer: %w", keysPath, err)
+		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: decoding the answer: %w", keysPath, err))
 	}
 	if k.ID == "" || !tokenRe.MatchString(k.Token) {
 		// A key we cannot use: delete it now when we know its id, rather than
 		// leave it to the caller's write-ahead cleanup.
 		if k.ID != "" && c.DeleteKey(ctx, k.ID) == nil {
-			return nil, notCreated, fmt.Errorf("heron: POST %s: the answer has no valid token; deleted key %s again", keysPath, k.ID)
+			return nil, fmt.Errorf("heron: POST %s: the answer has no valid token; deleted key %s again", keysPath, k.ID)
 		}
-		return nil, maybeCreated, fmt.Errorf("heron: POST %s: the answer has no valid heron_id or token", keysPath)
+		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: the answer has no valid heron_id or token", keysPath))
 	}
 	if k.TokenPrefix == "" {
-		k.TokenPrefix = k.Token[:8]
+		k.TokenPrefix = k.Token[:TokenPrefixLength]
 	}
 	if k.Name == "" {
 		k.Name = name
 	}
 	c.logger.Debug("created key", "key_id", k.ID, "key_name", k.Name, "token_prefix", k.TokenPrefix)
-	return &k, createdOK, nil
+	return &k, nil
 }
 
-// deleteKeysNamed removes keys left by a POST whose answer was lost. Names are
-// generated unique by the engine, so an exact match can only be that key.
-func (c *Client) deleteKeysNamed(ctx context.Context, name string) error {
-	keys, err := c.ListKeys(ctx)
-	if err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if k.Name != name {
-			continue
-		}
-		c.logger.Warn("create key: deleting the key created by an attempt whose answer was lost",
-			"key_name", name, "key_id", k.ID)
-		if err := c.DeleteKey(ctx, k.ID); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-	}
-	return nil
+// unknownOutcome marks err as "Heron may have created the key".
+func unknownOutcome(err error) error {
+	return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 }
 
 // ListKeys implements API.
@@ -406,19 +346,14 @@ func (c *Client) retryPolicy(ctx context.Context, resp *http.Response, err error
 	return false, nil
 }
 
-// createRetryPolicy is for the key-creating POST: only a 429 is re-sent here, since
-// Heron did not process it. Anything else that may have reached Heron goes back to
-// CreateKey, which looks the key up before sending again.
+// createRetryPolicy is for the key-creating POST: only a 429 is re-sent, since
+// Heron did not process it. Anything else that may have reached Heron goes back
+// to the caller as ErrOutcomeUnknown.
 func (c *Client) createRetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil || err != nil || resp.StatusCode != http.StatusTooManyRequests || !retryAfterFits(ctx, resp) {
+	if ctx.Err() != nil || err != nil || resp.StatusCode != http.StatusTooManyRequests {
 		return false, nil
 	}
-	b, _ := ctx.Value(createBudgetKey{}).(*createBudget)
-	if b == nil || b.left <= 0 {
-		return false, nil
-	}
-	b.left--
-	return true, nil
+	return retryAfterFits(ctx, resp), nil
 }
 
 // retryAfterFits reports whether waiting out Retry-After still leaves time before

@@ -20,6 +20,11 @@ var (
 	// ErrRateLimited matches a 429 that outlived the retries, and a Limiter that could not
 	// grant a request slot before the context's deadline.
 	ErrRateLimited = errors.New("heron: rate limited")
+	// ErrOutcomeUnknown marks a CreateKey whose POST may have been processed:
+	// a 5xx, a dropped connection, a timeout or an unreadable answer. The key
+	// may exist (now or later) with its token lost; only the caller knows
+	// which keys of that name are its own, so the client never looks.
+	ErrOutcomeUnknown = errors.New("heron: the key may have been created")
 )
 
 // APIError is any non-2xx answer from Heron.
@@ -69,6 +74,11 @@ func newAPIError(method, path string, resp *http.Response, body []byte, secret s
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		e.RetryAfter, _ = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
+	// Scrub before anything is cut: a cut through the echoed key would leave
+	// most of it behind where ReplaceAll no longer finds it whole.
+	if secret != "" {
+		body = bytes.ReplaceAll(body, []byte(secret), []byte("[redacted]"))
+	}
 	var eb struct {
 		Name        string          `json:"name"`
 		Description json.RawMessage `json:"description"`
@@ -76,13 +86,17 @@ func newAPIError(method, path string, resp *http.Response, body []byte, secret s
 	if err := json.Unmarshal(body, &eb); err == nil {
 		e.Name = eb.Name
 		e.Description = describe(eb.Description)
-	} else if text := strings.TrimSpace(string(body)); text != "" {
-		e.Description = truncate(text, maxErrorText)
+	} else {
+		e.Description = strings.TrimSpace(string(body))
 	}
 	if secret != "" {
+		// JSON escapes could have hidden the key from the byte scrub above
+		// ("key_\u0030..."); decoded, it is whole again.
 		e.Name = strings.ReplaceAll(e.Name, secret, "[redacted]")
 		e.Description = strings.ReplaceAll(e.Description, secret, "[redacted]")
 	}
+	e.Name = truncate(e.Name, maxErrorText)
+	e.Description = truncate(e.Description, maxErrorText)
 	return e
 }
 
@@ -99,7 +113,7 @@ func describe(raw json.RawMessage) string {
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
-		return truncate(string(raw), maxErrorText)
+		return string(raw)
 	}
 	return buf.String()
 }

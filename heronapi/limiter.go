@@ -161,26 +161,91 @@ type limiterKey struct {
 	keySum  [sha256.Size]byte
 }
 
+// sharedLimiter is one budget and who holds it: each holder (a mount's
+// environment) states its own rate_limit_per_minute, and the smallest applies,
+// so that the most careful mount's budget is never overspent by another.
+type sharedLimiter struct {
+	l       *Limiter
+	holders map[string]int
+}
+
+func (e *sharedLimiter) apply() {
+	low := 0
+	for _, n := range e.holders {
+		if low == 0 || n < low {
+			low = n
+		}
+	}
+	e.l.SetPerMinute(low)
+}
+
 var (
 	sharedMu       sync.Mutex
-	sharedLimiters = map[limiterKey]*Limiter{}
+	sharedLimiters = map[limiterKey]*sharedLimiter{}
 )
 
-// SharedLimiter returns the process-wide limiter for (baseURL, apiKey), creating it on
-// first use, and sets its budget to perMinute. Every mount of the plugin in this process
-// then draws from one bucket per environment, as Heron counts the budget per environment.
-func SharedLimiter(baseURL, apiKey string, perMinute int) *Limiter {
-	k := limiterKey{baseURL: normalizeBaseURL(baseURL), keySum: sha256.Sum256([]byte(apiKey))}
+func sharedKey(baseURL, identity string) limiterKey {
+	return limiterKey{baseURL: normalizeBaseURL(baseURL), keySum: sha256.Sum256([]byte(identity))}
+}
+
+// AcquireLimiter returns the process-wide limiter of (baseURL, identity) and
+// records that holder spends it at no more than perMinute. Every mount of the
+// plugin in this process draws from one bucket per environment, as Heron counts
+// the budget per environment, at the smallest perMinute of its holders. A
+// holder acquiring again replaces its own rate. Pair with ReleaseLimiter.
+func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
+	k := sharedKey(baseURL, identity)
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	l, ok := sharedLimiters[k]
+	e, ok := sharedLimiters[k]
 	if !ok {
-		l = NewLimiter(perMinute)
-		sharedLimiters[k] = l
-		return l
+		e = &sharedLimiter{l: NewLimiter(perMinute), holders: map[string]int{}}
+		sharedLimiters[k] = e
 	}
-	l.SetPerMinute(perMinute)
-	return l
+	e.holders[holder] = max(perMinute, 1)
+	e.apply()
+	return e.l
+}
+
+// ReleaseLimiter drops holder's claim on (baseURL, identity). The rate goes
+// back to the smallest of the remaining holders; the limiter is forgotten
+// once nobody holds it, so the registry does not grow with every admin key
+// the process ever saw.
+func ReleaseLimiter(baseURL, identity, holder string) {
+	k := sharedKey(baseURL, identity)
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	e, ok := sharedLimiters[k]
+	if !ok {
+		return
+	}
+	delete(e.holders, holder)
+	if len(e.holders) == 0 {
+		delete(sharedLimiters, k)
+		return
+	}
+	e.apply()
+}
+
+// PeekLimiter is for a one-off request (checking a config before it is
+// stored): the shared limiter of (baseURL, identity) when someone holds it,
+// its rate untouched, else a private limiter at perMinute. Nothing is
+// registered, so a check that fails changes no budget.
+func PeekLimiter(baseURL, identity string, perMinute int) *Limiter {
+	k := sharedKey(baseURL, identity)
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if e, ok := sharedLimiters[k]; ok {
+		return e.l
+	}
+	return NewLimiter(perMinute)
+}
+
+// sharedLimiterCount is how many budgets the registry holds (tests).
+func sharedLimiterCount() int {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	return len(sharedLimiters)
 }
 
 // normalizeBaseURL makes spellings of the same server ("HTTPS://Host/", "https://host")

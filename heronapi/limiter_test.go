@@ -226,7 +226,7 @@ func TestClientLimiterRefusal(t *testing.T) {
 		t.Errorf("limiter refusal should not be retried or waited on, took %s", el)
 	}
 	_, err = c.CreateKey(ctx, "n")
-	if !errors.Is(err, ErrRateLimited) || strings.Contains(err.Error(), "may exist") {
+	if !errors.Is(err, ErrRateLimited) || errors.Is(err, ErrOutcomeUnknown) {
 		t.Fatalf("a POST that never left is not 'may exist': %v", err)
 	}
 }
@@ -235,22 +235,27 @@ func TestSharedLimiter(t *testing.T) {
 	t.Parallel()
 	const url = "https://shared-limiter-test.example"
 	otherKey := "key_" + strings.Repeat("ab", 24)
-	a := SharedLimiter(url, testKey, 250)
-	if b := SharedLimiter(url, testKey, 250); b != a {
+	a := AcquireLimiter(url, testKey, "mount-a", 250)
+	defer ReleaseLimiter(url, testKey, "mount-a")
+	if b := AcquireLimiter(url, testKey, "mount-b", 250); b != a {
 		t.Fatal("same (url, key) must share one limiter")
 	}
-	if b := SharedLimiter("HTTPS://Shared-Limiter-Test.example:443/", testKey, 600); b != a {
+	if b := AcquireLimiter("HTTPS://Shared-Limiter-Test.example:443/", testKey, "mount-c", 600); b != a {
 		t.Fatal("spellings of the same base URL must share one limiter")
 	}
-	if a.bucket.Limit() != 10 {
-		t.Fatalf("budget not updated: %v", a.bucket.Limit())
+	defer ReleaseLimiter(url, testKey, "mount-c")
+	if a.bucket.Limit() != rate.Limit(250.0/60) {
+		t.Fatalf("a larger budget of another holder must not raise the shared rate: %v", a.bucket.Limit())
 	}
-	if SharedLimiter(url, otherKey, 250) == a {
+	ReleaseLimiter(url, testKey, "mount-b")
+	if b := AcquireLimiter(url, otherKey, "mount-a", 250); b == a {
 		t.Fatal("different keys must not share a limiter")
 	}
-	if SharedLimiter(url+"/other", testKey, 250) == a {
+	ReleaseLimiter(url, otherKey, "mount-a")
+	if b := AcquireLimiter(url+"/other", testKey, "mount-a", 250); b == a {
 		t.Fatal("different base URLs must not share a limiter")
 	}
+	ReleaseLimiter(url+"/other", testKey, "mount-a")
 
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
@@ -264,10 +269,46 @@ func TestSharedLimiter(t *testing.T) {
 	}
 }
 
+// TestSharedLimiterSmallestBudgetWins is issue 9 case 9: two mounts sharing
+// an admin key with budgets 60 and 100000 run at 60 whichever built its client
+// last; a one-off check changes nothing; the entry goes when both let go.
+func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
+	const url = "https://smallest-budget.example"
+	before := sharedLimiterCount()
+	small := AcquireLimiter(url, testKey, "mount-small", 60)
+	big := AcquireLimiter(url, testKey, "mount-big", 100000)
+	if small != big || big.bucket.Limit() != 1 {
+		t.Fatalf("want one limiter at 60/min, got %v", big.bucket.Limit())
+	}
+	// The small mount rebuilds its client (config rewrite): still the smallest.
+	AcquireLimiter(url, testKey, "mount-small", 60)
+	if big.bucket.Limit() != 1 {
+		t.Fatalf("rate changed by a re-acquire: %v", big.bucket.Limit())
+	}
+	if p := PeekLimiter(url, testKey, 100000); p != big || big.bucket.Limit() != 1 {
+		t.Fatal("a one-off check must use the shared limiter without changing its rate")
+	}
+	ReleaseLimiter(url, testKey, "mount-small")
+	if big.bucket.Limit() != rate.Limit(100000.0/60) {
+		t.Fatalf("after the small mount let go the rate is the remaining holder's: %v", big.bucket.Limit())
+	}
+	ReleaseLimiter(url, testKey, "mount-big")
+	if got := sharedLimiterCount(); got != before {
+		t.Fatalf("registry entries: %d, want %d (evicted once unheld)", got, before)
+	}
+	if p := PeekLimiter(url, testKey, 30); p == big || p.bucket.Limit() != rate.Limit(0.5) {
+		t.Fatal("peeking an unheld budget gives a private limiter at the asked rate")
+	}
+	if got := sharedLimiterCount(); got != before {
+		t.Fatal("peeking must not register")
+	}
+}
+
 func TestConcurrentLimiterUse(t *testing.T) {
 	t.Parallel()
 	// For -race: every Limiter method from many goroutines at once.
-	l := SharedLimiter("http://race.example", testKey, 60000)
+	l := AcquireLimiter("http://race.example", testKey, "race", 60000)
+	defer ReleaseLimiter("http://race.example", testKey, "race")
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
@@ -279,7 +320,8 @@ func TestConcurrentLimiterUse(t *testing.T) {
 				l.Observe(h)
 				l.PauseFor(time.Microsecond)
 				l.SetPerMinute(60000 + i)
-				_ = SharedLimiter("http://race.example", testKey, 60000)
+				_ = AcquireLimiter("http://race.example", testKey, fmt.Sprint("race-", i), 60000)
+				ReleaseLimiter("http://race.example", testKey, fmt.Sprint("race-", i))
 			}
 		}()
 	}

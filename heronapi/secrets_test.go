@@ -3,6 +3,7 @@ package heronapi
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	})
 	collect(newTestClient(t, echoText.URL(), mod).Hello(context.Background()))
 
-	// Lost responses, the recovery, a failed recovery, and a successful create.
+	// A lost response, then a successful create.
 	var posts atomic.Int32
 	recov := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 		switch r.Method {
@@ -48,23 +49,33 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 			writeJSON(w, 201, createdKey("k2", postedName(r), testToken))
 		case "GET":
-			if posts.Load() > 2 {
-				heronError(w, 500, "down")
-				return
-			}
 			writeJSON(w, 200, map[string]any{"keys": []any{listed("k1", "n")}})
 		case "DELETE":
 			w.WriteHeader(204)
 		}
 	})
 	c = newTestClient(t, recov.URL(), mod)
+	_, err = c.CreateKey(context.Background(), "n")
+	collect(err)
 	k, err := c.CreateKey(context.Background(), "n")
 	noErr(t, err)
 	if k.Token != testToken {
 		t.Fatal("token not returned")
 	}
-	_, err = c.CreateKey(context.Background(), "n")
-	collect(err)
+
+	// A proxy page that echoes the key past the length errors are cut to: the
+	// cut must not leave most of the key behind (issue 9 case 13).
+	for _, pad := range []int{200, 230, 250, 255} {
+		long := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+			w.WriteHeader(502)
+			_, _ = w.Write([]byte(strings.Repeat("x", pad) + " x-api-key: " + r.Header.Get("x-api-key") + " end"))
+		})
+		_, err := newTestClient(t, long.URL(), func(c *Config) { mod(c); c.MaxRetries = 0 }).ListKeys(context.Background())
+		collect(err)
+		if strings.Contains(err.Error(), testKey[:12]) {
+			t.Fatalf("pad %d: error keeps part of the key: %v", pad, err)
+		}
+	}
 
 	// Transport errors and limiter refusals.
 	dead := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {})
@@ -82,8 +93,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	_, err = New(Config{BaseURL: "https://x", APIKey: testKey + " "})
 	collect(err)
 
-	if len(errs) != 8 {
-		t.Fatalf("expected 8 errors, got %d: %v", len(errs), errs)
+	if len(errs) != 12 {
+		t.Fatalf("expected 12 errors, got %d: %v", len(errs), errs)
 	}
 	for _, err := range errs {
 		assertNoSecret(t, "error", err.Error())

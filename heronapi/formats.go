@@ -1,0 +1,54 @@
+package heronapi
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+)
+
+// Heron's formats, stated once for every user of this package (the engine
+// validates its input with them; the emulator keeps its own copy on purpose,
+// as an independent reading of the API).
+const (
+	// TokenPrefixLength is how much of a token Heron shows in its dashboard
+	// and lists: "key_" and 4 hex characters. Not unique, not a secret.
+	TokenPrefixLength = 8
+	// MaxKeyNameLength is the longest key name Heron accepts, in Unicode
+	// code points.
+	MaxKeyNameLength = 128
+)
+
+// TokenPattern is a full Heron API key: "key_" followed by 48 lowercase hex.
+var TokenPattern = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
+
+var tokenRe = TokenPattern
+
+// TokenPrefix is the part of token that Heron shows, or "" for a token too
+// short to have one.
+func TokenPrefix(token string) string {
+	if len(token) < TokenPrefixLength {
+		return ""
+	}
+	return token[:TokenPrefixLength]
+}
+
+// ValidateBaseURL accepts an absolute http(s) URL without credentials, query
+// or fragment, naming the rule it breaks otherwise. Errors never echo
+// credentials.
+func ValidateBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("base_url is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("base_url must use http or https, got %q", u.Redacted())
+	}
+	if u.Host == "" {
+		return fmt.Errorf("base_url must include a host, got %q", u.Redacted())
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("base_url must not carry credentials, a query or a fragment, got %q", u.Redacted())
+	}
+	return nil
+}
