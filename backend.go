@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -43,10 +44,11 @@ type heronBackend struct {
 	// clients caches one Heron client per environment; reset when that
 	// environment's config changes here or on another node (Invalidate).
 	clientsLock sync.RWMutex
-	clients     map[string]heronapi.API
+	clients     map[string]*cachedClient
 
-	// newClient builds the upstream client; tests swap it to inject faults.
-	newClient func(cfg *heronConfig) (heronapi.API, error)
+	// newClient builds the upstream client spending lim; tests swap it to
+	// inject faults.
+	newClient func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error)
 
 	// retryWaitMin overrides the client's backoff floor (tests only).
 	retryWaitMin time.Duration
@@ -58,22 +60,30 @@ type heronBackend struct {
 	// configLocks serialise rotation and config writes per environment.
 	configLocks []*locksutil.LockEntry
 
-	// inflight holds the WAL ids of issuances running in this process, so that
-	// tidy and WAL rollback never delete a key that is being issued right now.
-	inflightLock sync.Mutex
-	inflight     map[string]struct{}
+	// nameLocks serialise creation and rollback of keys of one name in one
+	// environment (see nameLock), so that recovery by name never deletes a
+	// key that another creation of the same name has made but not recorded.
+	nameLocks []*locksutil.LockEntry
+
+	// id names this backend instance as a holder of shared rate limiters.
+	id string
 
 	// now is the clock; tests move it to exercise retention and rotation.
 	now func() time.Time
+	// wallNow is the clock that write-ahead windows are compared with Heron's
+	// "created" on; tests move it apart from now, whose moves Heron never sees.
+	wallNow func() time.Time
 }
 
 func backend() *heronBackend {
 	b := &heronBackend{
-		clients:     make(map[string]heronapi.API),
+		clients:     make(map[string]*cachedClient),
 		roleLocks:   locksutil.CreateLocks(),
 		configLocks: locksutil.CreateLocks(),
-		inflight:    make(map[string]struct{}),
+		nameLocks:   locksutil.CreateLocks(),
+		id:          newBackendID(),
 		now:         time.Now,
+		wallNow:     time.Now,
 	}
 	b.newClient = b.defaultClient
 
@@ -82,7 +92,13 @@ func backend() *heronBackend {
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
 			SealWrapStorage: []string{
-				"config/",
+				configStoragePrefix,
+			},
+			// Write-ahead records name keys created through this node's own
+			// connection to Heron; like HashiCorp's AWS engine, keep them out
+			// of replication so only the node that wrote one rolls it back.
+			LocalStorage: []string{
+				framework.WALPrefix,
 			},
 		},
 		Paths: framework.PathAppend(
@@ -127,15 +143,26 @@ func (b *heronBackend) clean(context.Context) {
 	}
 }
 
+// cachedClient is an environment's client and the budget it holds.
+type cachedClient struct {
+	api heronapi.API
+	// release gives up this mount's claim on the shared limiter.
+	release func()
+}
+
 // resetClient forgets the cached client of env.
 func (b *heronBackend) resetClient(env string) {
 	b.clientsLock.Lock()
 	c := b.clients[env]
 	delete(b.clients, env)
 	b.clientsLock.Unlock()
+	if c == nil {
+		return
+	}
+	c.release()
 	// Requests in flight keep their connections; idle ones would otherwise
 	// linger with the old admin key's pool until the GC finds them.
-	if closer, ok := c.(interface{ CloseIdleConnections() }); ok {
+	if closer, ok := c.api.(interface{ CloseIdleConnections() }); ok {
 		closer.CloseIdleConnections()
 	}
 }
@@ -146,13 +173,13 @@ func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env str
 	c, ok := b.clients[env]
 	b.clientsLock.RUnlock()
 	if ok {
-		return c, nil
+		return c.api, nil
 	}
 
 	b.clientsLock.Lock()
 	defer b.clientsLock.Unlock()
 	if c, ok := b.clients[env]; ok {
-		return c, nil
+		return c.api, nil
 	}
 
 	cfg, err := getConfig(ctx, s, env)
@@ -162,28 +189,46 @@ func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env str
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %q", errConfigNotFound, env)
 	}
-	c, err = b.newClient(cfg)
+	holder := b.id + "/" + env
+	identity := limiterIdentity(cfg, cfg.AdminAPIKey)
+	lim := heronapi.AcquireLimiter(cfg.BaseURL, identity, holder, cfg.RateLimitPerMinute)
+	release := func() { heronapi.ReleaseLimiter(cfg.BaseURL, identity, holder) }
+	api, err := b.newClient(cfg, lim)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
-	b.clients[env] = c
-	return c, nil
+	b.clients[env] = &cachedClient{api: api, release: release}
+	return api, nil
+}
+
+// checkClient builds a one-off client for cfg using apiKey (a config being
+// checked before it is stored, or a fresh admin key being verified): it
+// spends the environment's shared budget without claiming or changing it.
+func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.API, error) {
+	c := *cfg
+	c.AdminAPIKey = apiKey
+	return b.newClient(&c, b.peekLimiter(&c))
+}
+
+// peekLimiter is the budget cfg spends, without claiming it.
+func (b *heronBackend) peekLimiter(cfg *heronConfig) *heronapi.Limiter {
+	return heronapi.PeekLimiter(cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), cfg.RateLimitPerMinute)
 }
 
 // defaultClient builds the real HTTP client for cfg.
-func (b *heronBackend) defaultClient(cfg *heronConfig) (heronapi.API, error) {
-	return heronapi.New(b.clientConfig(cfg, cfg.AdminAPIKey))
+func (b *heronBackend) defaultClient(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+	return heronapi.New(b.clientConfig(cfg, lim))
 }
 
-// clientConfig is the client configuration of cfg using apiKey (the stored
-// admin key, or a freshly created one being verified during rotation).
-func (b *heronBackend) clientConfig(cfg *heronConfig, apiKey string) heronapi.Config {
+// clientConfig is the client configuration of cfg spending lim.
+func (b *heronBackend) clientConfig(cfg *heronConfig, lim *heronapi.Limiter) heronapi.Config {
 	return heronapi.Config{
 		BaseURL:      cfg.BaseURL,
-		APIKey:       apiKey,
+		APIKey:       cfg.AdminAPIKey,
 		Timeout:      cfg.RequestTimeout,
 		MaxRetries:   cfg.MaxRetries,
-		Limiter:      heronapi.SharedLimiter(cfg.BaseURL, limiterIdentity(cfg, apiKey), cfg.RateLimitPerMinute),
+		Limiter:      lim,
 		UserAgent:    userAgent(),
 		Logger:       b.Logger().Named("heron").With("environment", cfg.Environment),
 		RetryWaitMin: b.retryWaitMin,
@@ -200,12 +245,10 @@ func limiterIdentity(cfg *heronConfig, apiKey string) string {
 	return apiKey
 }
 
-// periodicFunc runs the cleanup pass and any due admin key rotation. Like
-// HashiCorp's AWS engine it only acts where storage is writable: never on a
-// performance standby or on a performance secondary for a replicated mount.
+// periodicFunc runs the cleanup pass and any due admin key rotation, only
+// where this mount's storage is writable (see writesHere).
 func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) error {
-	sys := b.System()
-	if !sys.LocalMount() && sys.ReplicationState().HasState(consts.ReplicationPerformanceSecondary|consts.ReplicationPerformanceStandby) {
+	if !b.writesHere() {
 		return nil
 	}
 	ctx = heronapi.Background(ctx)
@@ -216,6 +259,28 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 		return fmt.Errorf("cleanup pass: %w", err)
 	}
 	return nil
+}
+
+// writesHere reports whether background work may run on this node, as
+// HashiCorp's engines decide it: never on a performance standby or a DR
+// secondary (their storage is read-only), and on a performance secondary
+// only for a local mount (a replicated mount's keys belong to the primary).
+func (b *heronBackend) writesHere() bool {
+	sys := b.System()
+	state := sys.ReplicationState()
+	if state.HasState(consts.ReplicationPerformanceStandby | consts.ReplicationDRSecondary) {
+		return false
+	}
+	return !state.HasState(consts.ReplicationPerformanceSecondary) || sys.LocalMount()
+}
+
+// newBackendID names one backend instance (one mount in this process).
+func newBackendID() string {
+	id, err := uuid.GenerateUUID()
+	if err != nil {
+		return fmt.Sprintf("backend-%d", time.Now().UnixNano())
+	}
+	return id
 }
 
 const backendHelp = `

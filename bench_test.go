@@ -97,10 +97,8 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 	// The engine's highest budget, 100000/min, would cap the loop at one
 	// issuance per 600µs and measure the budget instead of the handler: the
 	// limiter stays in the path (same code, same allocations) but never waits.
-	b.newClient = func(cfg *heronConfig) (heronapi.API, error) {
-		c := b.clientConfig(cfg, cfg.AdminAPIKey)
-		c.Limiter = heronapi.NewLimiter(math.MaxInt32)
-		return heronapi.New(c)
+	b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
+		return heronapi.New(b.clientConfig(cfg, heronapi.NewLimiter(math.MaxInt32)))
 	}
 	if err := b.Setup(context.Background(), conf); err != nil {
 		tb.Fatal(err)

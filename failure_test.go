@@ -81,6 +81,12 @@ func TestFailure_StoragePutAfterPOSTLeavesNoOrphan(t *testing.T) {
 		_, err = e.b.HandleRequest(context.Background(), req)
 		require.NoError(t, err)
 		require.Empty(t, liveIssued(e))
+		require.Equal(t, 1, walCount(t, fs), "the record watches for late keys until its window closes")
+
+		e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+		defer func() { e.b.wallNow = time.Now }()
+		_, err = e.b.HandleRequest(context.Background(), req)
+		require.NoError(t, err)
 		require.Zero(t, walCount(t, fs))
 	})
 }
@@ -122,9 +128,12 @@ func TestFailure_TidySkipsInflightIssuance(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
 	name := "vault-inflight-1"
-	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: name})
+	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: name, Since: time.Now()})
 	require.NoError(t, err)
-	e.b.markInflight(name)
+	// An issuance of this name holds the name lock from before its
+	// write-ahead record until its record is stored.
+	lock := e.b.nameLock("development", name)
+	lock.Lock()
 	id := createDirect(t, e, name)
 
 	resp := e.ok(logical.UpdateOperation, "tidy", nil)
@@ -132,7 +141,8 @@ func TestFailure_TidySkipsInflightIssuance(t *testing.T) {
 	rec, _ := e.srv.Key(id)
 	require.False(t, rec.Deleted, "an issuance in flight is left alone")
 
-	e.b.unmarkInflight(name)
+	lock.Unlock()
+	e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 	resp = e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Equal(t, 1, resp.Data["rolled_back_wal"])
 	rec, _ = e.srv.Key(id)
@@ -145,7 +155,7 @@ func createDirect(t *testing.T, e *testEnv, name string) string {
 	c, err := e.b.newClient(&heronConfig{
 		Environment: "development", AdminAPIKey: e.adminKey["development"], BaseURL: e.srv.URL,
 		RequestTimeout: 5 * time.Second, RateLimitPerMinute: 100000,
-	})
+	}, nil)
 	require.NoError(t, err)
 	k, err := c.CreateKey(context.Background(), name)
 	require.NoError(t, err)
@@ -213,6 +223,10 @@ func TestFailure_FaultyHeronNoDuplicatesNoOrphans(t *testing.T) {
 	}
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Empty(t, liveIssued(e), "no orphan keys")
+	// Records of POSTs answered 500 whose lookup found nothing watch for a
+	// late key until their window closes, then go.
+	e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Zero(t, walCount(t, e.s))
 }
 
@@ -279,7 +293,11 @@ func TestRateLimit_MountsShareOneBudget(t *testing.T) {
 	require.NoError(t, err)
 	theirs, err := getConfig(context.Background(), conf.StorageView, "dev-copy")
 	require.NoError(t, err)
-	require.Same(t, e.b.clientConfig(mine, mine.AdminAPIKey).Limiter, other.clientConfig(theirs, theirs.AdminAPIKey).Limiter)
+	_, err = e.b.getClient(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	_, err = other.getClient(context.Background(), conf.StorageView, "dev-copy")
+	require.NoError(t, err)
+	require.Same(t, e.b.peekLimiter(mine), other.peekLimiter(theirs))
 }
 
 func TestFailure_RevokeWithoutBudgetIsDeferredNotLost(t *testing.T) {

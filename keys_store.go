@@ -55,6 +55,14 @@ type trackedKey struct {
 	// Pending is what the cleanup pass still owes a key whose lease is gone:
 	// pendingDelete or pendingDeactivate.
 	Pending string `json:"pending,omitempty"`
+	// Revoke is what the first revocation attempt decided (pendingDelete or
+	// pendingDeactivate) when it could not finish: Vault's retries carry out
+	// that decision, even once they land after the lease's original end.
+	Revoke string `json:"revoke,omitempty"`
+	// Unreachable marks a key that the config's current admin key cannot see
+	// (accepted with force=true): a 404 for it proves nothing, so the engine
+	// never forgets it on one.
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 const (
@@ -94,6 +102,16 @@ func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error 
 		return fmt.Errorf("updating active index of key %s: %w", k.KeyID, err)
 	}
 	return nil
+}
+
+// putNewTrackedKey stores the record of a key just issued. The record is the
+// write that makes the key tracked, so it goes last: a failure before it
+// leaves nothing that claims the key, and the caller's undo deletes it.
+func putNewTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
+	if err := s.Put(ctx, &logical.StorageEntry{Key: roleKeyStoragePrefix + k.Role + "/" + k.KeyID}); err != nil {
+		return fmt.Errorf("indexing active key %s: %w", k.KeyID, err)
+	}
+	return putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k)
 }
 
 // retained reports whether the cleanup pass still owes k something.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"regexp"
 	"sort"
@@ -56,7 +57,6 @@ type heronConfig struct {
 	RequestTimeout     time.Duration `json:"request_timeout"`
 	MaxRetries         int           `json:"max_retries"`
 	RateLimitPerMinute int           `json:"rate_limit_per_minute"`
-	Verify             bool          `json:"verify"`
 	OldKeyRetention    time.Duration `json:"old_key_retention"`
 	RotationPeriod     time.Duration `json:"rotation_period"`
 	LastRotated        time.Time     `json:"last_rotated"`
@@ -248,10 +248,17 @@ func pathConfig(b *heronBackend) []*framework.Path {
 				},
 				"verify": {
 					Type:        framework.TypeBool,
-					Description: "Check the admin key against Heron (GET /api/credentials/keys) before saving.",
+					Description: "Check a new admin_api_key or base_url against Heron (GET /api/credentials/keys) before saving. Applies to this write only; never stored.",
 					Default:     true,
 					DisplayAttrs: &framework.DisplayAttributes{
 						Name: "Verify",
+					},
+				},
+				"force": {
+					Type:        framework.TypeBool,
+					Description: "Accept a new admin_api_key or base_url that cannot see every key this engine tracks in the environment; those keys are then reported as unreachable in keys/. This write only.",
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Force",
 					},
 				},
 				"old_key_retention": {
@@ -370,7 +377,6 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"request_timeout":            int64(cfg.RequestTimeout.Seconds()),
 		"max_retries":                cfg.MaxRetries,
 		"rate_limit_per_minute":      cfg.RateLimitPerMinute,
-		"verify":                     cfg.Verify,
 		"old_key_retention":          int64(cfg.OldKeyRetention.Seconds()),
 		"rotation_period":            int64(cfg.RotationPeriod.Seconds()),
 		"rotation_schedule":          cfg.RotationSchedule,
@@ -380,7 +386,30 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"admin_key_prefix":           keyPrefix(cfg.AdminAPIKey),
 		"admin_key_id":               cfg.AdminKeyID,
 		"last_rotated":               lastRotated,
+		"next_rotation":              formatTime(nextRotation(cfg)),
+		"retired_keys":               retiredKeysView(cfg.RetiredKeys),
 	}}, nil
+}
+
+// retiredKeysView is what config read shows of the rotated-out admin keys.
+func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
+	out := make([]map[string]interface{}, 0, len(rks))
+	for _, rk := range rks {
+		state := keyStateActive
+		deactivatedAt := ""
+		if rk.Deactivated {
+			state = keyStateDeactivated
+			deactivatedAt = formatTime(rk.RetiredAt)
+		}
+		out = append(out, map[string]interface{}{
+			"key_id":         rk.KeyID,
+			"token_prefix":   rk.TokenPrefix,
+			"state":          state,
+			"deactivated_at": deactivatedAt,
+			"delete_after":   formatTime(rk.DeleteAfter),
+		})
+	}
+	return out
 }
 
 // pathConfigWrite handles CREATE and UPDATE config/<environment>.
@@ -408,6 +437,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	}
 	create := req.Operation == logical.CreateOperation
 
+	prev := *cfg
 	if v, ok := d.GetOk("admin_api_key"); ok {
 		newKey := strings.TrimSpace(v.(string))
 		if newKey != cfg.AdminAPIKey {
@@ -427,7 +457,6 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	durationField(d, "request_timeout", create, &cfg.RequestTimeout)
 	intField(d, "max_retries", create, &cfg.MaxRetries)
 	intField(d, "rate_limit_per_minute", create, &cfg.RateLimitPerMinute)
-	boolField(d, "verify", create, &cfg.Verify)
 	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
 	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
 	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
@@ -451,26 +480,57 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		return logical.ErrorResponse(err.Error()), nil
 	}
 
-	var warnings []string
-	if cfg.Verify {
-		id, warning, err := b.verifyAdminKey(ctx, cfg)
-		if err != nil {
-			return logical.ErrorResponse("verify: Heron refused the admin key for config %q: %v", env, err), nil
-		}
-		if id != "" {
-			cfg.AdminKeyID = id
-		}
-		if warning != "" {
-			warnings = append(warnings, warning)
+	keyChanged := !create && (cfg.AdminAPIKey != prev.AdminAPIKey || cfg.BaseURL != prev.BaseURL)
+	var tracked []string
+	if keyChanged {
+		if tracked, err = b.keysToSee(ctx, req.Storage, &prev); err != nil {
+			return nil, err
 		}
 	}
 
+	var warnings []string
+	var unreachable []string
+	verify := d.Get("verify").(bool)
+	force := d.Get("force").(bool)
+	_, setsKey := d.GetOk("admin_api_key")
+	_, setsURL := d.GetOk("base_url")
+	switch {
+	case verify && (create || setsKey || setsURL):
+		live, err := b.verifyAdminKey(ctx, cfg)
+		if err != nil {
+			return verifyError(env, err)
+		}
+		if cfg.AdminKeyID == "" {
+			id, err := findKeyIDByPrefix(live, keyPrefix(cfg.AdminAPIKey))
+			if err != nil {
+				warnings = append(warnings, fmt.Sprintf("admin_key_id unknown: %v; rotation will not be able to deactivate this key until it is known", err))
+			}
+			cfg.AdminKeyID = id
+		}
+		unreachable = missingFrom(tracked, live)
+	case keyChanged && len(tracked) > 0 && !force:
+		return logical.ErrorResponse("config %q: verify=false cannot check that the new admin_api_key or base_url sees the %d keys this engine tracks in the environment; write it with verify=true, or with force=true to accept it unchecked", env, len(tracked)), nil
+	}
+	if len(unreachable) > 0 && !force {
+		return logical.ErrorResponse("config %q: the new admin_api_key or base_url cannot see %d of the %d keys this engine tracks in the environment (e.g. %s); their revocations would report success while they stay live. Use an admin key of the same Heron user, or write again with force=true to accept and mark them unreachable in keys/",
+			env, len(unreachable), len(tracked), strings.Join(unreachable[:min(3, len(unreachable))], ", ")), nil
+	}
+
+	b.retireReplacedAdminKey(&prev, cfg)
 	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
 		return nil, err
 	}
 	b.resetClient(env)
+	if keyChanged {
+		if err := b.markUnreachable(ctx, req.Storage, env, tracked, unreachable, force && !verify); err != nil {
+			return nil, err
+		}
+		if len(unreachable) > 0 {
+			warnings = append(warnings, fmt.Sprintf("%d tracked keys are unreachable with the new admin key: keys/ reports them, and their revocations wait until an admin key that can see them is configured", len(unreachable)))
+		}
+	}
 
 	if len(warnings) == 0 {
 		return nil, nil
@@ -478,26 +538,150 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	return &logical.Response{Warnings: warnings}, nil
 }
 
-// verifyAdminKey lists the environment's keys with cfg's admin key, which both
-// proves the key can manage keys and, when its prefix is unambiguous, tells us
-// its Heron id (needed to deactivate it after a rotation).
-func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) (string, string, error) {
-	c, err := b.newClient(cfg)
+// verifyAdminKey lists the environment's keys with cfg's admin key: it proves
+// the key can manage keys, tells its Heron id, and shows which tracked keys
+// it can see. It spends the environment's budget without claiming it, so a
+// write that fails leaves the budget as it was.
+func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) ([]heronapi.Key, error) {
+	c, err := b.checkClient(cfg, cfg.AdminAPIKey)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
-	keys, err := c.ListKeys(ctx)
+	return c.ListKeys(ctx)
+}
+
+// verifyError maps a failed verify to what it means: Heron refusing the key
+// is the caller's to fix (400); Heron unreachable, rate limited or failing is
+// not a judgement on the key (502, naming what Heron answered).
+func verifyError(env string, err error) (*logical.Response, error) {
+	var apiErr *heronapi.APIError
+	switch {
+	case errors.Is(err, heronapi.ErrUnauthorized), errors.As(err, &apiErr) && apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && apiErr.StatusCode != http.StatusTooManyRequests:
+		return logical.ErrorResponse("verify: Heron refused the admin key for config %q: %v", env, err), nil
+	case errors.Is(err, heronapi.ErrRateLimited):
+		return nil, upstreamError(fmt.Sprintf("verify: could not check the admin key for config %q (nothing was saved; retry later)", env), err)
+	default:
+		return nil, &codedError{code: http.StatusBadGateway, msg: fmt.Sprintf("verify: could not reach Heron to check the admin key for config %q (nothing was saved; check base_url and the network, or retry): %v", env, err)}
+	}
+}
+
+// keysToSee is every key of cfg's environment that the engine must be able to
+// revoke or delete with its admin key: tracked keys and rotated-out admin
+// keys, and the engine-created admin key itself.
+func (b *heronBackend) keysToSee(ctx context.Context, s logical.Storage, cfg *heronConfig) ([]string, error) {
+	keys, err := listTrackedKeys(ctx, s)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
-	if cfg.AdminKeyID != "" {
-		return cfg.AdminKeyID, "", nil
+	var ids []string
+	for _, k := range keys {
+		if k.Environment == cfg.Environment {
+			ids = append(ids, k.KeyID)
+		}
 	}
-	id, err := findKeyIDByPrefix(keys, keyPrefix(cfg.AdminAPIKey))
-	if err != nil {
-		return "", fmt.Sprintf("admin_key_id unknown: %v; rotation will not be able to deactivate this key until it is known", err), nil
+	for _, rk := range cfg.RetiredKeys {
+		ids = append(ids, rk.KeyID)
 	}
-	return id, "", nil
+	if cfg.AdminKeyByEngine && cfg.AdminKeyID != "" {
+		ids = append(ids, cfg.AdminKeyID)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// missingFrom returns the ids of want that live does not list.
+func missingFrom(want []string, live []heronapi.Key) []string {
+	seen := make(map[string]bool, len(live))
+	for _, k := range live {
+		seen[k.ID] = true
+	}
+	var out []string
+	for _, id := range want {
+		if !seen[id] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// markUnreachable flags the tracked keys the new admin key cannot see and
+// clears the flag on those it sees again. unchecked: nothing was listed
+// (force without verify), so every tracked key is unreachable as far as the
+// engine knows.
+func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, env string, tracked, unreachable []string, unchecked bool) error {
+	if unchecked {
+		unreachable = tracked
+	}
+	bad := make(map[string]bool, len(unreachable))
+	for _, id := range unreachable {
+		bad[id] = true
+	}
+	var errs []error
+	for _, id := range tracked {
+		rec, err := getTrackedKey(ctx, s, id)
+		if err != nil || rec == nil {
+			errs = append(errs, err)
+			continue
+		}
+		if rec.Unreachable == bad[id] {
+			continue
+		}
+		rec.Unreachable = bad[id]
+		if err := putJSON(ctx, s, keyStoragePrefix+id, "key record "+id, rec); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retireReplacedAdminKey keeps the retired list true to a hand-written key:
+// an engine-created admin key replaced by hand exists only in this config,
+// so it is retired (deactivated, then deleted after old_key_retention) rather
+// than left live; and a retired key written back as the admin key is no
+// longer retired, or the cleanup pass would delete the key in use.
+func (b *heronBackend) retireReplacedAdminKey(prev, cfg *heronConfig) {
+	if prev.AdminAPIKey == "" || prev.AdminAPIKey == cfg.AdminAPIKey {
+		return
+	}
+	if prev.AdminKeyByEngine && prev.AdminKeyID != "" && prev.AdminKeyID != cfg.AdminKeyID {
+		now := b.now()
+		cfg.RetiredKeys = append(cfg.RetiredKeys, retiredAdminKey{
+			KeyID:       prev.AdminKeyID,
+			TokenPrefix: keyPrefix(prev.AdminAPIKey),
+			RetiredAt:   now,
+			DeleteAfter: now.Add(cfg.OldKeyRetention),
+		})
+	}
+	kept := cfg.RetiredKeys[:0]
+	for _, rk := range cfg.RetiredKeys {
+		if !cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			kept = append(kept, rk)
+		}
+	}
+	cfg.RetiredKeys = kept
+}
+
+// isAdminKey reports whether a key (by id, or by prefix while the admin key's
+// id is unknown) is the config's current admin key.
+func (c *heronConfig) isAdminKey(id, prefix string) bool {
+	if c.AdminKeyID != "" {
+		return id == c.AdminKeyID
+	}
+	return prefix != "" && prefix == keyPrefix(c.AdminAPIKey)
+}
+
+// accountsFor reports whether k is one of the config's own keys: the current
+// admin key or a rotated-out one.
+func (c *heronConfig) accountsFor(k heronapi.Key) bool {
+	if c.isAdminKey(k.ID, k.TokenPrefix) {
+		return true
+	}
+	for _, rk := range c.RetiredKeys {
+		if rk.KeyID == k.ID {
+			return true
+		}
+	}
+	return false
 }
 
 // findKeyIDByPrefix returns the id of the single active key with prefix.
@@ -546,16 +730,44 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return logical.ErrorResponse("config %q still has %d active keys with live leases: revoke them first (vault lease revoke -prefix)", env, active), nil
 	}
 
+	// A key creation whose outcome is unknown may still leave a key in
+	// Heron; only this admin key could delete it.
+	if _, pending, err := b.rollbackStaleWALs(ctx, req, env); err != nil || pending > 0 {
+		msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); only this config's admin key can delete it. Retry in a few minutes", env, pending, lateKeyWindow)
+		if err != nil {
+			msg += fmt.Sprintf(" (settling them failed: %v)", err)
+		}
+		return logical.ErrorResponse(msg), nil
+	}
+
 	// Keys waiting out their retention could never be deleted once the admin
 	// key is gone: delete them now rather than leave them in Heron.
 	if err := b.purgeEnvironment(ctx, req.Storage, env); err != nil {
 		return nil, upstreamError(fmt.Sprintf("deleting the retained keys of config %q before deleting it", env), err)
 	}
 
+	cfg, err := getConfig(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	var warnings []string
+	if cfg != nil && cfg.RotationManaged {
+		// Vault's rotation manager would otherwise call back for a config
+		// that no longer exists, for as long as the mount lives.
+		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
+			MountPoint: req.MountPoint, ReqPath: configStoragePrefix + env,
+		}); err != nil {
+			warnings = append(warnings, fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err))
+		}
+	}
+
 	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {
 		return nil, fmt.Errorf("deleting config %q: %w", env, err)
 	}
 	b.resetClient(env)
+	if len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
+	}
 	return nil, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"time"
 
@@ -244,20 +243,22 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	if err != nil {
 		return nil, fmt.Errorf("computing lease TTL: %w", err)
 	}
-	issued := b.now()
 
 	key, err := b.createTrackedKey(ctx, req.Storage, client, &trackedKey{
 		KeyName:             keyName,
 		Environment:         role.Environment,
 		Role:                roleName,
 		State:               keyStateActive,
-		Issued:              issued,
-		Expires:             issued.Add(leaseTTL),
 		ExpiredKeyRetention: role.ExpiredKeyRetention,
-	})
+	}, leaseTTL)
+	if errors.Is(err, heronapi.ErrUnauthorized) {
+		return nil, fmt.Errorf("creating a key for role %q: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w",
+			roleName, role.Environment, role.Environment, err)
+	}
 	if err != nil {
 		return nil, upstreamError(fmt.Sprintf("creating a key for role %q in environment %q", roleName, role.Environment), err)
 	}
+	issued := key.rec.Issued
 
 	resp := b.Secret(secretTypeAPIKey).Response(map[string]interface{}{
 		"api_key":      key.token,
@@ -292,8 +293,10 @@ type issuedKey struct {
 
 // createTrackedKey creates rec.KeyName in Heron under a write-ahead record, so
 // that whatever fails (a lost response, a crash, a storage error) the key ends
-// up either tracked or deleted by the rollback.
-func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey) (*issuedKey, error) {
+// up either tracked or deleted by the rollback. The lease is counted from
+// when Heron answered, as Vault counts it from when it registers the lease: a
+// slow creation must not make an early revocation look like an expiry.
+func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL time.Duration) (*issuedKey, error) {
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{
 		Environment: rec.Environment,
 		Role:        rec.Role,
@@ -307,54 +310,22 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 	if rec.TokenPrefix == "" {
 		rec.TokenPrefix = keyPrefix(key.Token)
 	}
-	if err := putTrackedKey(ctx, s, rec); err != nil {
+	rec.Issued = b.now()
+	rec.Expires = rec.Issued.Add(leaseTTL)
+	if err := putNewTrackedKey(ctx, s, rec); err != nil {
+		// The record may have been written although the write reported an
+		// error: take it back out too, so that a key the undo cannot delete
+		// is untracked and the rollback deletes it.
 		guard.undo(ctx, client, key.ID)
+		if derr := deleteTrackedKey(ctx, s, rec); derr != nil {
+			b.Logger().Warn("could not remove the record of a key whose issuance failed", "key_id", rec.KeyID, "error", derr)
+		}
 		return nil, err
 	}
 	guard.done(ctx)
 	b.Logger().Info("issued key", "key_id", rec.KeyID, "key_name", rec.KeyName, "role", rec.Role, "environment", rec.Environment, "expires", rec.Expires.UTC().Format(time.RFC3339))
 	return &issuedKey{rec: rec, token: key.Token}, nil
 }
-
-// notProcessed reports whether Heron certainly did not create anything: it
-// answered a 4xx (a 429 included, which Heron documents as not processed).
-func notProcessed(err error) bool {
-	var apiErr *heronapi.APIError
-	return errors.As(err, &apiErr) && apiErr.StatusCode >= 400 && apiErr.StatusCode < 500
-}
-
-// upstreamError wraps an upstream failure so Vault answers what it means: a
-// 502 for rate limiting, the engine's error otherwise, always with what Heron
-// answered.
-func upstreamError(doing string, err error) error {
-	if errors.Is(err, heronapi.ErrRateLimited) {
-		return &rateLimitedError{msg: fmt.Sprintf("%s: %v: %v", doing, logical.ErrUpstreamRateLimited, err), cause: err}
-	}
-	return fmt.Errorf("%s: %w", doing, err)
-}
-
-// rateLimitedError wraps logical.ErrUpstreamRateLimited for errors.Is and
-// errwrap (in-process callers), and is an HTTPCodedError because only the
-// code, not the wrapping, survives the plugin's gRPC boundary.
-type rateLimitedError struct {
-	msg   string
-	cause error
-}
-
-var _ logical.HTTPCodedError = (*rateLimitedError)(nil)
-
-func (e *rateLimitedError) Error() string { return e.msg }
-
-// Code makes Vault answer 502 Bad Gateway, as for logical.ErrUpstreamRateLimited.
-func (e *rateLimitedError) Code() int { return http.StatusBadGateway }
-
-func (e *rateLimitedError) Unwrap() []error {
-	return []error{logical.ErrUpstreamRateLimited, e.cause}
-}
-
-// WrappedErrors lets errwrap.Contains (used by Vault's status mapping) see
-// logical.ErrUpstreamRateLimited.
-func (e *rateLimitedError) WrappedErrors() []error { return e.Unwrap() }
 
 // secretKeyRenew renews a heron_api_key lease. It makes no upstream call: a
 // Heron key has no expiry of its own, the lease is the expiry.
@@ -428,7 +399,11 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	env, _ := req.Secret.InternalData["environment"].(string)
 	roleName, _ := req.Secret.InternalData["role"].(string)
 	if keyID == "" || env == "" {
-		return nil, fmt.Errorf("lease internal data lacks key_id or environment: %w", logical.ErrUnrecoverable)
+		// Returned bare: the plugin's gRPC boundary only carries this error
+		// across by identity, and it tells Vault to stop retrying a lease
+		// that no attempt could ever revoke.
+		b.Logger().Error("lease internal data lacks key_id or environment: it cannot be revoked", "key_id", keyID, "environment", env)
+		return nil, logical.ErrUnrecoverable
 	}
 	log := b.Logger().With("key_id", keyID, "role", roleName, "environment", env)
 
@@ -440,17 +415,28 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	if err != nil {
 		return nil, err
 	}
-	now := b.now()
-	expired := rec != nil && rec.State == keyStateActive && !now.Before(rec.Expires.Add(-expiryGrace))
 	if rec != nil && (rec.State == keyStateDeactivated || rec.Pending != "") {
-		// Already deactivated by an earlier attempt that failed to finish:
-		// the retention clock is running, nothing more to do for the lease.
+		// Already deactivated by an earlier attempt that failed to finish,
+		// or handed to the cleanup pass: nothing more to do for the lease.
 		return nil, nil
+	}
+	now := b.now()
+	// Expiry or revocation is decided once: a retry of a revocation that
+	// failed keeps the first attempt's decision, however late it lands.
+	expired := false
+	if rec != nil {
+		switch rec.Revoke {
+		case pendingDeactivate:
+			expired = true
+		case pendingDelete:
+		default:
+			expired = rec.State == keyStateActive && !now.Before(rec.Expires.Add(-expiryGrace))
+		}
 	}
 
 	client, err := b.getClient(ctx, req.Storage, env)
 	if err != nil {
-		return nil, fmt.Errorf("revoking key %s: %w", keyID, err)
+		return nil, b.revokeFailed(ctx, req.Storage, rec, expired, fmt.Errorf("revoking key %s: %w", keyID, err))
 	}
 
 	if expired {
@@ -460,15 +446,26 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 	switch {
 	case err == nil:
+	case errors.Is(err, heronapi.ErrNotFound) && rec != nil && rec.Unreachable:
+		// The admin key cannot see this key: 404 proves nothing. Release the
+		// lease, keep the record where keys/ shows it, and let the cleanup
+		// pass finish once a key that sees it is configured.
+		rec.Pending = decision(expired)
+		if err := putTrackedKey(ctx, req.Storage, rec); err != nil {
+			return nil, err
+		}
+		log.Warn("key is unreachable with the current admin key: its revocation waits for an admin key that can see it")
+		return nil, nil
 	case errors.Is(err, heronapi.ErrNotFound):
 		log.Warn("key already gone from Heron; revocation succeeds", "expired", expired)
 		expired = false
 	case errors.Is(err, heronapi.ErrUnauthorized):
-		return nil, fmt.Errorf("revoking key %s: Heron rejected the admin key of config %q (401): rotate or rewrite config/%s: %w", keyID, env, env, err)
+		return nil, b.revokeFailed(ctx, req.Storage, rec, expired, fmt.Errorf("revoking key %s: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w", keyID, env, env, err))
 	case errors.Is(err, heronapi.ErrRateLimited) && rec != nil:
+		rec.Revoke = decision(expired)
 		return b.revokeRateLimited(ctx, req.Storage, rec, expired, err)
 	default:
-		return nil, upstreamError(fmt.Sprintf("revoking key %s in environment %q", keyID, env), err)
+		return nil, b.revokeFailed(ctx, req.Storage, rec, expired, upstreamError(fmt.Sprintf("revoking key %s in environment %q", keyID, env), err))
 	}
 
 	if rec == nil {
@@ -488,6 +485,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 		retention = role.ExpiredKeyRetention
 	}
 	rec.State = keyStateDeactivated
+	rec.Revoke = ""
 	rec.DeactivatedAt = now
 	rec.DeleteAfter = now.Add(retention)
 	if err := putTrackedKey(ctx, req.Storage, rec); err != nil {
@@ -495,6 +493,28 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 	log.Info("lease expired: key deactivated", "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
 	return nil, nil
+}
+
+// decision names what a revocation does to the key.
+func decision(expired bool) string {
+	if expired {
+		return pendingDeactivate
+	}
+	return pendingDelete
+}
+
+// revokeFailed records the first attempt's decision before Vault retries, so
+// the retry does the same thing whenever it lands, and returns cause.
+func (b *heronBackend) revokeFailed(ctx context.Context, s logical.Storage, rec *trackedKey, expired bool, cause error) error {
+	if rec == nil || rec.Revoke != "" {
+		return cause
+	}
+	rec.Revoke = decision(expired)
+	// Only the record changes; its indexes stand.
+	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
+		b.Logger().Warn("could not record the revocation's decision; a retry decides again", "key_id", rec.KeyID, "error", err)
+	}
+	return cause
 }
 
 // revokeRateLimited handles a revocation that found no budget (ours or

@@ -4,18 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
-	gotemplate "text/template"
-	"text/template/parse"
 	"time"
-	"unicode/utf8"
 
-	"github.com/hashicorp/go-secure-stdlib/base62"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/template"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -54,125 +47,6 @@ func (r *heronRole) nameTemplate() string {
 		return defaultNameTemplate
 	}
 	return r.NameTemplate
-}
-
-// renderKeyName renders the role's name_template. Errors are user errors: the
-// template or the caller's names produce a name Heron would refuse.
-func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
-	if err := checkTemplateShape(r.nameTemplate()); err != nil {
-		return "", err
-	}
-	tmpl, err := template.NewTemplate(
-		template.Template(r.nameTemplate()),
-		// The sdk's random allocates whatever length it is asked for; a
-		// template like {{random 2000000000}} would take the plugin down.
-		template.Function("random", boundedRandom),
-		// text/template's printf pads to any width it is given
-		// ({{printf "%999999999d" 1}}); only allow widths a name can hold.
-		template.Function("printf", boundedPrintf),
-	)
-	if err != nil {
-		return "", fmt.Errorf("name_template is invalid: %v", err)
-	}
-	name, err := tmpl.Generate(data)
-	if err != nil {
-		return "", fmt.Errorf("name_template failed to render: %v", err)
-	}
-	if strings.TrimSpace(name) == "" {
-		return "", errors.New("name_template rendered an empty key name")
-	}
-	if n := utf8.RuneCountInString(name); n > maxKeyNameLength {
-		return "", fmt.Errorf("name_template rendered a key name of %d characters, Heron allows at most %d", n, maxKeyNameLength)
-	}
-	return name, nil
-}
-
-// maxNameTemplateLength bounds the template text; a name is at most 128
-// characters, so a longer template is a mistake or an attack.
-const maxNameTemplateLength = 4096
-
-// templateFuncNames lists the functions helper/template provides, so the
-// shape check can parse what it will accept.
-var templateFuncNames = []string{
-	"random", "truncate", "truncate_sha256", "uppercase", "lowercase", "replace", "sha256",
-	"base64", "unix_time", "unix_time_millis", "timestamp", "uuid", "printf",
-}
-
-// checkTemplateShape refuses what could make rendering unbounded: loops
-// ({{range 2000000000}}{{end}} spins for minutes without writing a byte),
-// nested templates (each calling the next twice: 2^30 executions in a few
-// hundred bytes) and very long template text. A key name needs none of them.
-func checkTemplateShape(text string) error {
-	if len(text) > maxNameTemplateLength {
-		return fmt.Errorf("name_template is %d bytes long, at most %d are allowed", len(text), maxNameTemplateLength)
-	}
-	funcs := make(map[string]any, len(templateFuncNames))
-	for _, name := range templateFuncNames {
-		funcs[name] = func(...any) string { return "" }
-	}
-	trees, err := parse.Parse("name_template", text, "", "", funcs, gotemplate.FuncMap{})
-	if err != nil {
-		return fmt.Errorf("name_template is invalid: %v", err)
-	}
-	if len(trees) > 1 {
-		return errors.New("name_template must not define templates (define, block)")
-	}
-	for _, tree := range trees {
-		if tree.Root != nil && unbounded(tree.Root) {
-			return errors.New("name_template must not use range or template actions: a key name needs no loop")
-		}
-	}
-	return nil
-}
-
-// unbounded reports whether node contains an action whose cost the template
-// text does not bound: range, or a call to another template.
-func unbounded(node parse.Node) bool {
-	switch n := node.(type) {
-	case *parse.RangeNode, *parse.TemplateNode:
-		return true
-	case *parse.ListNode:
-		if n == nil {
-			return false
-		}
-		for _, c := range n.Nodes {
-			if unbounded(c) {
-				return true
-			}
-		}
-	case *parse.IfNode:
-		return unbounded(n.List) || unbounded(n.ElseList)
-	case *parse.WithNode:
-		return unbounded(n.List) || unbounded(n.ElseList)
-	}
-	return false
-}
-
-// boundedRandom is the sdk's random, refusing lengths no key name can hold.
-func boundedRandom(n int) (string, error) {
-	if n < 1 || n > maxKeyNameLength {
-		return "", fmt.Errorf("random length must be between 1 and %d, got %d", maxKeyNameLength, n)
-	}
-	return base62.Random(n)
-}
-
-// printfWidth finds the width and precision numbers of a format string.
-var printfWidth = regexp.MustCompile(`%[-+# 0]*(\*|\d+)?(?:\.(\*|\d+))?`)
-
-// boundedPrintf is fmt.Sprintf with widths and precisions capped at what a
-// key name can hold.
-func boundedPrintf(format string, args ...interface{}) (string, error) {
-	for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
-		for _, w := range m[1:] {
-			if w == "*" {
-				return "", errors.New("printf: * widths are not allowed in name_template")
-			}
-			if n, err := strconv.Atoi(w); w != "" && (err != nil || n > maxKeyNameLength) {
-				return "", fmt.Errorf("printf: widths above %d are not allowed in name_template", maxKeyNameLength)
-			}
-		}
-	}
-	return fmt.Sprintf(format, args...), nil
 }
 
 // validate checks the role's own fields (not the environment's existence,

@@ -103,6 +103,9 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	now := b.now()
 	name := fmt.Sprintf("vault-admin-%s-%d", env, now.Unix())
 	newKey, guard, err := b.createUnderWAL(ctx, s, oldClient, walKindAdminKey, &walKeyEntry{Environment: env, KeyName: name})
+	if errors.Is(err, heronapi.ErrUnauthorized) {
+		return nil, "", fmt.Errorf("%w: Heron rejected the current admin key of config %q (401), so it cannot create its successor: write a working admin_api_key to config/%s", errRotateUser, env, env)
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("creating the new admin key: %w", err)
 	}
@@ -110,7 +113,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	next := *cfg
 	next.AdminAPIKey = newKey.Token
 	next.AdminKeyID = newKey.ID
-	newClient, err := b.newClient(&next)
+	newClient, err := b.checkClient(&next, newKey.Token)
 	if err == nil {
 		_, err = newClient.ListKeys(ctx)
 	}
@@ -130,8 +133,23 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 		DeleteAfter: now.Add(cfg.OldKeyRetention),
 	})
 	if err := putConfig(ctx, s, &next); err != nil {
-		guard.undo(ctx, oldClient, newKey.ID)
-		return nil, "", err
+		// A write that reports an error may still have been committed (Raft
+		// and Consul can do that): only undo once storage shows the old
+		// config. If storage cannot say, keep both keys and the write-ahead
+		// record; the rollback decides from what storage holds by then.
+		stored, rerr := getConfig(ctx, s, env)
+		switch {
+		case rerr == nil && stored != nil && stored.AdminKeyID == newKey.ID:
+			b.Logger().Warn("storing the rotated config reported an error but it was stored", "environment", env, "error", err)
+		case rerr == nil && stored != nil && stored.AdminKeyID == cfg.AdminKeyID:
+			guard.undo(ctx, oldClient, newKey.ID)
+			return nil, "", err
+		default:
+			guard.unresolved++
+			guard.end(ctx)
+			b.resetClient(env)
+			return nil, "", fmt.Errorf("%w (storage could not say whether the new admin key %s was stored; both keys are kept and the rollback settles it)", err, newKey.ID)
+		}
 	}
 	guard.done(ctx)
 	b.resetClient(env)
@@ -153,7 +171,7 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 	changed := false
 	for i := range cfg.RetiredKeys {
 		rk := &cfg.RetiredKeys[i]
-		if rk.Deactivated {
+		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
 			continue
 		}
 		err := client.DeactivateKey(ctx, rk.KeyID)

@@ -237,9 +237,11 @@ func TestRotate_KeepsTheEnvironmentsBudget(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
 	limiterOf := func() *heronapi.Limiter {
+		_, err := e.b.getClient(context.Background(), e.s, "development")
+		require.NoError(t, err)
 		cfg, err := getConfig(context.Background(), e.s, "development")
 		require.NoError(t, err)
-		return e.b.clientConfig(cfg, cfg.AdminAPIKey).Limiter
+		return e.b.peekLimiter(cfg)
 	}
 	before := limiterOf()
 	e.ok(logical.UpdateOperation, "config/development/rotate", nil)

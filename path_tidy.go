@@ -39,6 +39,7 @@ type cleanupCounts struct {
 	AdminKeysDeactivated int
 	UntrackedGoneKeys    int
 	RolledBackWAL        int
+	PendingWAL           int
 	PendingRevocations   int
 	EnvironmentsSkipped  int
 }
@@ -55,6 +56,7 @@ func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, 
 		"admin_keys_deleted":     counts.AdminKeysDeleted,
 		"reconciled_keys":        counts.UntrackedGoneKeys,
 		"rolled_back_wal":        counts.RolledBackWAL,
+		"pending_wal":            counts.PendingWAL,
 		"pending_revocations":    counts.PendingRevocations,
 	}}, nil
 }
@@ -62,10 +64,11 @@ func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, 
 // cleanupWithWAL is tidy: the cleanup pass plus settling write-ahead records
 // of interrupted issuances (Vault's rollback does that on its own schedule).
 func (b *heronBackend) cleanupWithWAL(ctx context.Context, req *logical.Request) (*cleanupCounts, error) {
-	settled, walErr := b.rollbackStaleWALs(ctx, req)
+	settled, pending, walErr := b.rollbackStaleWALs(ctx, req, "")
 	counts, err := b.cleanup(ctx, req.Storage)
 	if counts != nil {
 		counts.RolledBackWAL = settled
+		counts.PendingWAL = pending
 	}
 	return counts, errors.Join(walErr, err)
 }
@@ -135,8 +138,10 @@ func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []s
 			errs = append(errs, err)
 			continue
 		}
-		if k == nil {
-			continue // deleted by this pass or a revocation meanwhile
+		if k == nil || k.Unreachable {
+			// Deleted by this pass or a revocation meanwhile; or a key the
+			// admin key cannot see, whose absence from the list proves nothing.
+			continue
 		}
 		listedAt, ok := seen.at[k.Environment]
 		if !ok || !k.Issued.Before(listedAt) {
@@ -194,7 +199,7 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	// Revocations that were released for want of budget come first: those
 	// keys may still be live.
 	for _, k := range keys {
-		if k.Pending == "" {
+		if k.Pending == "" || k.Unreachable {
 			continue
 		}
 		if err := b.finishPending(ctx, s, client, k); err != nil {
@@ -206,7 +211,7 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 
 	now := b.now()
 	for _, k := range keys {
-		if k.Pending != "" || k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
+		if k.Pending != "" || k.Unreachable || k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
 			continue
 		}
 		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
@@ -278,8 +283,15 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 
 	now := b.now()
 	remaining := cfg.RetiredKeys[:0]
-	deleted := 0
+	deleted, dropped := 0, 0
 	for _, rk := range cfg.RetiredKeys {
+		if cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			// Written back by hand as the admin key: never delete the key in
+			// use (config writes drop such entries; this guards older ones).
+			dropped++
+			b.Logger().Warn("a retired admin key is the current admin key again: no longer retired", "environment", cfg.Environment, "key_id", rk.KeyID)
+			continue
+		}
 		if !retiredDue(rk, now) {
 			remaining = append(remaining, rk)
 			continue
@@ -292,7 +304,7 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 		deleted++
 		b.Logger().Info("deleted rotated-out admin key after retention", "environment", cfg.Environment, "key_id", rk.KeyID)
 	}
-	if deleted > 0 {
+	if deleted > 0 || dropped > 0 {
 		cfg.RetiredKeys = remaining
 		if err := putConfig(ctx, s, cfg); err != nil {
 			errs = append(errs, err)

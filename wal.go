@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
@@ -21,85 +23,152 @@ const (
 
 	// walRollbackMinAge must exceed the longest issuance. Vault bounds a
 	// request at 90s (timeouts, retries and limiter waits included); the
-	// in-flight set below protects anything still running in this process.
+	// name lock below protects anything still running in this process.
 	walRollbackMinAge = 2 * time.Minute
+
+	// lateKeyWindow is how long after a POST whose outcome was unknown the
+	// engine keeps watching for the key it may have made: a gateway can
+	// answer 504 (or a client time out) while Heron is still creating it, so
+	// the key can appear after the lookup that found nothing. A key of that
+	// name created later is not this record's.
+	lateKeyWindow = 5 * time.Minute
+
+	// createdSkew is how far Heron's clock (a key's "created") may be behind
+	// the engine's when telling a key made for a write-ahead record from an
+	// older key of the same name.
+	createdSkew = 5 * time.Second
+
+	// maxCreateLookups bounds the "look up by name, delete, POST again"
+	// rounds of one creation after answers that left the outcome unknown.
+	maxCreateLookups = 2
 )
 
-// walKeyEntry is the write-ahead record of a key creation: the key name is
-// all Heron needs to find the key again if the response to the POST is lost.
+// walKeyEntry is the write-ahead record of a key creation. Heron's names are
+// not unique (roles may render the same name, customers name keys too), so a
+// key belongs to this record only if it has the name AND was created inside
+// the record's window and nothing tracks it.
 type walKeyEntry struct {
 	Environment string `json:"environment"`
 	Role        string `json:"role,omitempty"`
 	KeyName     string `json:"key_name"`
+	// Since is the engine's wall clock just before the first POST: Heron
+	// cannot have made a key for this record earlier. Records written before
+	// the window existed have it zero and match by name alone.
+	Since time.Time `json:"since,omitempty"`
 }
 
-func (b *heronBackend) markInflight(name string) {
-	b.inflightLock.Lock()
-	defer b.inflightLock.Unlock()
-	b.inflight[name] = struct{}{}
+// owns reports whether k may have been created for e: same name, created
+// within the window, and not any key the engine accounts for otherwise (the
+// caller checks tracking).
+func (e *walKeyEntry) owns(k heronapi.Key) bool {
+	if k.Name != e.KeyName {
+		return false
+	}
+	if e.Since.IsZero() {
+		return true
+	}
+	return !k.Created.Before(e.Since.Add(-createdSkew)) && !k.Created.After(e.Since.Add(lateKeyWindow+createdSkew))
 }
 
-func (b *heronBackend) unmarkInflight(name string) {
-	b.inflightLock.Lock()
-	defer b.inflightLock.Unlock()
-	delete(b.inflight, name)
+// settled reports whether no key can still appear for e.
+func (e *walKeyEntry) settled(now time.Time) bool {
+	return e.Since.IsZero() || now.After(e.Since.Add(lateKeyWindow+createdSkew))
 }
 
-func (b *heronBackend) isInflight(name string) bool {
-	b.inflightLock.Lock()
-	defer b.inflightLock.Unlock()
-	_, ok := b.inflight[name]
-	return ok
+// nameLock serialises everything that creates or rolls back keys of one
+// name in one environment: recovery by name must never run while another
+// creation of the same name is between its POST and its record.
+func (b *heronBackend) nameLock(env, name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.nameLocks, env+"\x00"+name)
 }
 
-// walGuard is a key creation still covered by its write-ahead record.
-// Exactly one of done or undo ends it.
+// walGuard is a key creation still covered by its write-ahead record and
+// its name lock. Exactly one of done or undo ends it.
 type walGuard struct {
-	b    *heronBackend
-	s    logical.Storage
-	id   string
-	name string
+	b     *heronBackend
+	s     logical.Storage
+	id    string
+	entry *walKeyEntry
+	lock  *locksutil.LockEntry
+	// unresolved counts POSTs whose outcome stayed unknown: their key may
+	// still appear, so the record must stay for the rollback.
+	unresolved int
 }
 
 // createUnderWAL creates a key named entry.KeyName in Heron under a
-// write-ahead record and the in-flight mark, so that whatever fails before
-// the caller has recorded the key, the key ends up deleted: by undo now, or by
-// the rollback later. When Heron certainly created nothing the record goes
-// at once.
+// write-ahead record and the name lock, so that whatever fails before the
+// caller has recorded the key, the key ends up deleted: by undo now, or by
+// the rollback later. An answer that leaves the outcome unknown is settled
+// the way Heron asks: one list call, delete what this record made, POST
+// again. The record goes only when no key of it can be left anywhere.
 func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry) (*heronapi.Key, *walGuard, error) {
-	b.markInflight(entry.KeyName)
+	lock := b.nameLock(entry.Environment, entry.KeyName)
+	lock.Lock()
+	entry.Since = b.wallNow()
 	id, err := framework.PutWAL(ctx, s, kind, entry)
 	if err != nil {
-		b.unmarkInflight(entry.KeyName)
+		lock.Unlock()
 		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)
 	}
-	g := &walGuard{b: b, s: s, id: id, name: entry.KeyName}
-	key, err := client.CreateKey(ctx, entry.KeyName)
-	if err != nil {
-		if notProcessed(err) {
-			b.deleteWAL(ctx, s, id)
+	g := &walGuard{b: b, s: s, id: id, entry: entry, lock: lock}
+	for lookups := 0; ; lookups++ {
+		key, err := client.CreateKey(ctx, entry.KeyName)
+		if err == nil {
+			return key, g, nil
 		}
-		b.unmarkInflight(entry.KeyName)
-		return nil, nil, err
+		if !errors.Is(err, heronapi.ErrOutcomeUnknown) {
+			// Heron created nothing this time; earlier unknown attempts decide
+			// whether the record may go.
+			g.end(ctx)
+			return nil, nil, err
+		}
+		g.unresolved++
+		if lookups >= maxCreateLookups || ctx.Err() != nil {
+			g.end(ctx)
+			return nil, nil, fmt.Errorf("%w (the write-ahead record stays: the rollback deletes a key named %q if one appears)", err, entry.KeyName)
+		}
+		b.Logger().Warn("create key: the POST may have been processed; deleting what it made before sending it again",
+			"key_name", entry.KeyName, "environment", entry.Environment, "error", err)
+		found, lerr := b.deleteOrphans(ctx, s, client, kind, entry)
+		if lerr != nil {
+			g.end(ctx)
+			return nil, nil, fmt.Errorf("%w; looking the key up by name failed too (the write-ahead record stays, the rollback deletes the key if it exists): %w", err, lerr)
+		}
+		g.unresolved = max(0, g.unresolved-found)
 	}
-	return key, g, nil
 }
 
 // done ends the guard once the caller's own record holds the key.
-func (g *walGuard) done(ctx context.Context) {
+func (g *walGuard) done(ctx context.Context) { g.end(ctx) }
+
+// end releases the name lock, removing the write-ahead record unless a key
+// of an unknown outcome may still appear: that one the rollback deletes.
+func (g *walGuard) end(ctx context.Context) {
+	defer g.lock.Unlock()
+	if g.unresolved > 0 {
+		g.b.Logger().Warn("a key creation's outcome is still unknown: its write-ahead record stays and the rollback deletes the key if it appears",
+			"key_name", g.entry.KeyName, "environment", g.entry.Environment, "wal_id", g.id)
+		return
+	}
 	g.b.deleteWAL(ctx, g.s, g.id)
-	g.b.unmarkInflight(g.name)
 }
 
 // undo deletes the created key because nothing will track it. If Heron
 // cannot be reached the write-ahead record stays and the rollback deletes it.
 func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) {
-	defer g.b.unmarkInflight(g.name)
-	if err := client.DeleteKey(ctx, keyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-		g.b.Logger().Error("could not delete an untracked key; the rollback will", "key_id", keyID, "key_name", g.name, "error", err)
-		return
+	if err := deleteIfPresent(ctx, client, keyID); err != nil {
+		g.b.Logger().Error("could not delete an untracked key; the rollback will", "key_id", keyID, "key_name", g.entry.KeyName, "error", err)
+		g.unresolved++
 	}
-	g.b.deleteWAL(ctx, g.s, g.id)
+	g.end(ctx)
+}
+
+// deleteIfPresent deletes a key in Heron; a 404 means it is already gone.
+func deleteIfPresent(ctx context.Context, client heronapi.API, keyID string) error {
+	if err := client.DeleteKey(ctx, keyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 // deleteWAL removes a write-ahead record once its key is tracked or known not
@@ -111,14 +180,24 @@ func (b *heronBackend) deleteWAL(ctx context.Context, s logical.Storage, id stri
 	}
 }
 
-// errStillInflight makes Vault keep a write-ahead record whose issuance is
-// still running in this process.
-var errStillInflight = errors.New("issuance still in progress")
+var (
+	// errStillInflight makes Vault keep a write-ahead record whose creation
+	// (or another of the same name) is still running in this process.
+	errStillInflight = errors.New("a key creation of this name is still in progress")
+	// errStillWatching keeps a record whose late key may still appear.
+	errStillWatching = errors.New("watching for a key that may still appear")
+)
 
-// walRollback is Vault's rollback of an interrupted key creation: delete every
-// key with the recorded name that no lease tracks. It returns nil only once
-// they are confirmed gone, so Vault keeps retrying until then.
+// walRollback is Vault's rollback of an interrupted key creation: delete the
+// keys this record may have made that nothing tracks. It returns nil only
+// once no such key can exist any more, so Vault keeps the record until then.
 func (b *heronBackend) walRollback(ctx context.Context, req *logical.Request, kind string, data interface{}) error {
+	switch kind {
+	case walKindKey, walKindAdminKey:
+	default:
+		b.Logger().Error("dropping write-ahead record of unknown kind", "kind", kind)
+		return nil
+	}
 	var entry walKeyEntry
 	raw, err := json.Marshal(data)
 	if err != nil {
@@ -131,52 +210,54 @@ func (b *heronBackend) walRollback(ctx context.Context, req *logical.Request, ki
 		b.Logger().Error("dropping malformed write-ahead record", "kind", kind)
 		return nil
 	}
-	if b.isInflight(entry.KeyName) {
-		return errStillInflight
-	}
-	ctx = heronapi.Background(ctx)
-
-	switch kind {
-	case walKindKey, walKindAdminKey:
-	default:
-		b.Logger().Error("dropping write-ahead record of unknown kind", "kind", kind)
-		return nil
-	}
-
 	cfgLock := b.configLock(entry.Environment)
 	cfgLock.RLock()
 	defer cfgLock.RUnlock()
-
-	cfg, err := getConfig(ctx, req.Storage, entry.Environment)
-	if err != nil {
-		return err
-	}
-	if cfg == nil {
-		// Without an admin key nothing can be deleted; keeping the record
-		// would only make Vault retry forever.
-		b.Logger().Error("config gone: cannot roll back key creation", "environment", entry.Environment, "key_name", entry.KeyName)
-		return nil
-	}
-	client, err := b.getClient(ctx, req.Storage, entry.Environment)
-	if err != nil {
-		return err
-	}
-	_, err = b.deleteUntrackedByName(ctx, req.Storage, client, cfg, entry.KeyName)
-	return err
+	return b.rollbackEntry(ctx, req.Storage, kind, &entry)
 }
 
-// deleteUntrackedByName deletes the keys named name that neither a lease nor
-// the config (the current admin key) accounts for, returning how many.
-func (b *heronBackend) deleteUntrackedByName(ctx context.Context, s logical.Storage, client heronapi.API, cfg *heronConfig, name string) (int, error) {
+// rollbackEntry is walRollback under the config lock its caller holds.
+func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kind string, entry *walKeyEntry) error {
+	lock := b.nameLock(entry.Environment, entry.KeyName)
+	if !lock.TryLock() {
+		return errStillInflight
+	}
+	defer lock.Unlock()
+	ctx = heronapi.Background(ctx)
+
+	client, err := b.getClient(ctx, s, entry.Environment)
+	if errors.Is(err, errConfigNotFound) {
+		// Without an admin key nothing can be deleted, and dropping the
+		// record would forget the key: keep it, and say what would help.
+		return fmt.Errorf("config %q is gone: the key named %q may exist in Heron; write config/%s again so the rollback can delete it",
+			entry.Environment, entry.KeyName, entry.Environment)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := b.deleteOrphans(ctx, s, client, kind, entry); err != nil {
+		return err
+	}
+	if !entry.settled(b.wallNow()) {
+		return errStillWatching
+	}
+	return nil
+}
+
+// deleteOrphans lists the environment's keys once and deletes those the
+// record may have made that nothing accounts for, returning how many.
+func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry) (int, error) {
 	keys, err := client.ListKeys(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("listing keys to roll back %q: %w", name, err)
+		return 0, fmt.Errorf("listing keys to find %q: %w", entry.KeyName, err)
+	}
+	cfg, err := getConfig(ctx, s, entry.Environment)
+	if err != nil {
+		return 0, err
 	}
 	deleted := 0
 	for _, k := range keys {
-		// Never the current admin key: by id, or by prefix while its id is unknown.
-		isAdmin := k.ID == cfg.AdminKeyID || (cfg.AdminKeyID == "" && k.TokenPrefix == keyPrefix(cfg.AdminAPIKey))
-		if k.Name != name || isAdmin {
+		if !entry.owns(k) || (cfg != nil && cfg.accountsFor(k)) {
 			continue
 		}
 		rec, err := getTrackedKey(ctx, s, k.ID)
@@ -186,23 +267,25 @@ func (b *heronBackend) deleteUntrackedByName(ctx context.Context, s logical.Stor
 		if rec != nil {
 			continue
 		}
-		if err := client.DeleteKey(ctx, k.ID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-			return deleted, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, name, err)
+		if err := deleteIfPresent(ctx, client, k.ID); err != nil {
+			return deleted, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
 		}
 		deleted++
-		b.Logger().Info("rolled back untracked key", "key_id", k.ID, "key_name", name, "environment", cfg.Environment)
+		b.Logger().Info("deleted a key left by an interrupted creation", "key_id", k.ID, "key_name", k.Name,
+			"environment", entry.Environment, "kind", kind)
 	}
 	return deleted, nil
 }
 
 // rollbackStaleWALs settles every write-ahead record not in flight here (the
-// tidy path; Vault's own rollback waits walRollbackMinAge).
-func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Request) (int, error) {
+// tidy path; Vault's own rollback waits walRollbackMinAge). With env set, only
+// that environment's records, by a caller holding its config lock.
+func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Request, env string) (settled, pending int, err error) {
 	ids, err := framework.ListWAL(ctx, req.Storage)
 	if err != nil {
-		return 0, fmt.Errorf("listing write-ahead records: %w", err)
+		return 0, 0, fmt.Errorf("listing write-ahead records: %w", err)
 	}
-	settled := 0
+	sort.Strings(ids)
 	var errs []error
 	for _, id := range ids {
 		entry, err := framework.GetWAL(ctx, req.Storage, id)
@@ -213,19 +296,31 @@ func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Reque
 		if entry == nil {
 			continue
 		}
-		err = b.walRollback(ctx, req, entry.Kind, entry.Data)
-		if errors.Is(err, errStillInflight) {
+		if env == "" {
+			err = b.walRollback(ctx, req, entry.Kind, entry.Data)
+		} else {
+			var we walKeyEntry
+			raw, _ := json.Marshal(entry.Data)
+			if json.Unmarshal(raw, &we) != nil || we.Environment != env || we.KeyName == "" {
+				continue
+			}
+			err = b.rollbackEntry(ctx, req.Storage, entry.Kind, &we)
+		}
+		if errors.Is(err, errStillInflight) || errors.Is(err, errStillWatching) {
+			pending++
 			continue
 		}
 		if err != nil {
+			pending++
 			errs = append(errs, err)
 			continue
 		}
 		if err := framework.DeleteWAL(ctx, req.Storage, id); err != nil {
+			pending++
 			errs = append(errs, err)
 			continue
 		}
 		settled++
 	}
-	return settled, errors.Join(errs...)
+	return settled, pending, errors.Join(errs...)
 }

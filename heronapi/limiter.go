@@ -167,6 +167,22 @@ type limiterKey struct {
 type sharedLimiter struct {
 	l       *Limiter
 	holders map[string]int
+	// idleSince is when the last holder let go (zero while held). The entry
+	// outlives its holders by idleLimiterTTL so that a client rebuilt after a
+	// config change or rotation keeps the budget's pause and spent tokens.
+	idleSince time.Time
+}
+
+// idleLimiterTTL is how long an unheld budget is remembered.
+const idleLimiterTTL = 10 * time.Minute
+
+// sweepIdleLocked forgets budgets unheld for longer than idleLimiterTTL.
+func sweepIdleLocked(now time.Time) {
+	for k, e := range sharedLimiters {
+		if len(e.holders) == 0 && now.Sub(e.idleSince) > idleLimiterTTL {
+			delete(sharedLimiters, k)
+		}
+	}
 }
 
 func (e *sharedLimiter) apply() {
@@ -197,20 +213,22 @@ func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
 	k := sharedKey(baseURL, identity)
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
+	sweepIdleLocked(time.Now())
 	e, ok := sharedLimiters[k]
 	if !ok {
 		e = &sharedLimiter{l: NewLimiter(perMinute), holders: map[string]int{}}
 		sharedLimiters[k] = e
 	}
 	e.holders[holder] = max(perMinute, 1)
+	e.idleSince = time.Time{}
 	e.apply()
 	return e.l
 }
 
 // ReleaseLimiter drops holder's claim on (baseURL, identity). The rate goes
 // back to the smallest of the remaining holders; the limiter is forgotten
-// once nobody holds it, so the registry does not grow with every admin key
-// the process ever saw.
+// idleLimiterTTL after nobody holds it, so the registry does not grow with
+// every admin key the process ever saw.
 func ReleaseLimiter(baseURL, identity, holder string) {
 	k := sharedKey(baseURL, identity)
 	sharedMu.Lock()
@@ -221,10 +239,11 @@ func ReleaseLimiter(baseURL, identity, holder string) {
 	}
 	delete(e.holders, holder)
 	if len(e.holders) == 0 {
-		delete(sharedLimiters, k)
-		return
+		e.idleSince = time.Now()
+	} else {
+		e.apply()
 	}
-	e.apply()
+	sweepIdleLocked(time.Now())
 }
 
 // PeekLimiter is for a one-off request (checking a config before it is
@@ -241,10 +260,12 @@ func PeekLimiter(baseURL, identity string, perMinute int) *Limiter {
 	return NewLimiter(perMinute)
 }
 
-// sharedLimiterCount is how many budgets the registry holds (tests).
-func sharedLimiterCount() int {
+// heldLimiterCount is how many budgets the registry holds for someone, after
+// forgetting those idle since before now-idleLimiterTTL (tests).
+func heldLimiterCount(now time.Time) int {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
+	sweepIdleLocked(now)
 	return len(sharedLimiters)
 }
 

@@ -274,7 +274,7 @@ func TestSharedLimiter(t *testing.T) {
 // last; a one-off check changes nothing; the entry goes when both let go.
 func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	const url = "https://smallest-budget.example"
-	before := sharedLimiterCount()
+	before := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second))
 	small := AcquireLimiter(url, testKey, "mount-small", 60)
 	big := AcquireLimiter(url, testKey, "mount-big", 100000)
 	if small != big || big.bucket.Limit() != 1 {
@@ -293,13 +293,17 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 		t.Fatalf("after the small mount let go the rate is the remaining holder's: %v", big.bucket.Limit())
 	}
 	ReleaseLimiter(url, testKey, "mount-big")
-	if got := sharedLimiterCount(); got != before {
-		t.Fatalf("registry entries: %d, want %d (evicted once unheld)", got, before)
+	if again := AcquireLimiter(url, testKey, "mount-big", 100000); again != big {
+		t.Fatal("a client rebuilt right after letting go keeps the budget (its pause and spent tokens)")
+	}
+	ReleaseLimiter(url, testKey, "mount-big")
+	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
+		t.Fatalf("registry entries: %d, want %d (forgotten once unheld for a while)", got, before)
 	}
 	if p := PeekLimiter(url, testKey, 30); p == big || p.bucket.Limit() != rate.Limit(0.5) {
-		t.Fatal("peeking an unheld budget gives a private limiter at the asked rate")
+		t.Fatal("peeking a forgotten budget gives a private limiter at the asked rate")
 	}
-	if got := sharedLimiterCount(); got != before {
+	if got := heldLimiterCount(time.Now()); got != before {
 		t.Fatal("peeking must not register")
 	}
 }
