@@ -73,6 +73,8 @@ type heronBackend struct {
 	// wallNow is the clock that write-ahead windows are compared with Heron's
 	// "created" on; tests move it apart from now, whose moves Heron never sees.
 	wallNow func() time.Time
+	// createdSkew is how far Heron's clock may lag the engine's (see wal.go).
+	createdSkew time.Duration
 }
 
 func backend() *heronBackend {
@@ -84,6 +86,7 @@ func backend() *heronBackend {
 		id:          newBackendID(),
 		now:         time.Now,
 		wallNow:     time.Now,
+		createdSkew: defaultCreatedSkew,
 	}
 	b.newClient = b.defaultClient
 

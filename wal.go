@@ -33,10 +33,10 @@ const (
 	// name created later is not this record's.
 	lateKeyWindow = 5 * time.Minute
 
-	// createdSkew is how far Heron's clock (a key's "created") may be behind
-	// the engine's when telling a key made for a write-ahead record from an
-	// older key of the same name.
-	createdSkew = 5 * time.Second
+	// defaultCreatedSkew is how far Heron's clock (a key's "created") may be
+	// behind the engine's when telling a key made for a write-ahead record
+	// from an older key of the same name.
+	defaultCreatedSkew = 5 * time.Second
 
 	// maxCreateLookups bounds the "look up by name, delete, POST again"
 	// rounds of one creation after answers that left the outcome unknown.
@@ -58,21 +58,21 @@ type walKeyEntry struct {
 }
 
 // owns reports whether k may have been created for e: same name, created
-// within the window, and not any key the engine accounts for otherwise (the
-// caller checks tracking).
-func (e *walKeyEntry) owns(k heronapi.Key) bool {
+// within the window (skew: how far Heron's clock may lag), and not any key
+// the engine accounts for otherwise (the caller checks tracking).
+func (e *walKeyEntry) owns(k heronapi.Key, skew time.Duration) bool {
 	if k.Name != e.KeyName {
 		return false
 	}
 	if e.Since.IsZero() {
 		return true
 	}
-	return !k.Created.Before(e.Since.Add(-createdSkew)) && !k.Created.After(e.Since.Add(lateKeyWindow+createdSkew))
+	return !k.Created.Before(e.Since.Add(-skew)) && !k.Created.After(e.Since.Add(lateKeyWindow+skew))
 }
 
 // settled reports whether no key can still appear for e.
-func (e *walKeyEntry) settled(now time.Time) bool {
-	return e.Since.IsZero() || now.After(e.Since.Add(lateKeyWindow+createdSkew))
+func (e *walKeyEntry) settled(now time.Time, skew time.Duration) bool {
+	return e.Since.IsZero() || now.After(e.Since.Add(lateKeyWindow+skew))
 }
 
 // nameLock serialises everything that creates or rolls back keys of one
@@ -238,7 +238,7 @@ func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kin
 	if _, err := b.deleteOrphans(ctx, s, client, kind, entry); err != nil {
 		return err
 	}
-	if !entry.settled(b.wallNow()) {
+	if !entry.settled(b.wallNow(), b.createdSkew) {
 		return errStillWatching
 	}
 	return nil
@@ -257,7 +257,7 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 	}
 	deleted := 0
 	for _, k := range keys {
-		if !entry.owns(k) || (cfg != nil && cfg.accountsFor(k)) {
+		if !entry.owns(k, b.createdSkew) || (cfg != nil && cfg.accountsFor(k)) {
 			continue
 		}
 		rec, err := getTrackedKey(ctx, s, k.ID)
