@@ -202,9 +202,6 @@ type fault struct {
 	lateDelay   time.Duration
 }
 
-// processes reports whether the request is processed now, in the handler.
-func (f fault) processes() bool { return f.status == 0 && !f.dropBefore && !f.late }
-
 type failRule struct {
 	method, pathPrefix string
 	left               int

@@ -239,7 +239,9 @@ func (s *Server) Close() {
 }
 
 // Shutdown stops accepting connections and waits, until ctx is done, for
-// in-flight requests (including injected latency) to complete; then it closes.
+// in-flight requests (including injected latency) to complete; then it closes,
+// which drops late actions (FailNextLate) not yet started: call FlushLate first
+// to have them happen.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.lifeMu.Lock()
 	srv := s.httpSrv
