@@ -2,6 +2,7 @@ package herontest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -101,6 +102,7 @@ var stockDescriptions = map[int]string{
 	http.StatusInternalServerError: "The server encountered an internal error and was unable to complete your request. Either the server is overloaded or there is an error in the application.",
 	http.StatusBadGateway:          "The proxy server received an invalid response from an upstream server.",
 	http.StatusServiceUnavailable:  "The server is temporarily unable to service your request due to maintenance downtime or capacity problems. Please try again later.",
+	http.StatusGatewayTimeout:      "The connection to an upstream server timed out.",
 }
 
 var keyNotFound = errResp(http.StatusNotFound, "Key not found")
@@ -148,10 +150,16 @@ func keyPrefix(token string) string {
 func (s *Server) finish(rec *RequestRecord, status int, dropped, injected bool) {
 	s.mu.Lock()
 	rec.Status, rec.Dropped, rec.Injected = status, dropped, injected
-	line := fmt.Sprintf("%s %s -> %d env=%q key=%s dropped=%t injected=%t",
-		rec.Method, rec.Path, status, rec.Environment, rec.KeyPrefix, dropped, injected)
+	line := fmt.Sprintf("%s %s -> %d env=%q user=%q key=%s dropped=%t injected=%t",
+		rec.Method, rec.Path, status, rec.Environment, rec.User, rec.KeyPrefix, dropped, injected)
 	s.mu.Unlock()
 	s.logf("%s", line)
+}
+
+// caller is who an authenticated request acts as.
+type caller struct {
+	env, user, id string
+	key           *KeyRecord // nil for requests without a valid key
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
@@ -214,20 +222,19 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.finish(rec, http.StatusUnauthorized, false, false)
 		return
 	}
-	var env, callerID string
+	var c caller
 	var rd rateDecision
 	if key != nil {
-		env, callerID = key.Environment, key.ID
-		rec.Environment = env
-		rd = s.admitLocked(env, now)
+		c = caller{env: key.Environment, user: key.User, id: key.ID, key: key}
+		rec.Environment, rec.User = c.env, c.user
+		rd = s.admitLocked(c.env, c.user, now)
 	}
 	if rd.limited {
-		limit := s.limit
 		s.mu.Unlock()
 		rd.apply(w.Header())
 		desc := "Too many requests"
-		if limit > 0 {
-			desc = fmt.Sprintf("%d per 1 minute", limit)
+		if rd.hasHeaders && rd.limit > 0 {
+			desc = fmt.Sprintf("%d per 1 minute", rd.limit)
 		}
 		writeResponse(w, errResp(http.StatusTooManyRequests, desc))
 		s.finish(rec, http.StatusTooManyRequests, false, rd.forced)
@@ -235,58 +242,121 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	authenticated := allowed && rt.auth
 	f := s.pickFaultLocked(r.Method, r.URL.Path, authenticated, allowed && rt == routeKeys && r.Method == http.MethodPost)
-	if authenticated && f.status == 0 && !f.dropBefore {
-		t := storeTime(now)
-		key.LastUsed = &t
-	}
+	delay := s.pickDelayLocked(r.Method, r.URL.Path)
 	s.mu.Unlock()
 
 	rd.apply(w.Header())
+	if delay > 0 {
+		// Server-side slowness: the client leaving does not stop it, Close does.
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.closed:
+			t.Stop()
+			s.finish(rec, 0, false, true)
+			panic(http.ErrAbortHandler)
+		}
+	}
 	switch {
 	case f.status != 0:
-		writeResponse(w, errResp(f.status, stockDescriptions[f.status]))
+		writeResponse(w, stockError(f.status))
 		s.finish(rec, f.status, false, true)
 		return
 	case f.dropBefore:
 		s.finish(rec, 0, true, true)
 		dropConnection(w)
 		return
+	case f.late:
+		s.answerLate(w, r, rec, f, rt, id, allowed, c)
+		return
 	}
 
-	var res response
+	res := s.process(r, rt, id, allowed, c)
+	s.setProcessed(rec, res.status)
+	switch {
+	case f.dropAfter:
+		s.finish(rec, 0, true, true)
+		dropConnection(w)
+	case f.statusAfter != 0:
+		writeResponse(w, stockError(f.statusAfter))
+		s.finish(rec, f.statusAfter, false, true)
+	default:
+		writeResponse(w, res)
+		s.finish(rec, res.status, false, false)
+	}
+}
+
+// stockError is an error with Werkzeug's stock description for status.
+func stockError(status int) response {
+	desc, ok := stockDescriptions[status]
+	if !ok {
+		desc = http.StatusText(status)
+	}
+	return errResp(status, desc)
+}
+
+func (s *Server) setProcessed(rec *RequestRecord, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec.Processed = status
+}
+
+// process runs an admitted request through routing and its endpoint, updating
+// the caller's last_used first (so a list shows the listing request's use).
+func (s *Server) process(r *http.Request, rt *route, id string, allowed bool, c caller) response {
 	switch {
 	case rt == nil:
-		res = errResp(http.StatusNotFound, stockDescriptions[http.StatusNotFound])
+		return errResp(http.StatusNotFound, stockDescriptions[http.StatusNotFound])
 	case !allowed:
-		res = errResp(http.StatusMethodNotAllowed, stockDescriptions[http.StatusMethodNotAllowed])
+		res := errResp(http.StatusMethodNotAllowed, stockDescriptions[http.StatusMethodNotAllowed])
 		res.allow = strings.Join(rt.methods, ", ")
-	default:
-		res = s.dispatch(r, rt, id, env, callerID)
+		return res
 	}
-	if f.dropAfter {
+	if rt.auth {
+		s.mu.Lock()
+		t := storeTime(s.now())
+		c.key.LastUsed = &t
+		s.mu.Unlock()
+	}
+	return s.dispatch(r, rt, id, c)
+}
+
+// answerLate answers a FailNextLate request now (status or dropped connection)
+// and schedules its processing f.lateDelay later, on a copy of the request whose
+// body is read now, as a gateway would have forwarded it.
+func (s *Server) answerLate(w http.ResponseWriter, r *http.Request, rec *RequestRecord, f fault, rt *route, id string, allowed bool, c caller) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+	lr := r.Clone(context.Background())
+	lr.Body = io.NopCloser(bytes.NewReader(body))
+	s.scheduleLate(f.lateDelay, func() {
+		res := s.process(lr, rt, id, allowed, c)
+		s.setProcessed(rec, res.status)
+		s.logf("%s %s processed late -> %d env=%q user=%q key=%s", rec.Method, rec.Path, res.status, rec.Environment, rec.User, rec.KeyPrefix)
+	})
+	if f.lateStatus == 0 {
 		s.finish(rec, 0, true, true)
 		dropConnection(w)
 		return
 	}
-	writeResponse(w, res)
-	s.finish(rec, res.status, false, false)
+	writeResponse(w, stockError(f.lateStatus))
+	s.finish(rec, f.lateStatus, false, true)
 }
 
-func (s *Server) dispatch(r *http.Request, rt *route, id, env, callerID string) response {
+func (s *Server) dispatch(r *http.Request, rt *route, id string, c caller) response {
 	switch rt {
 	case routeHello, routeHelloAuth:
 		return response{status: http.StatusOK, body: map[string]string{"hello": "world"}}
 	case routeKeys:
 		if r.Method == http.MethodPost {
-			return s.handleCreate(r, env, callerID)
+			return s.handleCreate(r, c)
 		}
-		return s.handleList(env)
+		return s.handleList(c)
 	case routeDeact:
-		return s.handleSetActive(id, env, false)
+		return s.handleSetActive(id, c, false)
 	case routeAct:
-		return s.handleSetActive(id, env, true)
+		return s.handleSetActive(id, c, true)
 	case routeKey:
-		return s.handleDelete(id, env)
+		return s.handleDelete(id, c)
 	}
 	panic("herontest: unrouted endpoint " + rt.pattern)
 }
@@ -369,12 +439,12 @@ func parseCreate(r *http.Request) (string, *response) {
 	return name, nil
 }
 
-func (s *Server) handleCreate(r *http.Request, env, callerID string) response {
+func (s *Server) handleCreate(r *http.Request, c caller) response {
 	name, bad := parseCreate(r)
 	if bad != nil {
 		return *bad
 	}
-	k := s.createKey(env, name, callerID)
+	k := s.createKey(c.env, c.user, name, c.id)
 	return response{status: http.StatusCreated, body: createdKeyJSON{
 		HeronID:     k.ID,
 		Name:        k.Name,
@@ -385,13 +455,13 @@ func (s *Server) handleCreate(r *http.Request, env, callerID string) response {
 	}}
 }
 
-func (s *Server) handleList(env string) response {
+func (s *Server) handleList(c caller) response {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Never nil, so an empty environment lists as [] rather than null.
 	keys := []listedKeyJSON{}
 	for _, k := range s.keys {
-		if k.Environment != env || k.Deleted {
+		if k.Environment != c.env || k.User != c.user || k.Deleted {
 			continue
 		}
 		lk := listedKeyJSON{
@@ -410,20 +480,21 @@ func (s *Server) handleList(env string) response {
 	return response{status: http.StatusOK, body: map[string]any{"keys": keys}}
 }
 
-// liveKeyLocked finds a key the caller's environment may manage; anything else
-// is indistinguishable from an unknown id so environments cannot probe each other.
-func (s *Server) liveKeyLocked(id, env string) *KeyRecord {
+// liveKeyLocked finds a key the caller's user may manage; anything else is
+// indistinguishable from an unknown id so that neither environments nor users
+// can probe each other.
+func (s *Server) liveKeyLocked(id string, c caller) *KeyRecord {
 	k := s.byID[id]
-	if k == nil || k.Deleted || k.Environment != env {
+	if k == nil || k.Deleted || k.Environment != c.env || k.User != c.user {
 		return nil
 	}
 	return k
 }
 
-func (s *Server) handleSetActive(id, env string, active bool) response {
+func (s *Server) handleSetActive(id string, c caller, active bool) response {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := s.liveKeyLocked(id, env)
+	k := s.liveKeyLocked(id, c)
 	if k == nil {
 		return keyNotFound
 	}
@@ -434,10 +505,10 @@ func (s *Server) handleSetActive(id, env string, active bool) response {
 	return response{status: http.StatusOK, body: activeJSON{HeronID: k.ID, IsActive: k.IsActive}}
 }
 
-func (s *Server) handleDelete(id, env string) response {
+func (s *Server) handleDelete(id string, c caller) response {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := s.liveKeyLocked(id, env)
+	k := s.liveKeyLocked(id, c)
 	if k == nil {
 		return keyNotFound
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,12 +26,13 @@ type StatCount struct {
 
 // Stats summarises the recorded requests.
 type Stats struct {
-	Env         string      `json:"env"`
-	Window      string      `json:"window"`
-	Total       int         `json:"total"`
-	MaxInWindow int         `json:"max_in_window"`
-	RateLimit   int         `json:"rate_limit"` // -1 when unlimited
-	Counts      []StatCount `json:"counts"`
+	Env           string      `json:"env"`
+	Window        string      `json:"window"`
+	Total         int         `json:"total"`
+	MaxInWindow   int         `json:"max_in_window"`
+	RateLimit     int         `json:"rate_limit"`      // -1 when unlimited
+	UserRateLimit int         `json:"user_rate_limit"` // -1 when off
+	Counts        []StatCount `json:"counts"`
 }
 
 // Stats counts recorded requests of env ("" = all) by method, route, environment
@@ -39,7 +41,7 @@ func (s *Server) Stats(env string, window time.Duration) Stats {
 	reqs := s.Requests()
 	type k struct{ method, route, env string }
 	counts := map[k]*StatCount{}
-	st := Stats{Env: env, Window: window.String(), RateLimit: s.RateLimit(), Counts: []StatCount{}}
+	st := Stats{Env: env, Window: window.String(), RateLimit: s.RateLimit(), UserRateLimit: s.UserRateLimit(), Counts: []StatCount{}}
 	for _, r := range reqs {
 		if env != "" && r.Environment != env {
 			continue
@@ -81,14 +83,18 @@ func (s *Server) Stats(env string, window time.Duration) Stats {
 
 // FaultsJSON is the /_emulator/faults wire form of Faults (durations as Go strings).
 type FaultsJSON struct {
-	Latency           string  `json:"latency"`
-	ErrorRate         float64 `json:"error_rate"`
-	DropAfterPOSTRate float64 `json:"drop_after_post_rate"`
-	Seed              int64   `json:"seed"`
+	Latency              string  `json:"latency"`
+	ErrorRate            float64 `json:"error_rate"`
+	DropAfterPOSTRate    float64 `json:"drop_after_post_rate"`
+	ProcessThenErrorRate float64 `json:"process_then_error_rate"`
+	Seed                 int64   `json:"seed"`
 }
 
 func faultsToJSON(f Faults) FaultsJSON {
-	return FaultsJSON{Latency: f.Latency.String(), ErrorRate: f.ErrorRate, DropAfterPOSTRate: f.DropAfterPOSTRate, Seed: f.Seed}
+	return FaultsJSON{
+		Latency: f.Latency.String(), ErrorRate: f.ErrorRate, DropAfterPOSTRate: f.DropAfterPOSTRate,
+		ProcessThenErrorRate: f.ProcessThenErrorRate, Seed: f.Seed,
+	}
 }
 
 // ControlHandler serves the emulator's own, non-Heron test controls. Paths are
@@ -98,14 +104,20 @@ func faultsToJSON(f Faults) FaultsJSON {
 //	GET  /_emulator/requests                    every RequestRecord
 //	GET  /_emulator/stats?env=&window=60s       Stats
 //	GET  /_emulator/faults                      current random faults
-//	POST /_emulator/faults                      {"latency":"250ms","error_rate":0.1,"drop_after_post_rate":0,"seed":1}
+//	POST /_emulator/faults                      {"latency":"250ms","error_rate":0.1,"drop_after_post_rate":0,"process_then_error_rate":0,"seed":1}
 //	POST /_emulator/fail-next                   {"method":"POST","path_prefix":"/api/credentials/keys","n":1,"mode":"process-then-drop"}
+//	                                            mode: any ParseFaultMode name, or "late-504" (any 5xx) / "late-drop"
+//	                                            with "delay":"2s": FailNextLate
+//	POST /_emulator/delay-next                  {"method":"POST","path_prefix":"/api/credentials/keys","n":1,"delay":"3s"}
+//	GET  /_emulator/late                        {"pending":N}: PendingLate
+//	POST /_emulator/flush-late                  {"processed":N,"pending":M}: FlushLate
 //	POST /_emulator/force429                    {"env":"development","duration":"10s","retry_after":"2s"}
-//	GET  /_emulator/rate-limit                  {"per_minute":N}
-//	POST /_emulator/rate-limit                  {"per_minute":N}
-//	POST /_emulator/admin-keys?env=NAME         a new admin key of env
+//	GET  /_emulator/rate-limit                  {"per_minute":N,"per_user_per_minute":M}
+//	POST /_emulator/rate-limit                  {"per_minute":N} and/or {"per_user_per_minute":M}
+//	POST /_emulator/admin-keys?env=NAME         a new admin key of env's default user
+//	POST /_emulator/users?env=NAME              a new user of env and its first key
 //	POST /_emulator/reset-requests              forget recorded requests
-//	POST /_emulator/reset-faults                clear faults, FailNext rules and forced 429s
+//	POST /_emulator/reset-faults                clear faults, FailNext/FailNextLate/DelayNext rules and forced 429s
 //
 // Errors use Heron's error shape so one decoder serves both surfaces.
 func (s *Server) ControlHandler() http.Handler {
@@ -118,12 +130,19 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 		fn     func(*http.Request) response
 	}
 	endpoints := map[string]endpoint{
-		"keys":           {http.MethodGet, s.ctlKeys},
-		"requests":       {http.MethodGet, func(*http.Request) response { return ok(s.Requests()) }},
-		"stats":          {http.MethodGet, s.ctlStats},
-		"fail-next":      {http.MethodPost, s.ctlFailNext},
-		"force429":       {http.MethodPost, s.ctlForce429},
-		"admin-keys":     {http.MethodPost, s.ctlAdminKey},
+		"keys":       {http.MethodGet, s.ctlKeys},
+		"requests":   {http.MethodGet, func(*http.Request) response { return ok(s.Requests()) }},
+		"stats":      {http.MethodGet, s.ctlStats},
+		"fail-next":  {http.MethodPost, s.ctlFailNext},
+		"force429":   {http.MethodPost, s.ctlForce429},
+		"admin-keys": {http.MethodPost, s.ctlAdminKey},
+		"users":      {http.MethodPost, s.ctlUser},
+		"delay-next": {http.MethodPost, s.ctlDelayNext},
+		"late":       {http.MethodGet, func(*http.Request) response { return ok(map[string]int{"pending": s.PendingLate()}) }},
+		"flush-late": {http.MethodPost, func(*http.Request) response {
+			n := s.FlushLate()
+			return ok(map[string]int{"processed": n, "pending": s.PendingLate()})
+		}},
 		"reset-requests": {http.MethodPost, func(*http.Request) response { s.ResetRequests(); return response{status: http.StatusNoContent} }},
 		"reset-faults":   {http.MethodPost, func(*http.Request) response { s.ResetFaults(); return response{status: http.StatusNoContent} }},
 	}
@@ -136,7 +155,7 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 			if name == "faults" {
 				res = ok(faultsToJSON(s.CurrentFaults()))
 			} else {
-				res = ok(map[string]int{"per_minute": s.RateLimit()})
+				res = ok(s.rateLimits())
 			}
 		case http.MethodPost:
 			if name == "faults" {
@@ -221,10 +240,15 @@ func (s *Server) ctlSetFaults(r *http.Request) response {
 	if err != nil || lat < 0 {
 		return badRequest("latency must be a non-negative Go duration")
 	}
-	if in.ErrorRate < 0 || in.ErrorRate > 1 || in.DropAfterPOSTRate < 0 || in.DropAfterPOSTRate > 1 {
-		return badRequest("rates must be between 0 and 1")
+	for _, r := range []float64{in.ErrorRate, in.DropAfterPOSTRate, in.ProcessThenErrorRate} {
+		if r < 0 || r > 1 {
+			return badRequest("rates must be between 0 and 1")
+		}
 	}
-	s.SetFaults(Faults{Latency: lat, ErrorRate: in.ErrorRate, DropAfterPOSTRate: in.DropAfterPOSTRate, Seed: in.Seed})
+	s.SetFaults(Faults{
+		Latency: lat, ErrorRate: in.ErrorRate, DropAfterPOSTRate: in.DropAfterPOSTRate,
+		ProcessThenErrorRate: in.ProcessThenErrorRate, Seed: in.Seed,
+	})
 	return ok(faultsToJSON(s.CurrentFaults()))
 }
 
@@ -234,19 +258,59 @@ func (s *Server) ctlFailNext(r *http.Request) response {
 		PathPrefix string `json:"path_prefix"`
 		N          int    `json:"n"`
 		Mode       string `json:"mode"`
+		Delay      string `json:"delay"`
 	}
 	if err := decodeStrict(r, &in); err != nil {
 		return badRequest("invalid fail-next: %v", err)
+	}
+	if in.N <= 0 {
+		return badRequest("n must be positive")
+	}
+	delay, err := parseDur("delay", in.Delay)
+	if err != nil || delay < 0 {
+		return badRequest("delay must be a non-negative Go duration")
+	}
+	if answer, late := strings.CutPrefix(in.Mode, "late-"); late {
+		status := 0
+		if answer != "drop" {
+			status, err = strconv.Atoi(answer)
+			if err != nil || status < 500 || status > 599 {
+				return badRequest("late mode must be late-drop or late-5xx such as late-504, not %q", in.Mode)
+			}
+		}
+		s.FailNextLate(in.Method, in.PathPrefix, in.N, status, delay)
+		return ok(map[string]int{"pending": s.PendingFailNext()})
 	}
 	mode, err := ParseFaultMode(in.Mode)
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	if in.N <= 0 {
-		return badRequest("n must be positive")
+	if in.Delay != "" {
+		return badRequest("delay applies only to late-* modes (see delay-next for slowness)")
 	}
 	s.FailNext(in.Method, in.PathPrefix, in.N, mode)
 	return ok(map[string]int{"pending": s.PendingFailNext()})
+}
+
+func (s *Server) ctlDelayNext(r *http.Request) response {
+	var in struct {
+		Method     string `json:"method"`
+		PathPrefix string `json:"path_prefix"`
+		N          int    `json:"n"`
+		Delay      string `json:"delay"`
+	}
+	if err := decodeStrict(r, &in); err != nil {
+		return badRequest("invalid delay-next: %v", err)
+	}
+	d, err := parseDur("delay", in.Delay)
+	if err != nil || d <= 0 {
+		return badRequest("delay must be a positive Go duration")
+	}
+	if in.N <= 0 {
+		return badRequest("n must be positive")
+	}
+	s.DelayNext(in.Method, in.PathPrefix, in.N, d)
+	return ok(map[string]int{"pending": s.PendingDelayNext()})
 }
 
 func (s *Server) ctlForce429(r *http.Request) response {
@@ -270,15 +334,25 @@ func (s *Server) ctlForce429(r *http.Request) response {
 	return response{status: http.StatusNoContent}
 }
 
+func (s *Server) rateLimits() map[string]int {
+	return map[string]int{"per_minute": s.RateLimit(), "per_user_per_minute": s.UserRateLimit()}
+}
+
 func (s *Server) ctlSetRateLimit(r *http.Request) response {
 	var in struct {
-		PerMinute *int `json:"per_minute"`
+		PerMinute        *int `json:"per_minute"`
+		PerUserPerMinute *int `json:"per_user_per_minute"`
 	}
-	if err := decodeStrict(r, &in); err != nil || in.PerMinute == nil {
-		return badRequest("body must be {\"per_minute\": N}")
+	if err := decodeStrict(r, &in); err != nil || (in.PerMinute == nil && in.PerUserPerMinute == nil) {
+		return badRequest("body must be {\"per_minute\": N} and/or {\"per_user_per_minute\": M}")
 	}
-	s.SetRateLimit(*in.PerMinute)
-	return ok(map[string]int{"per_minute": s.RateLimit()})
+	if in.PerMinute != nil {
+		s.SetRateLimit(*in.PerMinute)
+	}
+	if in.PerUserPerMinute != nil {
+		s.SetUserRateLimit(*in.PerUserPerMinute)
+	}
+	return ok(s.rateLimits())
 }
 
 func (s *Server) ctlAdminKey(r *http.Request) response {
@@ -290,6 +364,23 @@ func (s *Server) ctlAdminKey(r *http.Request) response {
 	k, _ := s.KeyByToken(tok)
 	return response{status: http.StatusCreated, body: map[string]string{
 		"environment":  env,
+		"token":        tok,
+		"heron_id":     k.ID,
+		"token_prefix": k.TokenPrefix,
+		"user":         k.User,
+	}}
+}
+
+func (s *Server) ctlUser(r *http.Request) response {
+	env := r.URL.Query().Get("env")
+	if env == "" {
+		return badRequest("env query parameter required")
+	}
+	tok := s.AddUser(env)
+	k, _ := s.KeyByToken(tok)
+	return response{status: http.StatusCreated, body: map[string]string{
+		"environment":  env,
+		"user":         k.User,
 		"token":        tok,
 		"heron_id":     k.ID,
 		"token_prefix": k.TokenPrefix,

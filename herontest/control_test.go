@@ -161,3 +161,115 @@ func TestKeyRecordJSON(t *testing.T) {
 		t.Errorf("last_used should be null: %s", raw)
 	}
 }
+
+func TestControlUsersLateAndDelays(t *testing.T) {
+	f := newFixture(t, Options{Control: true})
+	ctl := func(method, path string, body any) result {
+		t.Helper()
+		return f.do(t, method, "/_emulator/"+path, "", body)
+	}
+	t.Run("users", func(t *testing.T) {
+		r := ctl("POST", "users?env=development", nil)
+		if r.status != http.StatusCreated {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		var out map[string]string
+		mustJSON(t, r.body, &out)
+		if out["user"] == "" || out["user"] == DefaultUser || out["environment"] != "development" {
+			t.Errorf("user = %v", out)
+		}
+		if keys := f.list(t, out["token"]); len(keys) != 1 || keys[0].HeronID != out["heron_id"] {
+			t.Errorf("new user's list = %+v", keys)
+		}
+		wantError(t, ctl("POST", "users", nil), 400)
+	})
+	t.Run("fail-next process-then and late modes", func(t *testing.T) {
+		if r := ctl("POST", "fail-next", `{"method":"POST","n":1,"mode":"process-then-504"}`); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		wantError(t, f.do(t, "POST", "/api/credentials/keys", f.dev, `{"name":"pt"}`), 504)
+		if _, ok := keyNamed(f.s, "pt"); !ok {
+			t.Error("process-then-504 did not process")
+		}
+		if r := ctl("POST", "fail-next", `{"method":"POST","n":1,"mode":"late-503","delay":"1h"}`); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		wantError(t, f.do(t, "POST", "/api/credentials/keys", f.dev, `{"name":"late"}`), 503)
+		var late map[string]int
+		mustJSON(t, ctl("GET", "late", nil).body, &late)
+		if late["pending"] != 1 {
+			t.Errorf("late = %v", late)
+		}
+		mustJSON(t, ctl("POST", "flush-late", nil).body, &late)
+		if late["processed"] != 1 || late["pending"] != 0 {
+			t.Errorf("flush-late = %v", late)
+		}
+		if _, ok := keyNamed(f.s, "late"); !ok {
+			t.Error("flush-late did not process")
+		}
+		if r := ctl("POST", "fail-next", `{"method":"DELETE","n":1,"mode":"late-drop","delay":"1h"}`); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if _, err := f.try("DELETE", "/api/credentials/keys/"+newHeronID(), f.dev, nil, nil); !isDropped(err) {
+			t.Errorf("late-drop: err = %v", err)
+		}
+		f.s.FlushLate()
+		for _, bad := range []string{
+			`{"n":1,"mode":"late-404","delay":"1s"}`,
+			`{"n":1,"mode":"late-soon","delay":"1s"}`,
+			`{"n":1,"mode":"late-504","delay":"-1s"}`,
+			`{"n":1,"mode":"500","delay":"1s"}`,
+		} {
+			wantError(t, ctl("POST", "fail-next", bad), 400)
+		}
+	})
+	t.Run("delay-next", func(t *testing.T) {
+		var out map[string]int
+		mustJSON(t, ctl("POST", "delay-next", `{"method":"GET","n":2,"delay":"40ms"}`).body, &out)
+		if out["pending"] != 2 || f.s.PendingDelayNext() != 2 {
+			t.Errorf("delay-next = %v", out)
+		}
+		start := time.Now()
+		f.list(t, f.dev)
+		if time.Since(start) < 40*time.Millisecond {
+			t.Error("not delayed")
+		}
+		wantError(t, ctl("POST", "delay-next", `{"n":1,"delay":"0s"}`), 400)
+		wantError(t, ctl("POST", "delay-next", `{"n":0,"delay":"1s"}`), 400)
+		ctl("POST", "reset-faults", nil)
+		if f.s.PendingDelayNext() != 0 {
+			t.Error("reset-faults left delay-next rules")
+		}
+	})
+	t.Run("faults process_then_error_rate", func(t *testing.T) {
+		if r := ctl("POST", "faults", `{"process_then_error_rate":0.5,"seed":3}`); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if got := f.s.CurrentFaults(); got.ProcessThenErrorRate != 0.5 {
+			t.Errorf("faults = %+v", got)
+		}
+		var fj FaultsJSON
+		mustJSON(t, ctl("GET", "faults", nil).body, &fj)
+		if fj.ProcessThenErrorRate != 0.5 {
+			t.Errorf("GET faults = %+v", fj)
+		}
+		wantError(t, ctl("POST", "faults", `{"process_then_error_rate":1.5}`), 400)
+		ctl("POST", "reset-faults", nil)
+	})
+	t.Run("per-user rate limit", func(t *testing.T) {
+		var out map[string]int
+		mustJSON(t, ctl("POST", "rate-limit", `{"per_user_per_minute":2}`).body, &out)
+		if out["per_user_per_minute"] != 2 || out["per_minute"] != 500 || f.s.UserRateLimit() != 2 {
+			t.Errorf("rate-limit = %v", out)
+		}
+		var st Stats
+		mustJSON(t, ctl("GET", "stats", nil).body, &st)
+		if st.UserRateLimit != 2 {
+			t.Errorf("stats = %+v", st)
+		}
+		mustJSON(t, ctl("POST", "rate-limit", `{"per_minute":9,"per_user_per_minute":0}`).body, &out)
+		if out["per_user_per_minute"] != -1 || out["per_minute"] != 9 {
+			t.Errorf("rate-limit = %v", out)
+		}
+	})
+}

@@ -50,43 +50,91 @@ func ceilUnix(t time.Time) int64 {
 	return sec
 }
 
-// admitLocked decides whether a request of env arriving now is within budget and,
-// if so, charges it. Callers hold s.mu.
-func (s *Server) admitLocked(env string, now time.Time) rateDecision {
+// window is one sliding-window budget during an admission decision.
+type window struct {
+	hits  []time.Time // admitted requests still inside the window, oldest first
+	limit int
+}
+
+func (w *window) trim(now time.Time) {
+	cut := 0
+	for cut < len(w.hits) && now.Sub(w.hits[cut]) >= rateWindow {
+		cut++
+	}
+	w.hits = w.hits[cut:]
+}
+
+// freeAt is when the slot that brings the count below the limit frees. A limit
+// lowered at run time can leave more hits than the limit, so it is not always
+// the oldest hit's slot. Only meaningful when the window is full.
+func (w *window) freeAt() time.Time { return w.hits[len(w.hits)-w.limit].Add(rateWindow) }
+
+// admitLocked decides whether a request of env's user arriving now is within
+// budget (the environment's and, when set, the user's) and, if so, charges it to
+// both. The headers describe the binding budget: on a 429 the full one whose
+// slot frees last, otherwise the one with the fewest requests left (ties go to
+// the smaller limit, then to the environment). Callers hold s.mu.
+func (s *Server) admitLocked(env, user string, now time.Time) rateDecision {
 	if f, ok := s.activeForcedLocked(env, now); ok {
 		d := rateDecision{limited: true, forced: true, retryAfter: ceilSeconds(f.retryAfter)}
-		if s.limit >= 0 {
+		limit := s.limit
+		if limit < 0 {
+			limit = s.userLimit
+		}
+		if limit >= 0 {
 			// A forced 429 stands in for budget exhausted by someone else's
 			// traffic, so the headers say exactly that.
-			d.hasHeaders, d.limit, d.remaining = true, s.limit, 0
+			d.hasHeaders, d.limit, d.remaining = true, limit, 0
 			d.reset = now.Unix() + int64(d.retryAfter)
 		}
 		return d
 	}
-	if s.limit < 0 {
+	uk := userKey{env, user}
+	var envW, userW *window
+	var ws []*window
+	if s.limit >= 0 {
+		envW = &window{hits: s.hits[env], limit: s.limit}
+		ws = append(ws, envW)
+	}
+	if s.userLimit > 0 {
+		userW = &window{hits: s.userHits[uk], limit: s.userLimit}
+		ws = append(ws, userW)
+	}
+	if len(ws) == 0 {
 		return rateDecision{}
 	}
-	hits := s.hits[env]
-	cut := 0
-	for cut < len(hits) && now.Sub(hits[cut]) >= rateWindow {
-		cut++
+	var full *window
+	for _, w := range ws {
+		w.trim(now)
+		if len(w.hits) >= w.limit && (full == nil || w.freeAt().After(full.freeAt())) {
+			full = w
+		}
 	}
-	hits = hits[cut:]
-	d := rateDecision{hasHeaders: true, limit: s.limit}
-	if len(hits) >= s.limit {
-		// A limit lowered at run time can leave more hits than the limit; the
-		// slot that matters is the one that brings the count below it.
-		oldest := hits[len(hits)-s.limit]
+	d := rateDecision{hasHeaders: true}
+	bind := full
+	if full != nil {
 		d.limited = true
-		d.retryAfter = ceilSeconds(oldest.Add(rateWindow).Sub(now))
-		d.reset = ceilUnix(hits[0].Add(rateWindow))
-		s.hits[env] = hits
-		return d
+		d.limit = full.limit
+		d.retryAfter = ceilSeconds(full.freeAt().Sub(now))
+	} else {
+		for _, w := range ws {
+			w.hits = append(w.hits, now)
+			left := w.limit - len(w.hits)
+			if bind == nil || left < bind.limit-len(bind.hits) ||
+				(left == bind.limit-len(bind.hits) && w.limit < bind.limit) {
+				bind = w
+			}
+		}
+		d.limit = bind.limit
+		d.remaining = bind.limit - len(bind.hits)
 	}
-	hits = append(hits, now)
-	s.hits[env] = hits
-	d.remaining = s.limit - len(hits)
-	d.reset = ceilUnix(hits[0].Add(rateWindow))
+	d.reset = ceilUnix(bind.hits[0].Add(rateWindow))
+	if envW != nil {
+		s.hits[env] = envW.hits
+	}
+	if userW != nil {
+		s.userHits[uk] = userW.hits
+	}
 	return d
 }
 
@@ -118,9 +166,11 @@ func (s *Server) Force429(env string, d time.Duration, retryAfter time.Duration)
 	s.forced[env] = forced429{until: s.now().Add(d), retryAfter: retryAfter}
 }
 
-// ResetRateLimiter empties every environment's window (not the recorded requests).
+// ResetRateLimiter empties every environment's and every user's window (not
+// the recorded requests).
 func (s *Server) ResetRateLimiter() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hits = map[string][]time.Time{}
+	s.userHits = map[userKey][]time.Time{}
 }

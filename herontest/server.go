@@ -33,6 +33,11 @@ type Options struct {
 	// RateLimitPerMinute is the budget per environment over a sliding 60s window;
 	// 0 means Heron's default of 500, a negative value disables limiting.
 	RateLimitPerMinute int
+	// RateLimitPerUserPerMinute is an optional second budget per user (see
+	// AddUser) over the same sliding window; 0 or negative (the default) means no
+	// per-user limit. When both apply, a request needs room in both, and the
+	// X-RateLimit-* headers describe the one with less room (see the package doc).
+	RateLimitPerUserPerMinute int
 	// Logger, if set, gets one line per request (never a full token).
 	Logger *log.Logger
 	// Control mounts ControlHandler under /_emulator/ on Handler. It is off by
@@ -51,18 +56,22 @@ type Server struct {
 	// package replace it before serving so that window expiry needs no sleeping.
 	now func() time.Time
 
-	mu       sync.Mutex
-	keys     []*KeyRecord
-	byID     map[string]*KeyRecord
-	byToken  map[string]*KeyRecord
-	envs     map[string]bool
-	limit    int                    // <0 unlimited
-	hits     map[string][]time.Time // per env: admitted requests inside the window, oldest first
-	forced   map[string]forced429
-	requests []*RequestRecord
-	faults   Faults
-	rng      *mrand.Rand
-	failNext []*failRule
+	mu        sync.Mutex
+	keys      []*KeyRecord
+	byID      map[string]*KeyRecord
+	byToken   map[string]*KeyRecord
+	envs      map[string]bool
+	limit     int                    // <0 unlimited
+	userLimit int                    // <0 no per-user limit
+	hits      map[string][]time.Time // per env: admitted requests inside the window, oldest first
+	userHits  map[userKey][]time.Time
+	nextUser  int // AddUser counter
+	forced    map[string]forced429
+	requests  []*RequestRecord
+	faults    Faults
+	rng       *mrand.Rand
+	failNext  []*failRule
+	delayNext []*failRule
 
 	lifeMu   sync.Mutex
 	httpSrv  *http.Server
@@ -70,7 +79,15 @@ type Server struct {
 	closing  bool
 	closed   chan struct{} // aborts injected latency on Close
 	inflight sync.WaitGroup
+	// late holds the scheduled late actions (FailNextLate) whose timers have not
+	// fired; lateLeft counts those plus the ones running. Both under lifeMu.
+	late     map[*lateAction]struct{}
+	lateLeft int
+	lateSeq  uint64
 }
+
+// userKey names one user: user ids are only unique within an environment.
+type userKey struct{ env, user string }
 
 var tokenRE = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
 
@@ -111,17 +128,20 @@ func NewServer(opts Options) *Server {
 // listening; call Start or StartOn, or mount Handler elsewhere.
 func NewUnstartedServer(opts Options) *Server {
 	s := &Server{
-		logger:  opts.Logger,
-		control: opts.Control,
-		now:     time.Now,
-		byID:    map[string]*KeyRecord{},
-		byToken: map[string]*KeyRecord{},
-		envs:    map[string]bool{},
-		hits:    map[string][]time.Time{},
-		forced:  map[string]forced429{},
-		closed:  make(chan struct{}),
+		logger:   opts.Logger,
+		control:  opts.Control,
+		now:      time.Now,
+		byID:     map[string]*KeyRecord{},
+		byToken:  map[string]*KeyRecord{},
+		envs:     map[string]bool{},
+		hits:     map[string][]time.Time{},
+		userHits: map[userKey][]time.Time{},
+		late:     map[*lateAction]struct{}{},
+		forced:   map[string]forced429{},
+		closed:   make(chan struct{}),
 	}
 	s.limit = normLimit(opts.RateLimitPerMinute)
+	s.userLimit = normUserLimit(opts.RateLimitPerUserPerMinute)
 	s.rng = newRand(0)
 	for env, tokens := range opts.Environments {
 		if env == "" {
@@ -135,7 +155,7 @@ func NewUnstartedServer(opts Options) *Server {
 			if _, dup := s.byToken[tok]; dup {
 				panic(fmt.Sprintf("herontest: seeded key %s... given twice", tok[:8]))
 			}
-			s.addKeyLocked(env, "seeded admin key", tok, "")
+			s.addKeyLocked(env, DefaultUser, "seeded admin key", tok, "")
 		}
 	}
 	return s
@@ -146,6 +166,13 @@ func normLimit(n int) int {
 	case n == 0:
 		return DefaultRateLimitPerMinute
 	case n < 0:
+		return -1
+	}
+	return n
+}
+
+func normUserLimit(n int) int {
+	if n <= 0 {
 		return -1
 	}
 	return n
@@ -184,7 +211,9 @@ func (s *Server) StartOn(addr string) error {
 }
 
 // Close closes the listener and every connection at once, aborts injected
-// latency, and waits for in-flight handlers to return.
+// latency, drops the late actions (FailNextLate) not yet started, and waits for
+// in-flight handlers and running late actions to return. A late action that
+// would be scheduled after Close began is dropped too: nothing runs after Close.
 func (s *Server) Close() {
 	s.lifeMu.Lock()
 	if s.closing {
@@ -193,6 +222,12 @@ func (s *Server) Close() {
 	}
 	s.closing = true
 	srv := s.httpSrv
+	for a := range s.late {
+		// A timer that already fired finds closing set and returns at once.
+		a.timer.Stop()
+		delete(s.late, a)
+		s.lateLeft--
+	}
 	s.lifeMu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
@@ -204,7 +239,9 @@ func (s *Server) Close() {
 }
 
 // Shutdown stops accepting connections and waits, until ctx is done, for
-// in-flight requests (including injected latency) to complete; then it closes.
+// in-flight requests (including injected latency) to complete; then it closes,
+// which drops late actions (FailNextLate) not yet started: call FlushLate first
+// to have them happen.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.lifeMu.Lock()
 	srv := s.httpSrv
@@ -239,6 +276,22 @@ func (s *Server) Handler() http.Handler {
 		}
 		s.serveAPI(w, r)
 	})
+}
+
+// SetUserRateLimit changes the per-user budget while serving (see
+// Options.RateLimitPerUserPerMinute); 0 or negative turns it off. Requests
+// already in a user's window keep counting.
+func (s *Server) SetUserRateLimit(perMinute int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.userLimit = normUserLimit(perMinute)
+}
+
+// UserRateLimit returns the current per-user budget (-1 when off).
+func (s *Server) UserRateLimit() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.userLimit
 }
 
 // SetRateLimit changes the per-environment budget while serving; 0 -> 500,

@@ -769,11 +769,11 @@ func TestRequestRecords(t *testing.T) {
 		t.Fatalf("%d requests recorded", len(reqs))
 	}
 	want := []RequestRecord{
-		{Method: "GET", Path: "/api/hello_world", Route: "/api/hello_world", Status: 200},
+		{Method: "GET", Path: "/api/hello_world", Route: "/api/hello_world", Status: 200, Processed: 200},
 		{Method: "GET", Path: "/api/credentials/keys", Route: "/api/credentials/keys", Status: 401, KeyPrefix: bogus[:8]},
-		{Method: "POST", Path: "/api/credentials/keys", Route: "/api/credentials/keys", Environment: "development", Status: 201, KeyPrefix: f.dev[:8]},
-		{Method: "PUT", Path: "/api/credentials/keys/" + k.HeronID + "/deactivate", Route: "/api/credentials/keys/{heron_id}/deactivate", Environment: "development", Status: 200, KeyPrefix: f.dev[:8]},
-		{Method: "GET", Path: "/api/credentials/keys", Route: "/api/credentials/keys", Environment: "production", Status: 200, KeyPrefix: f.prod[:8]},
+		{Method: "POST", Path: "/api/credentials/keys", Route: "/api/credentials/keys", Environment: "development", User: DefaultUser, Status: 201, Processed: 201, KeyPrefix: f.dev[:8]},
+		{Method: "PUT", Path: "/api/credentials/keys/" + k.HeronID + "/deactivate", Route: "/api/credentials/keys/{heron_id}/deactivate", Environment: "development", User: DefaultUser, Status: 200, Processed: 200, KeyPrefix: f.dev[:8]},
+		{Method: "GET", Path: "/api/credentials/keys", Route: "/api/credentials/keys", Environment: "production", User: DefaultUser, Status: 200, Processed: 200, KeyPrefix: f.prod[:8]},
 	}
 	for i, w := range want {
 		got := reqs[i]

@@ -1,6 +1,7 @@
 package herontest
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -8,12 +9,16 @@ import (
 
 // KeyRecord is the emulator's full view of one key, token included.
 type KeyRecord struct {
-	ID          string    `json:"heron_id"`
-	Name        string    `json:"name"`
-	Token       string    `json:"token"`
-	TokenPrefix string    `json:"token_prefix"`
-	Environment string    `json:"environment"`
-	Created     time.Time `json:"created"`
+	ID          string `json:"heron_id"`
+	Name        string `json:"name"`
+	Token       string `json:"token"`
+	TokenPrefix string `json:"token_prefix"`
+	Environment string `json:"environment"`
+	// User is the Heron user the key belongs to, within Environment: DefaultUser
+	// for seeded keys and AddAdminKey, the id AddUser made for that user's keys,
+	// and the creating key's user for keys created through the API.
+	User    string    `json:"user"`
+	Created time.Time `json:"created"`
 	// IsActive is false once deactivated (and stays as it was when deleted).
 	IsActive      bool       `json:"is_active"`
 	Deleted       bool       `json:"deleted"`
@@ -36,9 +41,17 @@ type RequestRecord struct {
 	// Environment is the environment of the x-api-key when it is an active key,
 	// "" when the request carried no key or an unknown/deleted/deactivated one.
 	Environment string `json:"environment"`
+	// User is the user of the x-api-key when it is an active key, else "".
+	User string `json:"user"`
 	// Status is the status sent; 0 when no response was sent (dropped connection,
 	// client gone during injected latency, or still in flight).
-	Status    int    `json:"status"`
+	Status int `json:"status"`
+	// Processed is the status the endpoint produced when the request was
+	// processed, whatever was then sent (it differs from Status for the
+	// process-then-* faults, dropped answers and late processing); 0 when the
+	// request was not processed (401, 429, unprocessed faults) or not yet (a
+	// late action still pending, or dropped by Close).
+	Processed int    `json:"processed,omitempty"`
 	UserAgent string `json:"user_agent"`
 	// KeyPrefix is at most the first 8 characters of x-api-key, never more.
 	KeyPrefix string `json:"key_prefix"`
@@ -53,15 +66,21 @@ type RequestRecord struct {
 // equal to what a client parses out of the JSON.
 func storeTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 
+// DefaultUser is the user of every key seeded through Options.Environments or
+// added with AddAdminKey, in each environment (users of different environments
+// are different users even when their ids are equal).
+const DefaultUser = "default"
+
 // addKeyLocked creates a key; the caller holds s.mu (or owns s exclusively) and
 // guarantees token is unused.
-func (s *Server) addKeyLocked(env, name, token, createdBy string) *KeyRecord {
+func (s *Server) addKeyLocked(env, user, name, token, createdBy string) *KeyRecord {
 	k := &KeyRecord{
 		ID:          newHeronID(),
 		Name:        name,
 		Token:       token,
 		TokenPrefix: token[:8],
 		Environment: env,
+		User:        user,
 		Created:     storeTime(s.now()),
 		IsActive:    true,
 		CreatedBy:   createdBy,
@@ -78,12 +97,18 @@ func (s *Server) addKeyLocked(env, name, token, createdBy string) *KeyRecord {
 
 // createKey adds a key with a fresh token, retrying the (astronomically unlikely)
 // token collision because a duplicate token would authenticate as two keys.
-func (s *Server) createKey(env, name, createdBy string) KeyRecord {
+func (s *Server) createKey(env, user, name, createdBy string) KeyRecord {
 	for {
 		tok := NewKeyToken()
 		s.mu.Lock()
+		if user == "" {
+			// AddUser: a fresh id, unique across environments so that a
+			// user id alone never names two users.
+			s.nextUser++
+			user = fmt.Sprintf("user-%d", s.nextUser)
+		}
 		if s.byToken[tok] == nil {
-			k := s.addKeyLocked(env, name, tok, createdBy)
+			k := s.addKeyLocked(env, user, name, tok, createdBy)
 			out := copyKey(k)
 			s.mu.Unlock()
 			return out
@@ -92,13 +117,32 @@ func (s *Server) createKey(env, name, createdBy string) KeyRecord {
 	}
 }
 
-// AddAdminKey creates and returns the token of a new active key in env, creating
-// the environment if needed. The key counts as seeded (CreatedBy "").
+// AddAdminKey creates and returns the token of a new active key of env's
+// DefaultUser, creating the environment if needed. The key counts as seeded
+// (CreatedBy "").
 func (s *Server) AddAdminKey(env string) string {
 	if env == "" {
 		panic("herontest: AddAdminKey with empty environment name")
 	}
-	return s.createKey(env, "seeded admin key", "").Token
+	return s.createKey(env, DefaultUser, "seeded admin key", "").Token
+}
+
+// AddUser creates a new Heron user in env (creating the environment if needed)
+// and returns the token of its first key, an active seeded key (CreatedBy "").
+// The user has its own key list: it neither lists nor manages the keys of
+// DefaultUser or of any other user, and they cannot see or manage its keys.
+// KeyByToken(token).User is the new user's id.
+func (s *Server) AddUser(env string) string {
+	if env == "" {
+		panic("herontest: AddUser with empty environment name")
+	}
+	return s.createKey(env, "", "seeded admin key", "").Token
+}
+
+// KeysOfUser returns every key of user in env, deleted ones included, in
+// creation order.
+func (s *Server) KeysOfUser(env, user string) []KeyRecord {
+	return s.filterKeys(func(k *KeyRecord) bool { return k.Environment == env && k.User == user })
 }
 
 // Environments returns the known environment names, sorted.
@@ -144,8 +188,9 @@ func (s *Server) KeysIn(env string) []KeyRecord {
 	return s.filterKeys(func(k *KeyRecord) bool { return k.Environment == env })
 }
 
-// LiveKeys returns the keys of env that are not deleted (active or deactivated):
-// what GET /api/credentials/keys would list.
+// LiveKeys returns the keys of env that are not deleted (active or deactivated),
+// whatever their user: what GET /api/credentials/keys lists for a key of env's
+// DefaultUser when AddUser was never called.
 func (s *Server) LiveKeys(env string) []KeyRecord {
 	return s.filterKeys(func(k *KeyRecord) bool { return k.Environment == env && !k.Deleted })
 }

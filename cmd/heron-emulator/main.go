@@ -96,9 +96,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (port 0 picks one)")
 	fs.Var(&envs, "env", "environment and its admin keys, NAME or NAME=key_...,key_... (repeatable; a NAME alone gets one generated key; default: development)")
 	rateLimit := fs.Int("rate-limit", herontest.DefaultRateLimitPerMinute, "requests per sliding minute per environment (0: Heron's default 500, negative: unlimited)")
+	userRateLimit := fs.Int("rate-limit-per-user", 0, "requests per sliding minute per user, on top of -rate-limit (0 or negative: off)")
 	latency := fs.Duration("latency", 0, "latency added to every API request")
 	errorRate := fs.Float64("error-rate", 0, "share 0..1 of authenticated requests answered 500/502/503 unprocessed")
 	dropRate := fs.Float64("drop-after-post-rate", 0, "share 0..1 of key creations processed and then answered by closing the connection")
+	processThenRate := fs.Float64("process-then-error-rate", 0, "share 0..1 of authenticated requests processed and then answered 500/502/503/504")
 	seed := fs.Int64("seed", 0, "seed for random faults (0: time-based)")
 	quiet := fs.Bool("quiet", false, "do not log each request to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -107,8 +109,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if *errorRate < 0 || *errorRate > 1 || *dropRate < 0 || *dropRate > 1 {
-		return errors.New("-error-rate and -drop-after-post-rate must be between 0 and 1")
+	for _, r := range []float64{*errorRate, *dropRate, *processThenRate} {
+		if r < 0 || r > 1 {
+			return errors.New("-error-rate, -drop-after-post-rate and -process-then-error-rate must be between 0 and 1")
+		}
 	}
 	if *latency < 0 {
 		return errors.New("-latency must not be negative")
@@ -121,15 +125,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	logger := log.New(stderr, "heron-emulator: ", log.LstdFlags|log.Lmicroseconds)
 	opts := herontest.Options{
-		Environments:       envs.envs,
-		RateLimitPerMinute: *rateLimit,
-		Control:            true,
+		Environments:              envs.envs,
+		RateLimitPerMinute:        *rateLimit,
+		RateLimitPerUserPerMinute: *userRateLimit,
+		Control:                   true,
 	}
 	if !*quiet {
 		opts.Logger = logger
 	}
 	s := herontest.NewUnstartedServer(opts)
-	s.SetFaults(herontest.Faults{Latency: *latency, ErrorRate: *errorRate, DropAfterPOSTRate: *dropRate, Seed: *seed})
+	s.SetFaults(herontest.Faults{
+		Latency: *latency, ErrorRate: *errorRate, DropAfterPOSTRate: *dropRate,
+		ProcessThenErrorRate: *processThenRate, Seed: *seed,
+	})
 
 	if err := s.StartOn(*listen); err != nil {
 		return err

@@ -67,7 +67,7 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	outR, outW := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-env", "development=" + key, "-env", "production", "-rate-limit", "10", "-quiet"}, outW, io.Discard)
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-env", "development=" + key, "-env", "production", "-rate-limit", "10", "-rate-limit-per-user", "7", "-quiet"}, outW, io.Discard)
 		outW.Close()
 	}()
 
@@ -98,7 +98,8 @@ func TestRunServesAndShutsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get("X-RateLimit-Limit") != "10" {
+	// The per-user budget (7) is the stricter one, so the headers describe it.
+	if resp.StatusCode != 200 || resp.Header.Get("X-RateLimit-Limit") != "7" {
 		t.Errorf("list: %d limit %q", resp.StatusCode, resp.Header.Get("X-RateLimit-Limit"))
 	}
 
@@ -111,6 +112,17 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || len(keys) != 2 {
 		t.Errorf("control keys: %v %+v", err, keys)
+	}
+
+	resp, err = http.Get(url + "/_emulator/rate-limit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limits map[string]int
+	err = json.NewDecoder(resp.Body).Decode(&limits)
+	resp.Body.Close()
+	if err != nil || limits["per_minute"] != 10 || limits["per_user_per_minute"] != 7 {
+		t.Errorf("rate limits: %v %v", err, limits)
 	}
 
 	cancel()
@@ -130,6 +142,7 @@ func TestRunServesAndShutsDown(t *testing.T) {
 func TestRunRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-error-rate", "1.5"},
+		{"-process-then-error-rate", "-0.1"},
 		{"-latency", "-1s"},
 		{"-env", "development=nope"},
 		{"stray"},
