@@ -23,6 +23,9 @@ type testEnv struct {
 	adminKey map[string]string // environment -> seeded admin key
 	// allowLive lists keys a test deliberately leaves active.
 	allowLive map[string]bool
+	// foreign lists keys made behind the engine's back (a customer's own
+	// keys): the engine must neither track nor touch them.
+	foreign map[string]bool
 }
 
 const (
@@ -60,6 +63,7 @@ func getTestBackend(t *testing.T) *testEnv {
 		t: t, b: b, s: conf.StorageView, srv: srv,
 		adminKey:  map[string]string{"development": dev, "production": prod},
 		allowLive: map[string]bool{},
+		foreign:   map[string]bool{},
 	}
 	t.Cleanup(e.checkNoLeftovers)
 	return e
@@ -80,8 +84,37 @@ func (e *testEnv) checkNoLeftovers() {
 	for _, k := range e.adminKey {
 		admin[k] = true
 	}
+	// Admin keys the engine made by rotation: each is a config's current
+	// admin key or a rotated-out one it still owes a deletion; nothing else.
+	ownAdmin := map[string]bool{}
+	envs, err := e.s.List(context.Background(), configStoragePrefix)
+	if err != nil {
+		t.Errorf("listing configs: %v", err)
+	}
+	for _, env := range envs {
+		cfg, err := getConfig(context.Background(), e.s, env)
+		if err != nil || cfg == nil {
+			continue
+		}
+		ownAdmin[cfg.AdminKeyID] = true
+		for _, rk := range cfg.RetiredKeys {
+			ownAdmin[rk.KeyID] = true
+		}
+	}
 	for _, k := range e.srv.Keys() {
-		if k.Deleted || admin[k.Token] || strings.HasPrefix(k.Name, "vault-admin-") {
+		if k.Deleted || admin[k.Token] {
+			continue
+		}
+		if strings.HasPrefix(k.Name, "vault-admin-") {
+			if !ownAdmin[k.ID] {
+				t.Errorf("leftover: admin key %s (%q, active=%v) made by a rotation is neither a config's admin key nor a retired one", k.ID, k.Name, k.IsActive)
+			}
+			continue
+		}
+		if e.foreign[k.ID] {
+			if !k.IsActive {
+				t.Errorf("leftover check: the engine deactivated a key it does not own: %s (%q)", k.ID, k.Name)
+			}
 			continue
 		}
 		rec, err := getTrackedKey(context.Background(), e.s, k.ID)
