@@ -57,5 +57,3 @@ func (e *codedError) Error() string { return e.msg }
 
 // Code is the HTTP status Vault answers with.
 func (e *codedError) Code() int { return e.code }
-
-

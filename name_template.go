@@ -223,4 +223,3 @@ func boundedPrintf(format string, args ...interface{}) (string, error) {
 	}
 	return checkValue(fmt.Sprintf(format, args...))
 }
-
