@@ -570,6 +570,7 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 			"issued":       k.Issued.UTC().Format(time.RFC3339),
 			"expires":      k.Expires.UTC().Format(time.RFC3339),
 			"pending":      k.Pending,
+			"unreachable":  k.Unreachable,
 		}
 	}
 	sort.Strings(ids)
@@ -597,9 +598,17 @@ func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d
 		"expires":      rec.Expires.UTC().Format(time.RFC3339),
 		"delete_after": formatTime(rec.DeleteAfter),
 		"pending":      rec.Pending,
+		"unreachable":  rec.Unreachable,
 	}
 
 	client, err := b.getClient(ctx, req.Storage, rec.Environment)
+	if errors.Is(err, errConfigNotFound) {
+		// The record still answers what the engine knows; Heron's view
+		// needs an admin key the engine no longer has.
+		resp := &logical.Response{Data: data}
+		resp.AddWarning(fmt.Sprintf("config %q no longer exists: Heron's view of this key (in_heron, is_active, last_used) is not available", rec.Environment))
+		return resp, nil
+	}
 	if err != nil {
 		return nil, err
 	}
