@@ -46,7 +46,7 @@ func TestLimiterSpacesRequests(t *testing.T) {
 	// (they only make arrivals later), unlike the gap between two arrivals.
 	reqs := f.requests()
 	for i := range reqs {
-		if min := start.Add(time.Duration(i)*100*time.Millisecond - 5*time.Millisecond); reqs[i].At.Before(min) {
+		if earliest := start.Add(time.Duration(i)*100*time.Millisecond - 5*time.Millisecond); reqs[i].At.Before(earliest) {
 			t.Errorf("request %d arrived %s after the start, before its slot at %s", i, reqs[i].At.Sub(start), time.Duration(i)*100*time.Millisecond)
 		}
 	}
