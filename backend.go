@@ -60,6 +60,10 @@ type heronBackend struct {
 	// configLocks serialise rotation and config writes per environment.
 	configLocks []*locksutil.LockEntry
 
+	// lists caches each environment's latest key list for reads that
+	// tolerate a few seconds of staleness (see list_cache.go).
+	lists listCache
+
 	// nameLocks serialise creation and rollback of keys of one name in one
 	// environment (see nameLock), so that recovery by name never deletes a
 	// key that another creation of the same name has made but not recorded.
@@ -155,6 +159,7 @@ type cachedClient struct {
 
 // resetClient forgets the cached client of env.
 func (b *heronBackend) resetClient(env string) {
+	b.forgetList(env)
 	b.clientsLock.Lock()
 	c := b.clients[env]
 	delete(b.clients, env)

@@ -612,7 +612,7 @@ func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d
 	if err != nil {
 		return nil, err
 	}
-	live, err := client.ListKeys(ctx)
+	live, _, err := b.listKeys(ctx, client, rec.Environment, listCacheTTL)
 	if err != nil {
 		return nil, upstreamError(fmt.Sprintf("reading Heron's view of key %s", id), err)
 	}

@@ -447,3 +447,25 @@ func TestTidy_ReconcilesKeysGoneFromHeron(t *testing.T) {
 	require.NoError(t, e.revoke(kept))
 	require.NoError(t, e.revoke(prod))
 }
+
+// An auditor reading many keys/<id> in a row spends a handful of Heron
+// requests, not one per key (issue 14): reads share a list for a few seconds.
+func TestKeys_ReadsShareOneList(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	var leases []*logical.Response
+	for i := 0; i < 5; i++ {
+		leases = append(leases, e.issue("r"))
+	}
+	before := e.srv.CountRequests("GET", "/api/credentials/keys", "development")
+	for _, l := range leases {
+		resp := e.ok(logical.ReadOperation, "keys/"+l.Data["key_id"].(string), nil)
+		require.Equal(t, true, resp.Data["in_heron"])
+		require.Equal(t, true, resp.Data["is_active"])
+	}
+	require.Equal(t, 1, e.srv.CountRequests("GET", "/api/credentials/keys", "development")-before)
+	for _, l := range leases {
+		require.NoError(t, e.revoke(l))
+	}
+}

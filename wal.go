@@ -129,7 +129,7 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 		}
 		b.Logger().Warn("create key: the POST may have been processed; deleting what it made before sending it again",
 			"key_name", entry.KeyName, "environment", entry.Environment, "error", err)
-		found, lerr := b.deleteOrphans(ctx, s, client, kind, entry)
+		found, _, lerr := b.deleteOrphans(ctx, s, client, kind, entry, 0)
 		if lerr != nil {
 			g.end(ctx)
 			return nil, nil, fmt.Errorf("%w; looking the key up by name failed too (the write-ahead record stays, the rollback deletes the key if it exists): %w", err, lerr)
@@ -235,25 +235,29 @@ func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kin
 	if err != nil {
 		return err
 	}
-	if _, err := b.deleteOrphans(ctx, s, client, kind, entry); err != nil {
+	// A list a few seconds old is enough: a key it misses is found next
+	// time, and the record is settled only by a list asked after its window.
+	_, listedAt, err := b.deleteOrphans(ctx, s, client, kind, entry, listCacheTTL)
+	if err != nil {
 		return err
 	}
-	if !entry.settled(b.wallNow(), b.createdSkew) {
+	if !entry.settled(listedAt, b.createdSkew) {
 		return errStillWatching
 	}
 	return nil
 }
 
-// deleteOrphans lists the environment's keys once and deletes those the
-// record may have made that nothing accounts for, returning how many.
-func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry) (int, error) {
-	keys, err := client.ListKeys(ctx)
+// deleteOrphans lists the environment's keys once (or uses a list no older
+// than maxAge) and deletes those the record may have made that nothing
+// accounts for, returning how many and when the list was asked.
+func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry, maxAge time.Duration) (int, time.Time, error) {
+	keys, listedAt, err := b.listKeys(ctx, client, entry.Environment, maxAge)
 	if err != nil {
-		return 0, fmt.Errorf("listing keys to find %q: %w", entry.KeyName, err)
+		return 0, time.Time{}, fmt.Errorf("listing keys to find %q: %w", entry.KeyName, err)
 	}
 	cfg, err := getConfig(ctx, s, entry.Environment)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	deleted := 0
 	for _, k := range keys {
@@ -262,19 +266,19 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 		}
 		rec, err := getTrackedKey(ctx, s, k.ID)
 		if err != nil {
-			return deleted, err
+			return deleted, time.Time{}, err
 		}
 		if rec != nil {
 			continue
 		}
 		if err := deleteIfPresent(ctx, client, k.ID); err != nil {
-			return deleted, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
+			return deleted, time.Time{}, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
 		}
 		deleted++
 		b.Logger().Info("deleted a key left by an interrupted creation", "key_id", k.ID, "key_name", k.Name,
 			"environment", entry.Environment, "kind", kind)
 	}
-	return deleted, nil
+	return deleted, listedAt, nil
 }
 
 // rollbackStaleWALs settles every write-ahead record not in flight here (the
@@ -285,6 +289,11 @@ func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Reque
 	if err != nil {
 		return 0, 0, fmt.Errorf("listing write-ahead records: %w", err)
 	}
+	// An operator's tidy or config delete judges from Heron's list as it is
+	// now; each environment is then listed once for all its records.
+	b.lists.mu.Lock()
+	b.lists.lists = nil
+	b.lists.mu.Unlock()
 	sort.Strings(ids)
 	var errs []error
 	for _, id := range ids {
