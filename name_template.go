@@ -54,6 +54,13 @@ var templateFuncNames = []string{
 	"base64", "unix_time", "unix_time_millis", "timestamp", "uuid", "printf",
 }
 
+// templateBuiltins are text/template's own functions, which a name_template
+// may use like any Go template (the string-making ones run bounded, below).
+var templateBuiltins = []string{
+	"and", "or", "not", "len", "index", "slice", "call", "print", "println", "printf",
+	"html", "js", "urlquery", "eq", "ne", "lt", "le", "gt", "ge",
+}
+
 // maxTemplateValue bounds every string a function in a name_template can
 // make. Without it a few hundred bytes of template that double a value
 // ({{$x = printf "%s%s" $x $x}}, repeated) allocate gigabytes; with it no
@@ -152,8 +159,8 @@ func checkTemplateShape(text string) error {
 	if len(text) > maxNameTemplateLength {
 		return fmt.Errorf("name_template is %d bytes long, at most %d are allowed", len(text), maxNameTemplateLength)
 	}
-	funcs := make(map[string]any, len(templateFuncNames))
-	for _, name := range templateFuncNames {
+	funcs := make(map[string]any, len(templateFuncNames)+len(templateBuiltins))
+	for _, name := range append(templateFuncNames, templateBuiltins...) {
 		funcs[name] = func(...any) string { return "" }
 	}
 	trees, err := parse.Parse("name_template", text, "", "", funcs, gotemplate.FuncMap{})

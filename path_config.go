@@ -730,6 +730,18 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return logical.ErrorResponse("config %q still has %d active keys with live leases: revoke them first (vault lease revoke -prefix)", env, active), nil
 	}
 
+	// A key the admin key cannot see (accepted with force=true) could not be
+	// deleted by the purge below: a 404 would only mean "not visible".
+	unreachable, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {
+		return k.Environment == env && k.Unreachable
+	})
+	if err != nil {
+		return nil, err
+	}
+	if unreachable > 0 {
+		return logical.ErrorResponse("config %q: %d keys this engine tracks are unreachable with the current admin key (see keys/): write config/%s with an admin key that can see them, so they can be deleted, before deleting the config", env, unreachable, env), nil
+	}
+
 	// A key creation whose outcome is unknown may still leave a key in
 	// Heron; only this admin key could delete it.
 	if _, pending, err := b.rollbackStaleWALs(ctx, req, env); err != nil || pending > 0 {
