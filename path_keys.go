@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -174,6 +175,12 @@ func (b *heronBackend) heronAPIKey() *framework.Secret {
 // pathCredsRead handles READ and UPDATE creds/<role>.
 func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	roleName := d.Get("role").(string)
+	// Vault files the lease under the path as the caller typed it: a lease
+	// of creds/Billing would escape `vault lease revoke -prefix
+	// heron/creds/billing/`, the command an operator runs in an incident.
+	if typed := strings.TrimPrefix(req.Path, "creds/"); typed != roleName {
+		return logical.ErrorResponse("role names are lowercase: read creds/%s, not creds/%s, so that every lease of the role shares one prefix", roleName, typed), nil
+	}
 	role, err := getRole(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err

@@ -469,3 +469,17 @@ func TestKeys_ReadsShareOneList(t *testing.T) {
 		require.NoError(t, e.revoke(l))
 	}
 }
+
+// A lease must be filed under the role's one lowercase path, or `vault lease
+// revoke -prefix heron/creds/<role>/` misses it (issue 14: a revocation gap).
+func TestCreds_RoleInPathMustBeLowercase(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("billing", map[string]interface{}{})
+	before := e.srv.CountRequests("POST", "/api/credentials/keys", "")
+	e.badRequest(logical.ReadOperation, "creds/Billing", nil, "creds/billing")
+	e.badRequest(logical.UpdateOperation, "creds/BILLING", nil, "creds/billing")
+	require.Equal(t, before, e.srv.CountRequests("POST", "/api/credentials/keys", ""), "no key is made for a refused path")
+	lease := e.issue("billing")
+	require.NoError(t, e.revoke(lease))
+}
