@@ -81,11 +81,11 @@ func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedK
 
 // putTrackedKey stores k and keeps the indexes in step with its state. A key
 // only ever moves from active to pending or deactivated, so each state writes
-// just the markers it needs (issuance: one).
+// just the markers it needs. The record goes last: a failed write leaves the
+// old record, which Vault's retry or the next pass acts on again, never a
+// record whose state its indexes do not show (a deactivated key missing from
+// retained-keys/ would never be deleted).
 func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
-	if err := putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k); err != nil {
-		return err
-	}
 	if k.retained() {
 		if err := s.Put(ctx, &logical.StorageEntry{Key: retainedKeyStoragePrefix + k.KeyID}); err != nil {
 			return fmt.Errorf("indexing retained key %s: %w", k.KeyID, err)
@@ -101,7 +101,7 @@ func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error 
 	if err != nil {
 		return fmt.Errorf("updating active index of key %s: %w", k.KeyID, err)
 	}
-	return nil
+	return putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k)
 }
 
 // putNewTrackedKey stores the record of a key just issued. The record is the
