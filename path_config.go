@@ -809,7 +809,7 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 		return err
 	}
 	for _, k := range retained {
-		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		if err := deleteIfPresent(ctx, client, k.KeyID); err != nil {
 			return fmt.Errorf("deleting key %s: %w", k.KeyID, err)
 		}
 		if err := deleteTrackedKey(ctx, s, k); err != nil {
@@ -818,14 +818,14 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 		b.Logger().Info("deleted retained key with its config", "key_id", k.KeyID, "environment", env)
 	}
 	for _, rk := range cfg.RetiredKeys {
-		if err := client.DeleteKey(ctx, rk.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
 			return fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err)
 		}
 		b.Logger().Info("deleted rotated-out admin key with its config", "key_id", rk.KeyID, "environment", env)
 	}
 	if ownAdmin {
 		// Last, since it is the key making these calls.
-		if err := client.DeleteKey(ctx, cfg.AdminKeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		if err := deleteIfPresent(ctx, client, cfg.AdminKeyID); err != nil {
 			return fmt.Errorf("deleting the admin key %s created by rotation: %w", cfg.AdminKeyID, err)
 		}
 		b.Logger().Info("deleted the engine-created admin key with its config", "key_id", cfg.AdminKeyID, "environment", env)

@@ -214,7 +214,7 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		if k.Pending != "" || k.Unreachable || k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
 			continue
 		}
-		if err := client.DeleteKey(ctx, k.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		if err := deleteIfPresent(ctx, client, k.KeyID); err != nil {
 			errs = append(errs, fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
 			continue
 		}
@@ -296,7 +296,7 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 			remaining = append(remaining, rk)
 			continue
 		}
-		if err := client.DeleteKey(ctx, rk.KeyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
 			errs = append(errs, fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err))
 			remaining = append(remaining, rk)
 			continue
