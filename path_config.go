@@ -481,17 +481,26 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	}
 
 	keyChanged := !create && (cfg.AdminAPIKey != prev.AdminAPIKey || cfg.BaseURL != prev.BaseURL)
+	force := d.Get("force").(bool)
 	var tracked []string
 	if keyChanged {
 		if tracked, err = b.keysToSee(ctx, req.Storage, &prev); err != nil {
 			return nil, err
+		}
+		// A creation whose outcome is unknown may have left a key that only
+		// the current admin key is sure to see: settle those first.
+		if _, pending, err := b.rollbackStaleWALs(ctx, req, env); (err != nil || pending > 0) && !force {
+			msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); the current admin key is the one sure to see it. Retry in a few minutes, or write with force=true", env, pending, lateKeyWindow)
+			if err != nil {
+				msg += fmt.Sprintf(" (settling them failed: %v)", err)
+			}
+			return logical.ErrorResponse(msg), nil
 		}
 	}
 
 	var warnings []string
 	var unreachable []string
 	verify := d.Get("verify").(bool)
-	force := d.Get("force").(bool)
 	_, setsKey := d.GetOk("admin_api_key")
 	_, setsURL := d.GetOk("base_url")
 	switch {
