@@ -783,7 +783,7 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	}
 
 	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {
-		return nil, fmt.Errorf("deleting config %q: %w", env, err)
+		return nil, fmt.Errorf("deleting config %q (its retained keys, and an admin key the engine created, are already deleted in Heron: retry the delete to finish): %w", env, err)
 	}
 	b.resetClient(env)
 	if len(warnings) > 0 {
