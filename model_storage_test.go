@@ -81,17 +81,6 @@ func (s *modelStorage) clear() {
 	s.rules = nil
 }
 
-// armed returns a description of the faults still armed.
-func (s *modelStorage) armed() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, r := range s.rules {
-		out = append(out, r.String())
-	}
-	return out
-}
-
 // takeInjected returns and forgets the faults that fired since the last call.
 func (s *modelStorage) takeInjected() []string {
 	s.mu.Lock()
