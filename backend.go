@@ -45,6 +45,8 @@ type heronBackend struct {
 	// environment's config changes here or on another node (Invalidate).
 	clientsLock sync.RWMutex
 	clients     map[string]*cachedClient
+	// closed is set by clean: no client is cached (nor budget claimed) after.
+	closed bool
 
 	// newClient builds the upstream client spending lim; tests swap it to
 	// inject faults.
@@ -77,8 +79,15 @@ type heronBackend struct {
 	// wallNow is the clock that write-ahead windows are compared with Heron's
 	// "created" on; tests move it apart from now, whose moves Heron never sees.
 	wallNow func() time.Time
+	// windowNow decides when a write-ahead window has closed; it equals
+	// wallNow except in tests that skip ahead to a closed window.
+	windowNow func() time.Time
 	// createdSkew is how far Heron's clock may lag the engine's (see wal.go).
 	createdSkew time.Duration
+
+	// lastSweep is when the periodic pass last looked for overdue keys.
+	sweepLock sync.Mutex
+	lastSweep time.Time
 }
 
 func backend() *heronBackend {
@@ -90,6 +99,7 @@ func backend() *heronBackend {
 		id:          newBackendID(),
 		now:         time.Now,
 		wallNow:     time.Now,
+		windowNow:   time.Now,
 		createdSkew: defaultCreatedSkew,
 	}
 	b.newClient = b.defaultClient
@@ -139,12 +149,15 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 
 // clean runs when the mount is unmounted or the plugin reloaded.
 func (b *heronBackend) clean(context.Context) {
-	b.clientsLock.RLock()
+	b.clientsLock.Lock()
+	// Requests still running after this build one-off clients that claim no
+	// budget: a claim made now would never be released.
+	b.closed = true
 	envs := make([]string, 0, len(b.clients))
 	for env := range b.clients {
 		envs = append(envs, env)
 	}
-	b.clientsLock.RUnlock()
+	b.clientsLock.Unlock()
 	for _, env := range envs {
 		b.resetClient(env)
 	}
@@ -196,6 +209,9 @@ func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env str
 	}
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %q", errConfigNotFound, env)
+	}
+	if b.closed {
+		return b.checkClient(cfg, cfg.AdminAPIKey)
 	}
 	holder := b.id + "/" + env
 	identity := limiterIdentity(cfg, cfg.AdminAPIKey)
@@ -263,7 +279,7 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 	if _, err := b.rotateDue(ctx, req.Storage); err != nil {
 		b.Logger().Warn("scheduled admin key rotation failed", "error", err)
 	}
-	if _, err := b.cleanup(ctx, req.Storage); err != nil {
+	if _, err := b.cleanup(ctx, req.Storage, false); err != nil {
 		return fmt.Errorf("cleanup pass: %w", err)
 	}
 	return nil
@@ -280,6 +296,19 @@ func (b *heronBackend) writesHere() bool {
 		return false
 	}
 	return !state.HasState(consts.ReplicationPerformanceSecondary) || sys.LocalMount()
+}
+
+// sweepDue reports whether the periodic pass should look for overdue keys
+// now, and if so counts it as done.
+func (b *heronBackend) sweepDue() bool {
+	b.sweepLock.Lock()
+	defer b.sweepLock.Unlock()
+	now := b.now()
+	if !b.lastSweep.IsZero() && now.Sub(b.lastSweep) < overdueSweepEvery && !now.Before(b.lastSweep) {
+		return false
+	}
+	b.lastSweep = now
+	return true
 }
 
 // newBackendID names one backend instance (one mount in this process).

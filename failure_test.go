@@ -83,8 +83,8 @@ func TestFailure_StoragePutAfterPOSTLeavesNoOrphan(t *testing.T) {
 		require.Empty(t, liveIssued(e))
 		require.Equal(t, 1, walCount(t, fs), "the record watches for late keys until its window closes")
 
-		e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
-		defer func() { e.b.wallNow = time.Now }()
+		e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+		defer func() { e.b.windowNow = time.Now }()
 		_, err = e.b.HandleRequest(context.Background(), req)
 		require.NoError(t, err)
 		require.Zero(t, walCount(t, fs))
@@ -128,7 +128,7 @@ func TestFailure_TidySkipsInflightIssuance(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
 	name := "vault-inflight-1"
-	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: name, Since: time.Now()})
+	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: name, Since: time.Now(), OffsetKnown: true})
 	require.NoError(t, err)
 	// An issuance of this name holds the name lock from before its
 	// write-ahead record until its record is stored.
@@ -142,7 +142,7 @@ func TestFailure_TidySkipsInflightIssuance(t *testing.T) {
 	require.False(t, rec.Deleted, "an issuance in flight is left alone")
 
 	lock.Unlock()
-	e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 	resp = e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Equal(t, 1, resp.Data["rolled_back_wal"])
 	rec, _ = e.srv.Key(id)
@@ -225,7 +225,7 @@ func TestFailure_FaultyHeronNoDuplicatesNoOrphans(t *testing.T) {
 	require.Empty(t, liveIssued(e), "no orphan keys")
 	// Records of POSTs answered 500 whose lookup found nothing watch for a
 	// late key until their window closes, then go.
-	e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Zero(t, walCount(t, e.s))
 }

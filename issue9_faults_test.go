@@ -78,7 +78,7 @@ var rateLimited = &heronapi.APIError{Method: "GET", Path: "/api/credentials/keys
 
 // closeWindow moves the write-ahead clock past every record's window.
 func closeWindow(e *testEnv) {
-	e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 }
 
 func rollback(t *testing.T, e *testEnv) {
@@ -370,4 +370,35 @@ func TestIssue9_Case10_LateKeyAfterTheLookupIsRolledBack(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.Zero(t, walCount(t, e.s))
 	require.NoError(t, e.revoke(lease))
+}
+
+// Invariant 1, the last gap: Vault loses a lease after the engine answered
+// (a crash between the plugin's answer and the lease's storage), or gives a
+// lease up as irrevocable. No revocation ever comes; the key's record bounds
+// its life: an hour after its lease's end the cleanup pass deactivates it,
+// and deletes it once its retention is over too.
+func TestIssue9_LeaseVaultNeverRegisteredEndsByTheRecord(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "1h", "expired_key_retention": "24h"})
+	lost := e.issue("r") // the answer never becomes a lease: no revoke will come
+	id := lost.Data["key_id"].(string)
+
+	e.atTime(time.Now().Add(90 * time.Minute)) // past the end, within the grace
+	resp := e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 0, resp.Data["overdue_keys"])
+	k, _ := e.srv.Key(id)
+	require.True(t, k.IsActive, "Vault may still be revoking it")
+
+	e.atTime(time.Now().Add(3 * time.Hour))
+	resp = e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 1, resp.Data["overdue_keys"])
+	k, _ = e.srv.Key(id)
+	require.False(t, k.IsActive, "deactivated as an expiry")
+	require.False(t, k.Deleted)
+
+	e.atTime(time.Now().Add(30 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	k, _ = e.srv.Key(id)
+	require.True(t, k.Deleted, "deleted after its retention")
 }

@@ -21,10 +21,36 @@ type keyList struct {
 	at   time.Time
 }
 
-// listCache holds the latest list per environment.
+// listCache holds the latest list per environment, and how far Heron's
+// clock was from the engine's at the latest answer.
 type listCache struct {
-	mu    sync.Mutex
-	lists map[string]*keyList
+	mu      sync.Mutex
+	lists   map[string]*keyList
+	offsets map[string]time.Duration
+}
+
+// noteClock records Heron's clock offset from the engine's, as seen on the
+// answer client just got (its Date header, to the second).
+func (b *heronBackend) noteClock(env string, client heronapi.API) {
+	d := client.ServerDate()
+	if d.IsZero() {
+		return
+	}
+	off := d.Sub(b.wallNow()).Truncate(time.Second)
+	b.lists.mu.Lock()
+	if b.lists.offsets == nil {
+		b.lists.offsets = map[string]time.Duration{}
+	}
+	b.lists.offsets[env] = off
+	b.lists.mu.Unlock()
+}
+
+// clockOffset is the latest measured offset of Heron's clock for env.
+func (b *heronBackend) clockOffset(env string) (time.Duration, bool) {
+	b.lists.mu.Lock()
+	defer b.lists.mu.Unlock()
+	off, ok := b.lists.offsets[env]
+	return off, ok
 }
 
 // listKeys returns env's keys, from a list no older than maxAge when there
@@ -44,6 +70,7 @@ func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env st
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	b.noteClock(env, client)
 	b.lists.mu.Lock()
 	if b.lists.lists == nil {
 		b.lists.lists = map[string]*keyList{}

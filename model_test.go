@@ -1268,7 +1268,7 @@ func (m *model) finish() {
 	m.actRestart()
 	// Every write-ahead record's window has closed by now (a late key
 	// could appear for 5 minutes of real time; the model does not wait).
-	m.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	m.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 	m.settle()
 
 	for _, l := range m.leases {
@@ -1296,11 +1296,22 @@ func (m *model) finish() {
 			m.fail("final", "lease not revocable when healthy", "%s could not be revoked with Heron and storage healthy (state %s)", l, l.state)
 		}
 	}
+	leaseKeys := map[string]bool{}
+	for _, l := range m.leases {
+		leaseKeys[l.keyID] = true
+	}
 	for _, k := range w.keys {
 		if k.Deleted {
 			continue
 		}
 		role := w.adminRole(k)
+		if rec := w.tracked[k.ID]; rec != nil && !leaseKeys[k.ID] && rec.State == keyStateActive && rec.Pending == "" &&
+			m.clock.Now().Before(rec.Expires.Add(overdueGrace)) {
+			// A key whose issuance failed after its record was stored (and
+			// neither the undo nor the record's removal could be done): the
+			// record bounds its life like a lease; the sweep ends it, below.
+			continue
+		}
 		if m.engineMade(k) && k.IsActive && role != "current" {
 			m.fail("final", "engine-created "+keyKind(k.Name)+" still active after settling", "after settling, key %s (%q) that the engine created is still ACTIVE in Heron (tracked: %v)", k.ID, k.Name, w.tracked[k.ID] != nil)
 		}

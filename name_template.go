@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	gotemplate "text/template"
@@ -151,6 +152,15 @@ func boundedReplace(find, replacement, input string) (string, error) {
 	return strings.ReplaceAll(input, find, replacement), nil
 }
 
+// templateFuncs names every function a name_template may call, for parsing.
+func templateFuncs() map[string]any {
+	funcs := make(map[string]any, len(templateFuncNames)+len(templateBuiltins))
+	for _, name := range append(append([]string(nil), templateFuncNames...), templateBuiltins...) {
+		funcs[name] = func(...any) string { return "" }
+	}
+	return funcs
+}
+
 // checkTemplateShape refuses what could make rendering unbounded: loops
 // ({{range 2000000000}}{{end}} spins for minutes without writing a byte),
 // nested templates (each calling the next twice: 2^30 executions in a few
@@ -159,11 +169,7 @@ func checkTemplateShape(text string) error {
 	if len(text) > maxNameTemplateLength {
 		return fmt.Errorf("name_template is %d bytes long, at most %d are allowed", len(text), maxNameTemplateLength)
 	}
-	funcs := make(map[string]any, len(templateFuncNames)+len(templateBuiltins))
-	for _, name := range append(templateFuncNames, templateBuiltins...) {
-		funcs[name] = func(...any) string { return "" }
-	}
-	trees, err := parse.Parse("name_template", text, "", "", funcs, gotemplate.FuncMap{})
+	trees, err := parse.Parse("name_template", text, "", "", templateFuncs(), gotemplate.FuncMap{})
 	if err != nil {
 		return fmt.Errorf("name_template is invalid: %v", err)
 	}
@@ -176,6 +182,67 @@ func checkTemplateShape(text string) error {
 		}
 	}
 	return nil
+}
+
+// uniqueNames reports whether every name the role's template renders is
+// unique by construction: it calls random or uuid. Such names need no
+// look-up before a creation (see createUnderWAL).
+func (r *heronRole) uniqueNames() bool {
+	trees, err := parse.Parse("name_template", r.nameTemplate(), "", "", templateFuncs(), gotemplate.FuncMap{})
+	if err != nil {
+		return false
+	}
+	for _, tree := range trees {
+		if tree.Root != nil && callsAny(tree.Root, "random", "uuid") {
+			return true
+		}
+	}
+	return false
+}
+
+// callsAny reports whether the template below node calls one of names.
+func callsAny(node parse.Node, names ...string) bool {
+	found := false
+	var walk func(parse.Node)
+	walk = func(n parse.Node) {
+		if found || n == nil {
+			return
+		}
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return
+			}
+			for _, c := range n.Nodes {
+				walk(c)
+			}
+		case *parse.ActionNode:
+			walk(n.Pipe)
+		case *parse.PipeNode:
+			if n == nil {
+				return
+			}
+			for _, c := range n.Cmds {
+				walk(c)
+			}
+		case *parse.CommandNode:
+			for _, a := range n.Args {
+				walk(a)
+			}
+		case *parse.IdentifierNode:
+			found = slices.Contains(names, n.Ident)
+		case *parse.IfNode:
+			walk(n.Pipe)
+			walk(n.List)
+			walk(n.ElseList)
+		case *parse.WithNode:
+			walk(n.Pipe)
+			walk(n.List)
+			walk(n.ElseList)
+		}
+	}
+	walk(node)
+	return found
 }
 
 // unbounded reports whether node contains an action whose cost the template
@@ -212,9 +279,17 @@ func boundedRandom(n int) (string, error) {
 // printfWidth finds the width and precision numbers of a format string.
 var printfWidth = regexp.MustCompile(`%[-+# 0]*(\*|\d+)?(?:\.(\*|\d+))?`)
 
+// printfIndex finds an explicit argument index inside a verb.
+var printfIndex = regexp.MustCompile(`%[^a-zA-Z%]*\[`)
+
 // boundedPrintf is fmt.Sprintf with widths and precisions capped at what a
 // key name can hold.
 func boundedPrintf(format string, args ...interface{}) (string, error) {
+	// Explicit argument indexes can carry a width or precision past the
+	// check below (%.[1]9999999d); a key name needs none.
+	if printfIndex.MatchString(format) {
+		return "", errors.New("printf: argument indexes ([n]) are not allowed in name_template")
+	}
 	for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
 		for _, w := range m[1:] {
 			if w == "*" {

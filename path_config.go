@@ -482,29 +482,40 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 
 	keyChanged := !create && (cfg.AdminAPIKey != prev.AdminAPIKey || cfg.BaseURL != prev.BaseURL)
 	force := d.Get("force").(bool)
+	verify := d.Get("verify").(bool)
+	var warnings []string
 	var tracked []string
 	if keyChanged {
 		if tracked, err = b.keysToSee(ctx, req.Storage, &prev); err != nil {
 			return nil, err
 		}
 		// A creation whose outcome is unknown may have left a key that only
-		// the current admin key is sure to see: settle those first.
-		if _, pending, err := b.rollbackStaleWALs(ctx, req, env); (err != nil || pending > 0) && !force {
-			msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); the current admin key is the one sure to see it. Retry in a few minutes, or write with force=true", env, pending, lateKeyWindow)
-			if err != nil {
-				msg += fmt.Sprintf(" (settling them failed: %v)", err)
+		// the current admin key is sure to see: settle those first. force
+		// passes only when the current key is dead anyway (401).
+		if _, pending, err := b.rollbackStaleWALs(ctx, req, env); err != nil || pending > 0 {
+			dead := errors.Is(err, heronapi.ErrUnauthorized)
+			if !force || !dead {
+				msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); only the current admin key is sure to see it, so the key cannot change until they are settled. Retry in a few minutes", env, pending, lateKeyWindow)
+				if err != nil {
+					msg += fmt.Sprintf(" (settling them failed: %v)", err)
+				}
+				return logical.ErrorResponse(msg), nil
 			}
-			return logical.ErrorResponse(msg), nil
+			warnings = append(warnings, fmt.Sprintf("%d key creations had an unknown outcome and the current admin key is rejected (401): a key they made may exist that no admin key of this engine can delete; look for it with Heron's dashboard", pending))
+		}
+	} else if verify && !create {
+		// Keys marked unreachable by an earlier forced write: a verified
+		// write of the same key checks again whether it sees them now.
+		if tracked, err = b.unreachableKeys(ctx, req.Storage, env); err != nil {
+			return nil, err
 		}
 	}
 
-	var warnings []string
 	var unreachable []string
-	verify := d.Get("verify").(bool)
 	_, setsKey := d.GetOk("admin_api_key")
 	_, setsURL := d.GetOk("base_url")
 	switch {
-	case verify && (create || setsKey || setsURL):
+	case verify && (create || setsKey || setsURL || len(tracked) > 0):
 		live, err := b.verifyAdminKey(ctx, cfg)
 		if err != nil {
 			return verifyError(env, err)
@@ -519,10 +530,26 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		unreachable = missingFrom(tracked, live)
 	case keyChanged && len(tracked) > 0 && !force:
 		return logical.ErrorResponse("config %q: verify=false cannot check that the new admin_api_key or base_url sees the %d keys this engine tracks in the environment; write it with verify=true, or with force=true to accept it unchecked", env, len(tracked)), nil
+	case keyChanged:
+		// Unchecked (force without verify): as far as the engine knows, the
+		// new key sees none of them.
+		unreachable = tracked
 	}
-	if len(unreachable) > 0 && !force {
+	if keyChanged && len(unreachable) > 0 && !force {
 		return logical.ErrorResponse("config %q: the new admin_api_key or base_url cannot see %d of the %d keys this engine tracks in the environment (e.g. %s); their revocations would report success while they stay live. Use an admin key of the same Heron user, or write again with force=true to accept and mark them unreachable in keys/",
 			env, len(unreachable), len(tracked), strings.Join(unreachable[:min(3, len(unreachable))], ", ")), nil
+	}
+
+	// The marks go before the config: a write that fails after them leaves
+	// the engine more careful than needed, never less (a key it cannot see
+	// must never be taken for gone).
+	if len(tracked) > 0 {
+		if err := b.markUnreachable(ctx, req.Storage, tracked, unreachable); err != nil {
+			return nil, err
+		}
+		if len(unreachable) > 0 {
+			warnings = append(warnings, fmt.Sprintf("%d tracked keys are unreachable with this admin key: keys/ reports them, and their revocations wait until an admin key that can see them is configured", len(unreachable)))
+		}
 	}
 
 	b.retireReplacedAdminKey(&prev, cfg)
@@ -532,14 +559,6 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		return nil, err
 	}
 	b.resetClient(env)
-	if keyChanged {
-		if err := b.markUnreachable(ctx, req.Storage, env, tracked, unreachable, force && !verify); err != nil {
-			return nil, err
-		}
-		if len(unreachable) > 0 {
-			warnings = append(warnings, fmt.Sprintf("%d tracked keys are unreachable with the new admin key: keys/ reports them, and their revocations wait until an admin key that can see them is configured", len(unreachable)))
-		}
-	}
 
 	if len(warnings) == 0 {
 		return nil, nil
@@ -613,14 +632,25 @@ func missingFrom(want []string, live []heronapi.Key) []string {
 	return out
 }
 
-// markUnreachable flags the tracked keys the new admin key cannot see and
-// clears the flag on those it sees again. unchecked: nothing was listed
-// (force without verify), so every tracked key is unreachable as far as the
-// engine knows.
-func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, env string, tracked, unreachable []string, unchecked bool) error {
-	if unchecked {
-		unreachable = tracked
+// unreachableKeys is the ids of env's tracked keys marked unreachable.
+func (b *heronBackend) unreachableKeys(ctx context.Context, s logical.Storage, env string) ([]string, error) {
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return nil, err
 	}
+	var ids []string
+	for _, k := range keys {
+		if k.Environment == env && k.Unreachable {
+			ids = append(ids, k.KeyID)
+		}
+	}
+	return ids, nil
+}
+
+// markUnreachable flags the tracked keys in unreachable and clears the flag
+// on the other keys of tracked (ids that are no tracked record, such as
+// retired admin keys, are skipped).
+func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, tracked, unreachable []string) error {
 	bad := make(map[string]bool, len(unreachable))
 	for _, id := range unreachable {
 		bad[id] = true
@@ -628,11 +658,11 @@ func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, e
 	var errs []error
 	for _, id := range tracked {
 		rec, err := getTrackedKey(ctx, s, id)
-		if err != nil || rec == nil {
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if rec.Unreachable == bad[id] {
+		if rec == nil || rec.Unreachable == bad[id] {
 			continue
 		}
 		rec.Unreachable = bad[id]

@@ -257,7 +257,7 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 		Role:                roleName,
 		State:               keyStateActive,
 		ExpiredKeyRetention: role.ExpiredKeyRetention,
-	}, leaseTTL)
+	}, leaseTTL, role.uniqueNames())
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return nil, fmt.Errorf("creating a key for role %q: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w",
 			roleName, role.Environment, role.Environment, err)
@@ -303,12 +303,12 @@ type issuedKey struct {
 // up either tracked or deleted by the rollback. The lease is counted from
 // when Heron answered, as Vault counts it from when it registers the lease: a
 // slow creation must not make an early revocation look like an expiry.
-func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL time.Duration) (*issuedKey, error) {
+func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL time.Duration, uniqueName bool) (*issuedKey, error) {
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{
 		Environment: rec.Environment,
 		Role:        rec.Role,
 		KeyName:     rec.KeyName,
-	})
+	}, uniqueName)
 	if err != nil {
 		return nil, err
 	}
@@ -360,6 +360,10 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse("key %s is no longer active in this engine (deleted or deactivated in Heron?)", keyID), nil
 	}
 	rec.Expires = leaseEnd(b.now(), ttl, req.Secret.IssueTime, b.effectiveMaxTTL(role))
+	// A renewal means Vault holds the lease live: a failed revocation it
+	// gave up on before is over, and the next one decides afresh.
+	rec.Revoke = ""
+	rec.RateLimitedRevokes = 0
 	// Only the record changes on renewal; the active index entry stands.
 	if err := putJSON(ctx, req.Storage, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
 		return nil, err
@@ -422,9 +426,10 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	if err != nil {
 		return nil, err
 	}
-	if rec != nil && (rec.State == keyStateDeactivated || rec.Pending != "") {
+	if rec != nil && (rec.State == keyStateDeactivated || (rec.Pending != "" && !rec.Unreachable)) {
 		// Already deactivated by an earlier attempt that failed to finish,
-		// or handed to the cleanup pass: nothing more to do for the lease.
+		// or handed to the cleanup pass for want of budget: nothing more to
+		// do for the lease.
 		return nil, nil
 	}
 	now := b.now()
@@ -432,7 +437,11 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	// failed keeps the first attempt's decision, however late it lands.
 	expired := false
 	if rec != nil {
-		switch rec.Revoke {
+		decided := rec.Revoke
+		if rec.Pending != "" {
+			decided = rec.Pending
+		}
+		switch decided {
 		case pendingDeactivate:
 			expired = true
 		case pendingDelete:
@@ -454,15 +463,18 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	switch {
 	case err == nil:
 	case errors.Is(err, heronapi.ErrNotFound) && rec != nil && rec.Unreachable:
-		// The admin key cannot see this key: 404 proves nothing. Release the
-		// lease, keep the record where keys/ shows it, and let the cleanup
-		// pass finish once a key that sees it is configured.
+		// The admin key cannot see this key (accepted with force=true): a
+		// 404 proves nothing, and a revocation is never reported done while
+		// the key may be live. The record keeps the decision for Vault's
+		// retries and for the cleanup pass, which finishes it once an admin
+		// key that sees the key is configured.
 		rec.Pending = decision(expired)
+		rec.Revoke = rec.Pending
 		if err := putTrackedKey(ctx, req.Storage, rec); err != nil {
 			return nil, err
 		}
-		log.Warn("key is unreachable with the current admin key: its revocation waits for an admin key that can see it")
-		return nil, nil
+		log.Warn("key is unreachable with the current admin key: its revocation cannot be confirmed")
+		return nil, fmt.Errorf("revoking key %s: it is unreachable with the current admin key of config %q (accepted with force=true), so Heron's 404 does not prove it gone; write config/%s with an admin key that can see it", keyID, env, env)
 	case errors.Is(err, heronapi.ErrNotFound):
 		log.Warn("key already gone from Heron; revocation succeeds", "expired", expired)
 		expired = false
@@ -493,6 +505,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 	rec.State = keyStateDeactivated
 	rec.Revoke = ""
+	rec.Pending = ""
 	rec.DeactivatedAt = now
 	rec.DeleteAfter = now.Add(retention)
 	if err := putTrackedKey(ctx, req.Storage, rec); err != nil {

@@ -322,8 +322,8 @@ func TestCreds_LostPOSTResponseCreatesNoDuplicate(t *testing.T) {
 				// (a gateway answered before Heron did), so the record stays
 				// until its window closes.
 				require.Len(t, wals, 1)
-				e.b.wallNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
-				defer func() { e.b.wallNow = time.Now }()
+				e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+				defer func() { e.b.windowNow = time.Now }()
 				resp := e.ok(logical.UpdateOperation, "tidy", nil)
 				require.Equal(t, 1, resp.Data["rolled_back_wal"])
 				wals, _ = e.s.List(context.Background(), "wal/")

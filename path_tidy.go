@@ -40,6 +40,7 @@ type cleanupCounts struct {
 	UntrackedGoneKeys    int
 	RolledBackWAL        int
 	PendingWAL           int
+	OverdueKeys          int
 	PendingRevocations   int
 	EnvironmentsSkipped  int
 }
@@ -57,6 +58,7 @@ func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, 
 		"reconciled_keys":        counts.UntrackedGoneKeys,
 		"rolled_back_wal":        counts.RolledBackWAL,
 		"pending_wal":            counts.PendingWAL,
+		"overdue_keys":           counts.OverdueKeys,
 		"pending_revocations":    counts.PendingRevocations,
 	}}, nil
 }
@@ -65,7 +67,7 @@ func (b *heronBackend) pathTidyWrite(ctx context.Context, req *logical.Request, 
 // of interrupted issuances (Vault's rollback does that on its own schedule).
 func (b *heronBackend) cleanupWithWAL(ctx context.Context, req *logical.Request) (*cleanupCounts, error) {
 	settled, pending, walErr := b.rollbackStaleWALs(ctx, req, "")
-	counts, err := b.cleanup(ctx, req.Storage)
+	counts, err := b.cleanup(ctx, req.Storage, true)
 	if counts != nil {
 		counts.RolledBackWAL = settled
 		counts.PendingWAL = pending
@@ -73,17 +75,68 @@ func (b *heronBackend) cleanupWithWAL(ctx context.Context, req *logical.Request)
 	return counts, errors.Join(walErr, err)
 }
 
+const (
+	// overdueGrace is how long after its lease's end a key may stay active
+	// without any revocation from Vault. Vault revokes an expired lease at
+	// once and retries a failed revocation for well under this; a key still
+	// active later was never held by a lease Vault knows (Vault lost the
+	// issuance's answer, or gave the lease up as irrevocable).
+	overdueGrace = time.Hour
+	// overdueSweepEvery is how often the periodic pass reads every record
+	// to find such keys (tidy always does).
+	overdueSweepEvery = time.Hour
+)
+
+// sweepOverdue hands to the cleanup pass the active keys whose lease ended
+// more than overdueGrace ago: deactivated as an expiry, or deleted when the
+// lease's revocation decided so or their retention is over too. This is the
+// engine's own bound on a key's life: the record's end stands in for a lease
+// that Vault never registered or stopped revoking.
+func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids []string) (int, error) {
+	now := b.now()
+	swept := 0
+	var errs []error
+	for _, id := range ids {
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if k == nil || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
+			continue
+		}
+		k.Pending = pendingDeactivate
+		if k.Revoke == pendingDelete || !now.Before(k.Expires.Add(overdueGrace+k.ExpiredKeyRetention)) {
+			k.Pending = pendingDelete
+		}
+		if err := putTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		swept++
+		b.Logger().Warn("key outlived its lease with no revocation from Vault: the cleanup pass ends it",
+			"key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "environment", k.Environment,
+			"expired", k.Expires.UTC().Format(time.RFC3339), "pending", k.Pending)
+	}
+	return swept, errors.Join(errs...)
+}
+
 // cleanup deletes keys deactivated at expiry once past their retention,
 // deactivates and deletes rotated-out admin keys, and drops from tracking the
 // keys Heron no longer has. It spends the same per-environment budget as
 // everything else and carries on past one environment's failure.
-func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage) (*cleanupCounts, error) {
+func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep bool) (*cleanupCounts, error) {
 	counts := &cleanupCounts{}
 	// Only ids of all tracked keys, and records of the few retained ones, are
 	// read: the pass runs every minute and must not cost O(keys) storage reads.
+	// Reading every record to find overdue keys is hourly (or tidy).
 	ids, err := s.List(ctx, keyStoragePrefix)
 	if err != nil {
 		return counts, fmt.Errorf("listing key records: %w", err)
+	}
+	var sweepErr error
+	if sweep || b.sweepDue() {
+		counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, ids)
 	}
 	retained, err := retainedKeys(ctx, s)
 	if err != nil {
@@ -113,7 +166,7 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage) (*cleanup
 	if err := b.reconcile(ctx, s, ids, &seen, counts); err != nil {
 		errs = append(errs, err)
 	}
-	return counts, errors.Join(errs...)
+	return counts, errors.Join(append(errs, sweepErr)...)
 }
 
 // listing is what the pass learnt from Heron: the ids of every key it holds

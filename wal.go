@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -55,19 +56,35 @@ type walKeyEntry struct {
 	// cannot have made a key for this record earlier. Records written before
 	// the window existed have it zero and match by name alone.
 	Since time.Time `json:"since,omitempty"`
+	// Listed: the name is not unique by construction (the role's template
+	// has no random or uuid), so Heron was listed before the first POST and
+	// Existing holds the ids of the keys that already had the name: those
+	// are never this record's, whatever their "created" says.
+	Listed   bool     `json:"listed,omitempty"`
+	Existing []string `json:"existing,omitempty"`
+	// Offset is Heron's clock minus the engine's as last measured before the
+	// record was written (OffsetKnown): keys' "created" is Heron's clock.
+	Offset      time.Duration `json:"offset,omitempty"`
+	OffsetKnown bool          `json:"offset_known,omitempty"`
 }
 
-// owns reports whether k may have been created for e: same name, created
-// within the window (skew: how far Heron's clock may lag), and not any key
-// the engine accounts for otherwise (the caller checks tracking).
-func (e *walKeyEntry) owns(k heronapi.Key, skew time.Duration) bool {
-	if k.Name != e.KeyName {
+// owns reports whether k may have been created for e: same name, not one
+// that existed before, created within the window, and not any key the
+// engine accounts for otherwise (the caller checks tracking). offset is
+// Heron's clock minus the engine's, as measured; skew is the error allowed
+// on top of it.
+func (e *walKeyEntry) owns(k heronapi.Key, offset, skew time.Duration) bool {
+	if k.Name != e.KeyName || slices.Contains(e.Existing, k.ID) {
 		return false
 	}
 	if e.Since.IsZero() {
 		return true
 	}
-	return !k.Created.Before(e.Since.Add(-skew)) && !k.Created.After(e.Since.Add(lateKeyWindow+skew))
+	since := e.Since.Add(offset)
+	if !e.Listed && k.Created.Before(since.Add(-skew)) {
+		return false
+	}
+	return !k.Created.After(since.Add(lateKeyWindow + skew))
 }
 
 // settled reports whether no key can still appear for e.
@@ -101,9 +118,27 @@ type walGuard struct {
 // the rollback later. An answer that leaves the outcome unknown is settled
 // the way Heron asks: one list call, delete what this record made, POST
 // again. The record goes only when no key of it can be left anywhere.
-func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry) (*heronapi.Key, *walGuard, error) {
+//
+// uniqueName says the name cannot repeat (a random part); otherwise Heron is
+// listed first so that keys which already had the name are never taken for
+// this creation's (one more request, for such roles only).
+func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry, uniqueName bool) (*heronapi.Key, *walGuard, error) {
 	lock := b.nameLock(entry.Environment, entry.KeyName)
 	lock.Lock()
+	if !uniqueName {
+		keys, _, err := b.listKeys(ctx, client, entry.Environment, 0)
+		if err != nil {
+			lock.Unlock()
+			return nil, nil, fmt.Errorf("listing keys named %q before creating another: %w", entry.KeyName, err)
+		}
+		entry.Listed = true
+		for _, k := range keys {
+			if k.Name == entry.KeyName {
+				entry.Existing = append(entry.Existing, k.ID)
+			}
+		}
+	}
+	entry.Offset, entry.OffsetKnown = b.clockOffset(entry.Environment)
 	entry.Since = b.wallNow()
 	id, err := framework.PutWAL(ctx, s, kind, entry)
 	if err != nil {
@@ -113,6 +148,7 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 	g := &walGuard{b: b, s: s, id: id, entry: entry, lock: lock}
 	for lookups := 0; ; lookups++ {
 		key, err := client.CreateKey(ctx, entry.KeyName)
+		b.noteClock(entry.Environment, client)
 		if err == nil {
 			return key, g, nil
 		}
@@ -241,7 +277,9 @@ func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kin
 	if err != nil {
 		return err
 	}
-	if !entry.settled(listedAt, b.createdSkew) {
+	// Settled only by a list asked after the window closed (listedAt, moved
+	// as far as a test moved windowNow ahead of the wall clock).
+	if !entry.settled(listedAt.Add(b.windowNow().Sub(b.wallNow())), b.createdSkew) {
 		return errStillWatching
 	}
 	return nil
@@ -259,9 +297,16 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 	if err != nil {
 		return 0, time.Time{}, err
 	}
+	// Keys' "created" is Heron's clock: use its offset from ours as known
+	// when the record was written, else as measured now (to the second,
+	// which the skew allowance absorbs).
+	offset := entry.Offset
+	if !entry.OffsetKnown {
+		offset, _ = b.clockOffset(entry.Environment)
+	}
 	deleted := 0
 	for _, k := range keys {
-		if !entry.owns(k, b.createdSkew) || (cfg != nil && cfg.accountsFor(k)) {
+		if !entry.owns(k, offset, b.createdSkew) || (cfg != nil && cfg.accountsFor(k)) {
 			continue
 		}
 		rec, err := getTrackedKey(ctx, s, k.ID)

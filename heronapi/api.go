@@ -61,6 +61,9 @@ type API interface {
 	DeleteKey(ctx context.Context, id string) error
 	// Hello calls GET /api/hello_world/authenticated (nil on 200).
 	Hello(ctx context.Context) error
+	// ServerDate is Heron's clock as of the latest answer (its Date header,
+	// to the second), zero before any; keys' "created" follow that clock.
+	ServerDate() time.Time
 }
 
 var _ API = (*Client)(nil)

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -51,6 +52,10 @@ type Client struct {
 	// while a re-sent POST could create a second key whose token nobody would ever see.
 	rc       *retryablehttp.Client
 	rcCreate *retryablehttp.Client
+
+	// serverDate is the Date header of the latest answer (Unix seconds):
+	// Heron's clock, which its keys' "created" follow.
+	serverDate atomic.Int64
 }
 
 // New validates cfg and builds a Client. Errors never echo the API key.
@@ -100,6 +105,7 @@ func New(cfg Config) (*Client, error) {
 		// No http.Client.Timeout: it would also count the time spent queued in the
 		// limiter. The per-attempt timeout lives in attemptTransport instead.
 		Transport: &attemptTransport{
+			date:         &c.serverDate,
 			base:         cleanhttp.DefaultPooledTransport(),
 			limiter:      cfg.Limiter,
 			timeout:      c.timeout,
@@ -145,6 +151,15 @@ func parseBaseURL(s string) (string, error) {
 		return "", errors.New("heron: base URL must not have a query or fragment")
 	}
 	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// ServerDate is Heron's clock as of the latest answer (its Date header, to
+// the second), or the zero time before any answer carried one.
+func (c *Client) ServerDate() time.Time {
+	if u := c.serverDate.Load(); u != 0 {
+		return time.Unix(u, 0)
+	}
+	return time.Time{}
 }
 
 // CloseIdleConnections releases pooled connections, for when a Client is replaced
@@ -432,6 +447,7 @@ func (r retryLogger) Warn(msg string, kv ...any)  { r.l.Debug(msg, kv...) }
 // attemptTransport wraps every single HTTP attempt, retries included, because each
 // attempt is a request Heron counts against the environment's budget.
 type attemptTransport struct {
+	date         *atomic.Int64
 	base         http.RoundTripper
 	limiter      *Limiter
 	timeout      time.Duration
@@ -454,6 +470,9 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil && t.date != nil {
+		t.date.Store(d.Unix())
 	}
 	if t.limiter != nil {
 		t.limiter.Observe(resp.Header)

@@ -569,3 +569,21 @@ func TestKeyIDs(t *testing.T) {
 		t.Fatalf("got %v (%v)", got, f.seq())
 	}
 }
+
+func TestServerDate(t *testing.T) {
+	t.Parallel()
+	when := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		w.Header().Set("Date", when.Format(http.TimeFormat))
+		writeJSON(w, 200, map[string]any{"keys": []any{}})
+	})
+	c := newTestClient(t, f.URL(), nil)
+	if !c.ServerDate().IsZero() {
+		t.Fatal("no answer yet: zero")
+	}
+	_, err := c.ListKeys(context.Background())
+	noErr(t, err)
+	if got := c.ServerDate(); !got.Equal(when) {
+		t.Fatalf("ServerDate = %v, want %v", got, when)
+	}
+}
