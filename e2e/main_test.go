@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -106,7 +108,7 @@ func findVault(root string) (string, error) {
 	}
 	p := filepath.Join(root, "bin", "vault")
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("no vault binary: VAULT_BIN is unset and %s does not exist; run `make vault` first", p)
+		return "", fmt.Errorf("no vault binary: VAULT_BIN is unset and %s does not exist; run the suite with `make e2e` (it picks or builds a Vault) or set VAULT_BIN", p)
 	}
 	return p, nil
 }

@@ -5,8 +5,9 @@
 # prints the exports to use that Vault from another shell and waits;
 # Ctrl-C stops everything it started.
 #
-# Needs Go. Uses $VAULT_BIN, else bin/vault, building it (as `make vault`
-# does) when neither exists. Environment knobs:
+# Needs Go only. The Vault is the one scripts/vault-bin.sh picks: $VAULT_BIN,
+# else a vault 1.15+ on PATH, else bin/vault, built (as `make vault` does, about
+# 10 minutes the first time) when absent. Environment knobs:
 #   VERSION            plugin version stamped and registered (v0.1.0-dev)
 #   DEMO_VAULT_PORT    Vault's port (default 8200, else the next free pair)
 #   DEMO_EMULATOR_ADDR emulator listen address (default 127.0.0.1:8787,
@@ -61,16 +62,7 @@ sha256() {
 }
 
 # --- binaries ---------------------------------------------------------------
-if [ -n "${VAULT_BIN:-}" ]; then
-	VAULT="$VAULT_BIN"
-	[ -x "$VAULT" ] || { log "VAULT_BIN=$VAULT is not an executable"; exit 1; }
-else
-	VAULT="$ROOT/bin/vault"
-	if [ ! -x "$VAULT" ]; then
-		log "building Vault into bin/vault (once; takes a few minutes)"
-		(cd tools && go build -o ../bin/vault github.com/hashicorp/vault)
-	fi
-fi
+VAULT="$(bash "$ROOT/scripts/vault-bin.sh")"
 log "using $("$VAULT" version)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/heron-demo.XXXXXX")"

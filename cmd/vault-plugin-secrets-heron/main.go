@@ -2,6 +2,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/hashicorp/go-hclog"
@@ -12,6 +13,14 @@ import (
 )
 
 func main() {
+	// `-version` prints the version and exits, as HashiCorp's plugins do. It is
+	// handled before the flag set below, which does not know it; Vault itself
+	// learns the version over gRPC (RunningVersion).
+	if versionRequested(os.Args[1:]) {
+		fmt.Println(heron.Version)
+		return
+	}
+
 	apiClientMeta := &api.PluginAPIClientMeta{}
 	flags := apiClientMeta.FlagSet()
 	if err := flags.Parse(os.Args[1:]); err != nil {
@@ -28,6 +37,12 @@ func main() {
 	}); err != nil {
 		fatal(err)
 	}
+}
+
+// versionRequested reports whether args ask for the version: a single -version
+// or --version (Vault starts the plugin with no arguments, or its TLS flags).
+func versionRequested(args []string) bool {
+	return len(args) == 1 && (args[0] == "-version" || args[0] == "--version")
 }
 
 func fatal(err error) {
