@@ -1,6 +1,6 @@
 package heron
 
-// Regression tests for issue 9 (see /work/shared/engine-spec.md, "Invariants").
+// Regression tests for issue 9 (the spec's "Invariants").
 // Each test says in a comment why it would have failed on the engine before
 // the fix (commit 3dacc2d; the last engine that built before it is c6df660's
 // lineage, read with `git show c6df660:<file>`).
