@@ -1,6 +1,7 @@
 package heron
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -57,3 +58,11 @@ func (e *codedError) Error() string { return e.msg }
 
 // Code is the HTTP status Vault answers with.
 func (e *codedError) Code() int { return e.code }
+
+// deleteIfPresent deletes a key in Heron; a 404 means it is already gone.
+func deleteIfPresent(ctx context.Context, client heronapi.API, keyID string) error {
+	if err := client.DeleteKey(ctx, keyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		return err
+	}
+	return nil
+}

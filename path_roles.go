@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
 
 const (
@@ -17,7 +19,7 @@ const (
 
 	defaultNameTemplate         = `vault-{{.RoleName | truncate 32}}-{{.DisplayName | truncate 32}}-{{unix_time}}-{{random 8}}`
 	defaultExpiredKeyRetention  = 72 * time.Hour
-	maxKeyNameLength            = 128
+	maxKeyNameLength            = heronapi.MaxKeyNameLength
 	validationDisplayNameLength = 32
 )
 

@@ -199,14 +199,6 @@ func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) 
 	g.end(ctx)
 }
 
-// deleteIfPresent deletes a key in Heron; a 404 means it is already gone.
-func deleteIfPresent(ctx context.Context, client heronapi.API, keyID string) error {
-	if err := client.DeleteKey(ctx, keyID); err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-		return err
-	}
-	return nil
-}
-
 // deleteWAL removes a write-ahead record once its key is tracked or known not
 // to exist. A failure only means the rollback will look for the key later
 // and, finding it tracked, leave it alone.

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
@@ -164,65 +161,6 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	return &next, warning, nil
 }
 
-// deactivateRetired deactivates retired admin keys not yet deactivated and
-// stores the result.
-func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API) error {
-	var errs []error
-	changed := false
-	for i := range cfg.RetiredKeys {
-		rk := &cfg.RetiredKeys[i]
-		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
-			continue
-		}
-		err := client.DeactivateKey(ctx, rk.KeyID)
-		if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err))
-			continue
-		}
-		rk.Deactivated = true
-		changed = true
-	}
-	if changed {
-		if err := putConfig(ctx, s, cfg); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// rotateDue rotates every environment whose rotation_period has elapsed since
-// its admin key was set, returning how many were rotated.
-func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, error) {
-	envs, err := s.List(ctx, configStoragePrefix)
-	if err != nil {
-		return 0, fmt.Errorf("listing configs: %w", err)
-	}
-	now := b.now()
-	rotated := 0
-	var errs []error
-	for _, env := range envs {
-		cfg, err := getConfig(ctx, s, env)
-		if err != nil || cfg == nil {
-			continue
-		}
-		due := nextRotation(cfg)
-		if due.IsZero() || now.Before(due) {
-			continue
-		}
-		if _, _, err := b.rotateAdminKey(ctx, s, env); err != nil {
-			errs = append(errs, fmt.Errorf("config %q: %w", env, err))
-			continue
-		}
-		rotated++
-	}
-	return rotated, errors.Join(errs...)
-}
-
-// retiredDue reports whether rk may be deleted now.
-func retiredDue(rk retiredAdminKey, now time.Time) bool {
-	return rk.Deactivated && !now.Before(rk.DeleteAfter)
-}
-
 const pathConfigRotateHelpSyn = `Rotate the admin key of a Heron environment.`
 
 const pathConfigRotateHelpDesc = `
@@ -231,72 +169,3 @@ current one, checks that the new key works, stores it, deactivates the old key
 and deletes it after old_key_retention. The old key keeps working until the
 new one is stored; a key created by an interrupted rotation is rolled back.
 `
-
-// registerRotation hands the config's schedule to Vault's rotation manager
-// where the server has one (Vault Enterprise 1.19+). Vault Community answers
-// that it is unsupported: the engine's own periodic pass then rotates on the
-// same schedule, so the setting means the same thing on every edition.
-func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
-	wanted := !cfg.DisableAutomatedRotation && (cfg.RotationPeriod > 0 || cfg.RotationSchedule != "")
-	if !wanted {
-		if cfg.RotationManaged {
-			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
-				MountPoint: req.MountPoint, ReqPath: req.Path,
-			})
-			if err != nil {
-				return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
-			}
-			cfg.RotationManaged = false
-		}
-		return nil
-	}
-	_, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-		Name:             "heron-admin-key-" + cfg.Environment,
-		MountPoint:       req.MountPoint,
-		ReqPath:          configStoragePrefix + cfg.Environment,
-		RotationSchedule: cfg.RotationSchedule,
-		RotationWindow:   cfg.RotationWindow,
-		RotationPeriod:   cfg.RotationPeriod,
-	})
-	if err != nil {
-		cfg.RotationManaged = false
-		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "environment", cfg.Environment, "error", err)
-		return nil
-	}
-	cfg.RotationManaged = true
-	return nil
-}
-
-// rotateCredential is Vault's rotation manager calling back for a job
-// registered by registerRotation (req.Path is config/<environment>).
-func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Request) error {
-	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
-	if !ok || env == "" {
-		return fmt.Errorf("rotation request for unexpected path %q", req.Path)
-	}
-	_, _, err := b.rotateAdminKey(heronapi.Background(ctx), req.Storage, env)
-	return err
-}
-
-// nextRotation is when cfg's admin key is next due for automatic rotation
-// by the engine's own scheduler (zero: never).
-func nextRotation(cfg *heronConfig) time.Time {
-	if cfg.DisableAutomatedRotation || cfg.RotationManaged {
-		return time.Time{}
-	}
-	base := cfg.KeySetAt
-	if base.IsZero() {
-		base = cfg.LastRotated
-	}
-	switch {
-	case cfg.RotationPeriod > 0:
-		return base.Add(cfg.RotationPeriod)
-	case cfg.RotationSchedule != "":
-		sched, err := rotation.DefaultScheduler.Parse(cfg.RotationSchedule)
-		if err != nil {
-			return time.Time{}
-		}
-		return sched.Next(base)
-	}
-	return time.Time{}
-}

@@ -1,0 +1,150 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// Custody of the admin key on config writes: verify it, check that it can see
+// every key the engine must be able to delete, and keep the retired list true.
+
+// verifyAdminKey lists the environment's keys with cfg's admin key: it proves
+// the key can manage keys, tells its Heron id, and shows which tracked keys
+// it can see. It spends the environment's budget without claiming it, so a
+// write that fails leaves the budget as it was.
+func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) ([]heronapi.Key, error) {
+	c, err := b.checkClient(cfg, cfg.AdminAPIKey)
+	if err != nil {
+		return nil, err
+	}
+	return c.ListKeys(ctx)
+}
+
+// verifyError maps a failed verify to what it means: Heron refusing the key
+// is the caller's to fix (400); Heron unreachable, rate limited or failing is
+// not a judgement on the key (502, naming what Heron answered).
+func verifyError(env string, err error) (*logical.Response, error) {
+	var apiErr *heronapi.APIError
+	switch {
+	case errors.Is(err, heronapi.ErrUnauthorized), errors.As(err, &apiErr) && apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && apiErr.StatusCode != http.StatusTooManyRequests:
+		return logical.ErrorResponse("verify: Heron refused the admin key for config %q: %v", env, err), nil
+	case errors.Is(err, heronapi.ErrRateLimited):
+		return nil, upstreamError(fmt.Sprintf("verify: could not check the admin key for config %q (nothing was saved; retry later)", env), err)
+	default:
+		return nil, &codedError{code: http.StatusBadGateway, msg: fmt.Sprintf("verify: could not reach Heron to check the admin key for config %q (nothing was saved; check base_url and the network, or retry): %v", env, err)}
+	}
+}
+
+// keysToSee is every key of cfg's environment that the engine must be able to
+// revoke or delete with its admin key: tracked keys and rotated-out admin
+// keys, and the engine-created admin key itself.
+func (b *heronBackend) keysToSee(ctx context.Context, s logical.Storage, cfg *heronConfig) ([]string, error) {
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, k := range keys {
+		if k.Environment == cfg.Environment {
+			ids = append(ids, k.KeyID)
+		}
+	}
+	for _, rk := range cfg.RetiredKeys {
+		ids = append(ids, rk.KeyID)
+	}
+	if cfg.AdminKeyByEngine && cfg.AdminKeyID != "" {
+		ids = append(ids, cfg.AdminKeyID)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// missingFrom returns the ids of want that live does not list.
+func missingFrom(want []string, live []heronapi.Key) []string {
+	seen := make(map[string]bool, len(live))
+	for _, k := range live {
+		seen[k.ID] = true
+	}
+	var out []string
+	for _, id := range want {
+		if !seen[id] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// unreachableKeys is the ids of env's tracked keys marked unreachable.
+func (b *heronBackend) unreachableKeys(ctx context.Context, s logical.Storage, env string) ([]string, error) {
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, k := range keys {
+		if k.Environment == env && k.Unreachable {
+			ids = append(ids, k.KeyID)
+		}
+	}
+	return ids, nil
+}
+
+// markUnreachable flags the tracked keys in unreachable and clears the flag
+// on the other keys of tracked (ids that are no tracked record, such as
+// retired admin keys, are skipped).
+func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, tracked, unreachable []string) error {
+	bad := make(map[string]bool, len(unreachable))
+	for _, id := range unreachable {
+		bad[id] = true
+	}
+	var errs []error
+	for _, id := range tracked {
+		rec, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if rec == nil || rec.Unreachable == bad[id] {
+			continue
+		}
+		rec.Unreachable = bad[id]
+		if err := putJSON(ctx, s, keyStoragePrefix+id, "key record "+id, rec); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retireReplacedAdminKey keeps the retired list true to a hand-written key:
+// an engine-created admin key replaced by hand exists only in this config,
+// so it is retired (deactivated, then deleted after old_key_retention) rather
+// than left live; and a retired key written back as the admin key is no
+// longer retired, or the cleanup pass would delete the key in use.
+func (b *heronBackend) retireReplacedAdminKey(prev, cfg *heronConfig) {
+	if prev.AdminAPIKey == "" || prev.AdminAPIKey == cfg.AdminAPIKey {
+		return
+	}
+	if prev.AdminKeyByEngine && prev.AdminKeyID != "" && prev.AdminKeyID != cfg.AdminKeyID {
+		now := b.now()
+		cfg.RetiredKeys = append(cfg.RetiredKeys, retiredAdminKey{
+			KeyID:       prev.AdminKeyID,
+			TokenPrefix: keyPrefix(prev.AdminAPIKey),
+			RetiredAt:   now,
+			DeleteAfter: now.Add(cfg.OldKeyRetention),
+		})
+	}
+	kept := cfg.RetiredKeys[:0]
+	for _, rk := range cfg.RetiredKeys {
+		if !cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			kept = append(kept, rk)
+		}
+	}
+	cfg.RetiredKeys = kept
+}

@@ -1,0 +1,372 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// The cleanup pass (every minute, and on tidy): deletes keys whose retention
+// is over, finishes deferred revocations, ends keys that outlived their lease,
+// retires rotated-out admin keys and reconciles with Heron.
+
+// cleanupCounts is what one cleanup pass did.
+type cleanupCounts struct {
+	ExpiredKeysDeleted   int
+	AdminKeysDeleted     int
+	AdminKeysDeactivated int
+	UntrackedGoneKeys    int
+	RolledBackWAL        int
+	PendingWAL           int
+	OverdueKeys          int
+	PendingRevocations   int
+	EnvironmentsSkipped  int
+}
+
+const (
+	// overdueGrace is how long after its lease's end a key may stay active
+	// without any revocation from Vault. Vault revokes an expired lease at
+	// once and retries a failed revocation for well under this; a key still
+	// active later was never held by a lease Vault knows (Vault lost the
+	// issuance's answer, or gave the lease up as irrevocable).
+	overdueGrace = time.Hour
+	// overdueSweepEvery is how often the periodic pass reads every record
+	// to find such keys (tidy always does).
+	overdueSweepEvery = time.Hour
+)
+
+// sweepOverdue hands to the cleanup pass the active keys whose lease ended
+// more than overdueGrace ago: deactivated as an expiry, or deleted when the
+// lease's revocation decided so or their retention is over too. This is the
+// engine's own bound on a key's life: the record's end stands in for a lease
+// that Vault never registered or stopped revoking.
+func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids []string) (int, error) {
+	now := b.now()
+	swept := 0
+	var errs []error
+	for _, id := range ids {
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if k == nil || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
+			continue
+		}
+		k.Pending = pendingDeactivate
+		if k.Revoke == pendingDelete || !now.Before(k.Expires.Add(overdueGrace+k.ExpiredKeyRetention)) {
+			k.Pending = pendingDelete
+		}
+		if err := putTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		swept++
+		b.Logger().Warn("key outlived its lease with no revocation from Vault: the cleanup pass ends it",
+			"key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "environment", k.Environment,
+			"expired", k.Expires.UTC().Format(time.RFC3339), "pending", k.Pending)
+	}
+	return swept, errors.Join(errs...)
+}
+
+// cleanup deletes keys deactivated at expiry once past their retention,
+// deactivates and deletes rotated-out admin keys, and drops from tracking the
+// keys Heron no longer has. It spends the same per-environment budget as
+// everything else and carries on past one environment's failure.
+func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep bool) (*cleanupCounts, error) {
+	counts := &cleanupCounts{}
+	// Only ids of all tracked keys, and records of the few retained ones, are
+	// read: the pass runs every minute and must not cost O(keys) storage reads.
+	// Reading every record to find overdue keys is hourly (or tidy).
+	ids, err := s.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return counts, fmt.Errorf("listing key records: %w", err)
+	}
+	var sweepErr error
+	if sweep || b.sweepDue() {
+		counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, ids)
+	}
+	retained, err := retainedKeys(ctx, s)
+	if err != nil {
+		return counts, err
+	}
+	byEnv := make(map[string][]*trackedKey)
+	for _, k := range retained {
+		byEnv[k.Environment] = append(byEnv[k.Environment], k)
+	}
+	envs, err := s.List(ctx, configStoragePrefix)
+	if err != nil {
+		return counts, fmt.Errorf("listing configs: %w", err)
+	}
+
+	var errs []error
+	seen := listing{live: map[string]bool{}, at: map[string]time.Time{}}
+	for _, env := range envs {
+		if err := b.cleanupEnvironment(ctx, s, env, len(ids) > 0, byEnv[env], &seen, counts); err != nil {
+			errs = append(errs, fmt.Errorf("environment %q: %w", env, err))
+		}
+		delete(byEnv, env)
+	}
+	for env, keys := range byEnv {
+		counts.EnvironmentsSkipped++
+		b.Logger().Warn("retained keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
+	}
+	if err := b.reconcile(ctx, s, ids, &seen, counts); err != nil {
+		errs = append(errs, err)
+	}
+	return counts, errors.Join(append(errs, sweepErr)...)
+}
+
+// listing is what the pass learnt from Heron: the ids of every key it holds
+// in the environments it listed, and when each was listed.
+type listing struct {
+	live map[string]bool
+	at   map[string]time.Time
+}
+
+// reconcile drops from tracking the keys Heron no longer has. Only records
+// issued before their environment was listed are judged, so an issuance
+// finishing meanwhile is never mistaken for a vanished key; heron ids are
+// unique, so one set serves every environment.
+func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []string, seen *listing, counts *cleanupCounts) error {
+	var errs []error
+	for _, id := range ids {
+		if seen.live[id] {
+			continue
+		}
+		k, err := getTrackedKey(ctx, s, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if k == nil || k.Unreachable {
+			// Deleted by this pass or a revocation meanwhile; or a key the
+			// admin key cannot see, whose absence from the list proves nothing.
+			continue
+		}
+		listedAt, ok := seen.at[k.Environment]
+		if !ok || !k.Issued.Before(listedAt) {
+			continue
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.UntrackedGoneKeys++
+		b.Logger().Warn("tracked key no longer exists in Heron: dropped from tracking",
+			"key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "environment", k.Environment, "state", k.State)
+	}
+	return errors.Join(errs...)
+}
+
+func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, list bool, keys []*trackedKey, seen *listing, counts *cleanupCounts) error {
+	lock := b.configLock(env)
+	lock.RLock()
+	defer lock.RUnlock()
+
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil || cfg == nil {
+		return err
+	}
+	client, err := b.getClient(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	log := b.Logger().With("environment", env)
+	var errs []error
+
+	if list {
+		listedAt := b.now()
+		live, err := client.ListKeys(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing keys: %w", err))
+		} else {
+			for _, k := range live {
+				seen.live[k.ID] = true
+			}
+			seen.at[env] = listedAt
+			// A retained key Heron no longer has needs no call: reconcile
+			// drops it.
+			kept := keys[:0]
+			for _, k := range keys {
+				if seen.live[k.KeyID] || !k.Issued.Before(listedAt) {
+					kept = append(kept, k)
+				}
+			}
+			keys = kept
+		}
+	}
+
+	// Revocations that were released for want of budget come first: those
+	// keys may still be live.
+	for _, k := range keys {
+		if k.Pending == "" || k.Unreachable {
+			continue
+		}
+		if err := b.finishPending(ctx, s, client, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.PendingRevocations++
+	}
+
+	now := b.now()
+	for _, k := range keys {
+		if k.Pending != "" || k.Unreachable || k.State != keyStateDeactivated || now.Before(k.DeleteAfter) {
+			continue
+		}
+		if err := deleteIfPresent(ctx, client, k.KeyID); err != nil {
+			errs = append(errs, fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
+			continue
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.ExpiredKeysDeleted++
+		log.Info("deleted expired key after retention", "key_id", k.KeyID, "role", k.Role)
+	}
+
+	if err := b.cleanupRetired(ctx, s, cfg, client, counts); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// finishPending carries out the revocation a released lease left behind.
+func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, client heronapi.API, k *trackedKey) error {
+	var err error
+	if k.Pending == pendingDeactivate {
+		err = client.DeactivateKey(ctx, k.KeyID)
+	} else {
+		err = client.DeleteKey(ctx, k.KeyID)
+	}
+	if errors.Is(err, heronapi.ErrNotFound) || (err == nil && k.Pending == pendingDelete) {
+		b.Logger().Info("finished a deferred revocation", "key_id", k.KeyID, "role", k.Role, "pending", k.Pending)
+		return deleteTrackedKey(ctx, s, k)
+	}
+	if err != nil {
+		return fmt.Errorf("finishing the deferred %s of key %s: %w", k.Pending, k.KeyID, err)
+	}
+	now := b.now()
+	k.Pending = ""
+	k.State = keyStateDeactivated
+	k.DeactivatedAt = now
+	k.DeleteAfter = now.Add(k.ExpiredKeyRetention)
+	b.Logger().Info("finished a deferred deactivation", "key_id", k.KeyID, "role", k.Role)
+	return putTrackedKey(ctx, s, k)
+}
+
+// cleanupRetired deactivates rotated-out admin keys still active and deletes
+// those past old_key_retention.
+func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API, counts *cleanupCounts) error {
+	if len(cfg.RetiredKeys) == 0 {
+		return nil
+	}
+	var errs []error
+	before := 0
+	for _, rk := range cfg.RetiredKeys {
+		if !rk.Deactivated {
+			before++
+		}
+	}
+	if before > 0 {
+		if err := b.deactivateRetired(ctx, s, cfg, client); err != nil {
+			errs = append(errs, err)
+		}
+		for _, rk := range cfg.RetiredKeys {
+			if !rk.Deactivated {
+				before--
+			}
+		}
+		counts.AdminKeysDeactivated += before
+	}
+
+	now := b.now()
+	remaining := cfg.RetiredKeys[:0]
+	deleted, dropped := 0, 0
+	for _, rk := range cfg.RetiredKeys {
+		if cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			// Written back by hand as the admin key: never delete the key in
+			// use (config writes drop such entries; this guards older ones).
+			dropped++
+			b.Logger().Warn("a retired admin key is the current admin key again: no longer retired", "environment", cfg.Environment, "key_id", rk.KeyID)
+			continue
+		}
+		if !retiredDue(rk, now) {
+			remaining = append(remaining, rk)
+			continue
+		}
+		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
+			errs = append(errs, fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err))
+			remaining = append(remaining, rk)
+			continue
+		}
+		deleted++
+		b.Logger().Info("deleted rotated-out admin key after retention", "environment", cfg.Environment, "key_id", rk.KeyID)
+	}
+	if deleted > 0 || dropped > 0 {
+		cfg.RetiredKeys = remaining
+		if err := putConfig(ctx, s, cfg); err != nil {
+			errs = append(errs, err)
+		} else {
+			counts.AdminKeysDeleted += deleted
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// purgeEnvironment deletes, ahead of their retention, the deactivated keys and
+// rotated-out admin keys of env.
+func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, env string) error {
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil || cfg == nil {
+		return err
+	}
+	all, err := retainedKeys(ctx, s)
+	if err != nil {
+		return err
+	}
+	var retained []*trackedKey
+	for _, k := range all {
+		if k.Environment == env {
+			retained = append(retained, k)
+		}
+	}
+	ownAdmin := cfg.AdminKeyByEngine && cfg.AdminKeyID != ""
+	if len(retained) == 0 && len(cfg.RetiredKeys) == 0 && !ownAdmin {
+		return nil
+	}
+	client, err := b.getClient(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	for _, k := range retained {
+		if err := deleteIfPresent(ctx, client, k.KeyID); err != nil {
+			return fmt.Errorf("deleting key %s: %w", k.KeyID, err)
+		}
+		if err := deleteTrackedKey(ctx, s, k); err != nil {
+			return err
+		}
+		b.Logger().Info("deleted retained key with its config", "key_id", k.KeyID, "environment", env)
+	}
+	for _, rk := range cfg.RetiredKeys {
+		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
+			return fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err)
+		}
+		b.Logger().Info("deleted rotated-out admin key with its config", "key_id", rk.KeyID, "environment", env)
+	}
+	if ownAdmin {
+		// Last, since it is the key making these calls.
+		if err := deleteIfPresent(ctx, client, cfg.AdminKeyID); err != nil {
+			return fmt.Errorf("deleting the admin key %s created by rotation: %w", cfg.AdminKeyID, err)
+		}
+		b.Logger().Info("deleted the engine-created admin key with its config", "key_id", cfg.AdminKeyID, "environment", env)
+	}
+	return nil
+}

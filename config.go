@@ -1,0 +1,207 @@
+package heron
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// A config: one Heron environment, its admin key and how the engine talks to it.
+
+const (
+	configStoragePrefix = "config/"
+
+	defaultBaseURL            = "https://app.herondata.io"
+	defaultRequestTimeout     = 30 * time.Second
+	defaultMaxRetries         = 4
+	defaultRateLimitPerMinute = 250
+	defaultOldKeyRetention    = 24 * time.Hour
+
+	maxRequestTimeout     = 5 * time.Minute
+	maxMaxRetries         = 20
+	maxRateLimitPerMinute = 100000
+	minRotationPeriod     = time.Minute
+)
+
+// environmentPattern takes any single path segment so that a bad name gets a
+// 400 naming the rule instead of Vault's "unsupported path".
+const environmentPattern = `(?P<environment>[^/]+)`
+
+var (
+	environmentRegex = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+
+	errConfigNotFound = errors.New("no config for Heron environment")
+)
+
+// heronConfig is one Heron environment: the admin key the engine manages keys
+// with, and how it talks to Heron.
+type heronConfig struct {
+	Environment        string        `json:"environment"`
+	AdminAPIKey        string        `json:"admin_api_key"`
+	AdminKeyID         string        `json:"admin_key_id"`
+	BaseURL            string        `json:"base_url"`
+	RequestTimeout     time.Duration `json:"request_timeout"`
+	MaxRetries         int           `json:"max_retries"`
+	RateLimitPerMinute int           `json:"rate_limit_per_minute"`
+	OldKeyRetention    time.Duration `json:"old_key_retention"`
+	RotationPeriod     time.Duration `json:"rotation_period"`
+	LastRotated        time.Time     `json:"last_rotated"`
+	// Vault's automated-rotation fields. RotationSchedule is a cron
+	// schedule (exclusive with RotationPeriod); RotationWindow bounds how late
+	// a scheduled rotation may start (enforced by Vault Enterprise's rotation
+	// manager). RotationManaged records that Vault's rotation manager accepted
+	// the job, in which case the engine's own scheduler stays out of the way.
+	RotationSchedule         string        `json:"rotation_schedule,omitempty"`
+	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
+	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
+	RotationManaged          bool          `json:"rotation_managed,omitempty"`
+	// BudgetKey names the rate limiter this config spends: the SHA-256 of the
+	// admin key set by hand, kept across rotations, so that mounts sharing an
+	// admin key share one budget and a rotation does not start a second one.
+	BudgetKey string `json:"budget_key,omitempty"`
+	// AdminKeyByEngine records that the current admin key was created by a
+	// rotation: its token exists nowhere but here, so deleting the config
+	// deletes the key too.
+	AdminKeyByEngine bool `json:"admin_key_by_engine,omitempty"`
+	// KeySetAt is when the current admin key was stored (by hand or by
+	// rotation); scheduled rotation counts rotation_period from it.
+	KeySetAt time.Time `json:"key_set_at"`
+	// RetiredKeys are rotated-out admin keys still to deactivate or delete.
+	// They live in the config entry so that switching to the new key and
+	// remembering the old one is a single atomic write.
+	RetiredKeys []retiredAdminKey `json:"retired_keys,omitempty"`
+}
+
+// retiredAdminKey is an admin key replaced by rotation (ids only, never the token).
+type retiredAdminKey struct {
+	KeyID       string    `json:"key_id"`
+	TokenPrefix string    `json:"token_prefix"`
+	RetiredAt   time.Time `json:"retired_at"`
+	Deactivated bool      `json:"deactivated"`
+	DeleteAfter time.Time `json:"delete_after"`
+}
+
+// validate checks every field and names the first one that is wrong.
+func (c *heronConfig) validate() error {
+	if !environmentRegex.MatchString(c.Environment) {
+		return fmt.Errorf("environment %q is invalid: it must match [a-z0-9-]{1,64}", c.Environment)
+	}
+	if c.AdminAPIKey == "" {
+		return errors.New("admin_api_key is required")
+	}
+	if !heronapi.TokenPattern.MatchString(c.AdminAPIKey) {
+		// Never echo the value: it may be a real secret with a typo.
+		return errors.New("admin_api_key is malformed: it must be \"key_\" followed by 48 lowercase hex characters")
+	}
+	if err := heronapi.ValidateBaseURL(c.BaseURL); err != nil {
+		return err
+	}
+	if c.RequestTimeout < time.Second || c.RequestTimeout > maxRequestTimeout {
+		return fmt.Errorf("request_timeout must be between 1s and %s, got %s", maxRequestTimeout, c.RequestTimeout)
+	}
+	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
+		return fmt.Errorf("max_retries must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
+	}
+	if c.RateLimitPerMinute < 1 || c.RateLimitPerMinute > maxRateLimitPerMinute {
+		return fmt.Errorf("rate_limit_per_minute must be between 1 and %d, got %d", maxRateLimitPerMinute, c.RateLimitPerMinute)
+	}
+	if c.OldKeyRetention < 0 {
+		return fmt.Errorf("old_key_retention must not be negative, got %s", c.OldKeyRetention)
+	}
+	if c.RotationPeriod < 0 || (c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod) {
+		return fmt.Errorf("rotation_period must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
+	}
+	if c.RotationSchedule != "" {
+		if c.RotationPeriod > 0 {
+			return errors.New("rotation_schedule and rotation_period are mutually exclusive: set one of them")
+		}
+		if _, err := rotation.DefaultScheduler.Parse(c.RotationSchedule); err != nil {
+			return fmt.Errorf("rotation_schedule is not a valid cron schedule: %v", err)
+		}
+	}
+	if c.RotationWindow < 0 {
+		return fmt.Errorf("rotation_window must not be negative, got %s", c.RotationWindow)
+	}
+	if c.RotationWindow > 0 && c.RotationSchedule == "" {
+		return errors.New("rotation_window needs rotation_schedule")
+	}
+	return nil
+}
+
+// budgetKey identifies a rate-limit budget without keeping the key itself.
+func budgetKey(adminKey string) string {
+	sum := sha256.Sum256([]byte(adminKey))
+	return hex.EncodeToString(sum[:])
+}
+
+// keyPrefix is the part of a key that Heron shows in its dashboard.
+func keyPrefix(key string) string { return heronapi.TokenPrefix(key) }
+
+// getConfig returns the stored config of env, or (nil, nil) when there is none.
+func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig, error) {
+	return getJSON[heronConfig](ctx, s, configStoragePrefix+env, fmt.Sprintf("config %q", env))
+}
+
+// putConfig stores cfg.
+func putConfig(ctx context.Context, s logical.Storage, cfg *heronConfig) error {
+	return putJSON(ctx, s, configStoragePrefix+cfg.Environment, fmt.Sprintf("config %q", cfg.Environment), cfg)
+}
+
+// configLock is the lock that serialises writes and rotation of env.
+func (b *heronBackend) configLock(env string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.configLocks, env)
+}
+
+// isAdminKey reports whether a key (by id, or by prefix while the admin key's
+// id is unknown) is the config's current admin key.
+func (c *heronConfig) isAdminKey(id, prefix string) bool {
+	if c.AdminKeyID != "" {
+		return id == c.AdminKeyID
+	}
+	return prefix != "" && prefix == keyPrefix(c.AdminAPIKey)
+}
+
+// accountsFor reports whether k is one of the config's own keys: the current
+// admin key or a rotated-out one.
+func (c *heronConfig) accountsFor(k heronapi.Key) bool {
+	if c.isAdminKey(k.ID, k.TokenPrefix) {
+		return true
+	}
+	for _, rk := range c.RetiredKeys {
+		if rk.KeyID == k.ID {
+			return true
+		}
+	}
+	return false
+}
+
+// findKeyIDByPrefix returns the id of the single active key with prefix.
+func findKeyIDByPrefix(keys []heronapi.Key, prefix string) (string, error) {
+	var ids []string
+	for _, k := range keys {
+		if k.TokenPrefix == prefix && k.IsActive {
+			ids = append(ids, k.ID)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return "", fmt.Errorf("no active key with prefix %s in Heron's list", prefix)
+	case 1:
+		return ids[0], nil
+	default:
+		sort.Strings(ids)
+		return "", fmt.Errorf("%d active keys share the prefix %s (%s)", len(ids), prefix, strings.Join(ids, ", "))
+	}
+}

@@ -1,0 +1,208 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// Rotation of anything that holds a key on a schedule: when it is due, who
+// runs it (Vault's rotation manager where the server has one, else the
+// periodic pass), and the retirement of the key it replaces.
+
+// deactivateRetired deactivates retired admin keys not yet deactivated and
+// stores the result.
+func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API) error {
+	var errs []error
+	changed := false
+	for i := range cfg.RetiredKeys {
+		rk := &cfg.RetiredKeys[i]
+		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			continue
+		}
+		err := client.DeactivateKey(ctx, rk.KeyID)
+		if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err))
+			continue
+		}
+		rk.Deactivated = true
+		changed = true
+	}
+	if changed {
+		if err := putConfig(ctx, s, cfg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rotationSchedule is when something that holds a key rotates: every
+// Period, or on a cron Schedule, counted from when its key was set. Managed:
+// Vault's rotation manager runs it, so the engine's own scheduler stays out.
+type rotationSchedule struct {
+	Period   time.Duration
+	Schedule string
+	Disabled bool
+	Managed  bool
+	KeySetAt time.Time
+}
+
+// next is when the engine's own scheduler rotates next (zero: never).
+func (r rotationSchedule) next() time.Time {
+	if r.Disabled || r.Managed {
+		return time.Time{}
+	}
+	switch {
+	case r.Period > 0:
+		return r.KeySetAt.Add(r.Period)
+	case r.Schedule != "":
+		sched, err := rotation.DefaultScheduler.Parse(r.Schedule)
+		if err != nil {
+			return time.Time{}
+		}
+		return sched.Next(r.KeySetAt)
+	}
+	return time.Time{}
+}
+
+// rotationTarget is one thing whose key the engine rotates on a schedule:
+// today an environment's admin key (config/<env>); the same scheduler, the
+// same write-ahead guard and the same retirement serve any other holder.
+type rotationTarget struct {
+	// path names it for logs and for Vault's rotation manager (ReqPath).
+	path     string
+	schedule rotationSchedule
+	rotate   func(ctx context.Context, s logical.Storage) error
+}
+
+// rotationTargets lists everything that rotates on a schedule.
+func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) ([]rotationTarget, error) {
+	envs, err := s.List(ctx, configStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing configs: %w", err)
+	}
+	targets := make([]rotationTarget, 0, len(envs))
+	for _, env := range envs {
+		cfg, err := getConfig(ctx, s, env)
+		if err != nil || cfg == nil {
+			continue
+		}
+		targets = append(targets, b.adminKeyTarget(cfg))
+	}
+	return targets, nil
+}
+
+// adminKeyTarget is cfg's admin key as a rotation target.
+func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
+	env := cfg.Environment
+	return rotationTarget{
+		path:     configStoragePrefix + env,
+		schedule: cfg.rotationSchedule(),
+		rotate: func(ctx context.Context, s logical.Storage) error {
+			_, _, err := b.rotateAdminKey(ctx, s, env)
+			return err
+		},
+	}
+}
+
+// rotateDue rotates every target whose time has come, returning how many
+// were rotated. One target's failure is logged and retried on the next pass;
+// it never holds up the others.
+func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, error) {
+	targets, err := b.rotationTargets(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	now := b.now()
+	rotated := 0
+	var errs []error
+	for _, t := range targets {
+		due := t.schedule.next()
+		if due.IsZero() || now.Before(due) {
+			continue
+		}
+		if err := t.rotate(ctx, s); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.path, err))
+			continue
+		}
+		rotated++
+	}
+	return rotated, errors.Join(errs...)
+}
+
+// retiredDue reports whether rk may be deleted now.
+func retiredDue(rk retiredAdminKey, now time.Time) bool {
+	return rk.Deactivated && !now.Before(rk.DeleteAfter)
+}
+
+// registerRotation hands the config's schedule to Vault's rotation manager
+// where the server has one (Vault Enterprise 1.19+). Vault Community answers
+// that it is unsupported: the engine's own periodic pass then rotates on the
+// same schedule, so the setting means the same thing on every edition.
+func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
+	wanted := !cfg.DisableAutomatedRotation && (cfg.RotationPeriod > 0 || cfg.RotationSchedule != "")
+	if !wanted {
+		if cfg.RotationManaged {
+			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
+				MountPoint: req.MountPoint, ReqPath: req.Path,
+			})
+			if err != nil {
+				return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
+			}
+			cfg.RotationManaged = false
+		}
+		return nil
+	}
+	_, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
+		Name:             "heron-admin-key-" + cfg.Environment,
+		MountPoint:       req.MountPoint,
+		ReqPath:          configStoragePrefix + cfg.Environment,
+		RotationSchedule: cfg.RotationSchedule,
+		RotationWindow:   cfg.RotationWindow,
+		RotationPeriod:   cfg.RotationPeriod,
+	})
+	if err != nil {
+		cfg.RotationManaged = false
+		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "environment", cfg.Environment, "error", err)
+		return nil
+	}
+	cfg.RotationManaged = true
+	return nil
+}
+
+// rotateCredential is Vault's rotation manager calling back for a job
+// registered by registerRotation (req.Path names the target).
+func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Request) error {
+	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
+	if !ok || env == "" {
+		return fmt.Errorf("rotation request for unexpected path %q", req.Path)
+	}
+	_, _, err := b.rotateAdminKey(heronapi.Background(ctx), req.Storage, env)
+	return err
+}
+
+// nextRotation is when cfg's admin key is next due for automatic rotation
+// by the engine's own scheduler (zero: never).
+func nextRotation(cfg *heronConfig) time.Time { return cfg.rotationSchedule().next() }
+
+// rotationSchedule is the config's admin key schedule.
+func (c *heronConfig) rotationSchedule() rotationSchedule {
+	base := c.KeySetAt
+	if base.IsZero() {
+		base = c.LastRotated
+	}
+	return rotationSchedule{
+		Period:   c.RotationPeriod,
+		Schedule: c.RotationSchedule,
+		Disabled: c.DisableAutomatedRotation,
+		Managed:  c.RotationManaged,
+		KeySetAt: base,
+	}
+}
