@@ -2,6 +2,7 @@ package heron
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,12 +12,15 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
 
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
-// testEnv is one backend wired to one emulator over HTTP.
+// testEnv is one backend wired to one emulator over HTTP: the one harness of
+// the root package's tests, benchmarks and fuzz targets (newTestEnv). The
+// model-based test builds its own, since rapid's T is not a testing.TB.
 type testEnv struct {
-	t        *testing.T
+	t        testing.TB
 	b        *heronBackend
 	s        logical.Storage
 	srv      *herontest.Server
@@ -33,12 +37,47 @@ const (
 	testMaxLeaseTTL     = 24 * time.Hour
 )
 
-// getTestBackend starts an emulator with a development and a production
-// environment and a backend talking to it. At the end of the test it fails if
-// any key the test issued is still active in Heron without being allowed, or
-// if any key Heron still holds is unknown to the engine.
-func getTestBackend(t *testing.T) *testEnv {
-	t.Helper()
+// testSetup is what the options of newTestEnv change.
+type testSetup struct {
+	wrap      func(logical.Storage) logical.Storage
+	logger    hclog.Logger
+	unlimited bool
+	leftovers bool
+}
+
+// testOption changes how newTestEnv builds the environment.
+type testOption func(*testSetup)
+
+// withStorage wraps the in-memory storage (to count or fail operations).
+func withStorage(wrap func(logical.Storage) logical.Storage) testOption {
+	return func(c *testSetup) { c.wrap = wrap }
+}
+
+// withLogger replaces the default (warnings, into the test log).
+func withLogger(l hclog.Logger) testOption { return func(c *testSetup) { c.logger = l } }
+
+// withUnlimitedBudget keeps the engine's limiter in the path (same code,
+// same allocations) but never waiting: for benchmarks, where the engine's
+// highest budget would measure the budget instead of the handler.
+func withUnlimitedBudget() testOption { return func(c *testSetup) { c.unlimited = true } }
+
+// withoutLeftoverCheck is for benchmarks and fuzz targets, which leave keys
+// behind on purpose or make none.
+func withoutLeftoverCheck() testOption { return func(c *testSetup) { c.leftovers = false } }
+
+// getTestBackend is newTestEnv with the defaults, for tests.
+func getTestBackend(t *testing.T) *testEnv { return newTestEnv(t) }
+
+// newTestEnv starts an emulator with a development and a production
+// environment and a backend talking to it. Unless told otherwise, at the end
+// it fails if any key the test issued is still active in Heron without being
+// allowed, or if any key Heron still holds is unknown to the engine.
+func newTestEnv(tb testing.TB, opts ...testOption) *testEnv {
+	tb.Helper()
+	setup := testSetup{leftovers: true}
+	for _, o := range opts {
+		o(&setup)
+	}
 	dev, prod := herontest.NewKeyToken(), herontest.NewKeyToken()
 	srv := herontest.NewServer(herontest.Options{
 		Environments: map[string][]string{"development": {dev}, "production": {prod}},
@@ -46,31 +85,45 @@ func getTestBackend(t *testing.T) *testEnv {
 		// of the way unless a test sets it.
 		RateLimitPerMinute: -1,
 	})
-	t.Cleanup(srv.Close)
+	tb.Cleanup(srv.Close)
 
 	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	var storage logical.Storage = &logical.InmemStorage{}
+	if setup.wrap != nil {
+		storage = setup.wrap(storage)
+	}
+	conf.StorageView = storage
+	conf.Logger = setup.logger
+	if conf.Logger == nil {
+		conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{tb}})
+	}
 	conf.System = &logical.StaticSystemView{
 		DefaultLeaseTTLVal: testDefaultLeaseTTL,
 		MaxLeaseTTLVal:     testMaxLeaseTTL,
 	}
 	b := backend()
 	b.retryWaitMin = 5 * time.Millisecond
-	require.NoError(t, b.Setup(context.Background(), conf))
+	if setup.unlimited {
+		b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
+			return heronapi.New(b.clientConfig(cfg, heronapi.NewLimiter(math.MaxInt32)))
+		}
+	}
+	require.NoError(tb, b.Setup(context.Background(), conf))
 
 	e := &testEnv{
-		t: t, b: b, s: conf.StorageView, srv: srv,
+		t: tb, b: b, s: storage, srv: srv,
 		adminKey:  map[string]string{"development": dev, "production": prod},
 		allowLive: map[string]bool{},
 		foreign:   map[string]bool{},
 	}
-	t.Cleanup(e.checkNoLeftovers)
+	if setup.leftovers {
+		tb.Cleanup(e.checkNoLeftovers)
+	}
 	return e
 }
 
 // testWriter sends backend logs to the test log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

@@ -3,7 +3,6 @@ package heron
 import (
 	"context"
 	"io"
-	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
@@ -24,7 +22,7 @@ import (
 //
 //	go test -run '^$' -bench . -benchmem .
 
-// benchEnv is one backend wired to one emulator.
+// benchEnv is the test harness (newTestEnv) with its storage counted.
 type benchEnv struct {
 	b   *heronBackend
 	s   *benchStorage
@@ -79,34 +77,19 @@ func (s *benchStorage) report(b *testing.B) {
 
 func newBenchEnv(tb testing.TB) *benchEnv {
 	tb.Helper()
-	admin := herontest.NewKeyToken()
-	srv := herontest.NewServer(herontest.Options{
-		Environments:       map[string][]string{"development": {admin}},
-		RateLimitPerMinute: -1,
-	})
-	tb.Cleanup(srv.Close)
-
-	conf := logical.TestBackendConfig()
-	storage := &benchStorage{Storage: &logical.InmemStorage{}}
-	conf.StorageView = storage
-	// What the plugin pays in production: info-level JSON logs, one line per
-	// issuance and revocation, written (here to nowhere).
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: io.Discard, JSONFormat: true})
-	conf.System = &logical.StaticSystemView{DefaultLeaseTTLVal: time.Hour, MaxLeaseTTLVal: 24 * time.Hour}
-	b := backend()
-	// The engine's highest budget, 100000/min, would cap the loop at one
-	// issuance per 600µs and measure the budget instead of the handler: the
-	// limiter stays in the path (same code, same allocations) but never waits.
-	b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
-		return heronapi.New(b.clientConfig(cfg, heronapi.NewLimiter(math.MaxInt32)))
-	}
-	if err := b.Setup(context.Background(), conf); err != nil {
-		tb.Fatal(err)
-	}
-	e := &benchEnv{b: b, s: storage, srv: srv, key: admin}
+	var storage *benchStorage
+	env := newTestEnv(tb,
+		withStorage(func(s logical.Storage) logical.Storage { storage = &benchStorage{Storage: s}; return storage }),
+		// What the plugin pays in production: info-level JSON logs, one line
+		// per issuance and revocation, written (here to nowhere).
+		withLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: io.Discard, JSONFormat: true})),
+		withUnlimitedBudget(),
+		withoutLeftoverCheck(),
+	)
+	e := &benchEnv{b: env.b, s: storage, srv: env.srv, key: env.adminKey["development"]}
 	e.must(tb, logical.CreateOperation, "config/development", map[string]any{
-		"admin_api_key":         admin,
-		"base_url":              srv.URL,
+		"admin_api_key":         e.key,
+		"base_url":              e.srv.URL,
 		"rate_limit_per_minute": maxRateLimitPerMinute,
 	})
 	e.must(tb, logical.CreateOperation, "roles/bench", map[string]any{"environment": "development", "ttl": "1h"})

@@ -6,27 +6,23 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// fuzzBackend is a backend with one unverified config, so that the fuzz
-// targets exercise parsing and validation without any network.
+// fuzzBackend is the test harness with one unverified config, so that the
+// fuzz targets exercise parsing and validation without any network.
 func fuzzBackend(f *testing.F) (*heronBackend, logical.Storage) {
 	f.Helper()
-	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
-	b := backend()
-	if err := b.Setup(context.Background(), conf); err != nil {
-		f.Fatal(err)
-	}
-	resp, err := b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.CreateOperation, Path: "config/development", Storage: conf.StorageView,
+	e := newTestEnv(f, withoutLeftoverCheck(), withLogger(hclog.NewNullLogger()))
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.CreateOperation, Path: "config/development", Storage: e.s,
 		Data: map[string]interface{}{"admin_api_key": "key_" + strings.Repeat("ab", 24), "verify": false},
 	})
 	if err != nil || resp.IsError() {
 		f.Fatalf("seed config: %v %v", err, resp)
 	}
-	return b, conf.StorageView
+	return e.b, e.s
 }
 
 // requireUserError fails unless the request either succeeded or was refused

@@ -81,6 +81,13 @@ func (s *modelStorage) clear() {
 	s.rules = nil
 }
 
+// injectedCount is how many faults fired since the last takeInjected.
+func (s *modelStorage) injectedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.injected)
+}
+
 // takeInjected returns and forgets the faults that fired since the last call.
 func (s *modelStorage) takeInjected() []string {
 	s.mu.Lock()

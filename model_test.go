@@ -687,8 +687,18 @@ func (m *model) decide(l *mLease, expiry bool) {
 // sendRevoke is one revocation attempt as Vault sends it.
 func (m *model) sendRevoke(l *mLease) error {
 	l.attempts++
+	before := m.st.injectedCount()
 	resp, err := m.doReq(&logical.Request{Operation: logical.RevokeOperation, Path: "creds/" + l.role, Secret: l.secret})
-	return outcome(resp, err)
+	err = outcome(resp, err)
+	if err != nil && l.decision == decRevoke && m.st.injectedCount() > before {
+		// The engine's documented limit (README, "Decided once"): the
+		// decision of a failed attempt is kept by one storage write; when
+		// storage refuses that write too, a retry that lands after the
+		// lease's end is taken for an expiry. A double fault: Heron and
+		// storage failing in the same attempt.
+		l.decision = decEither
+	}
+	return err
 }
 
 // actRevoke is a synchronous user revocation: on failure Vault reports the

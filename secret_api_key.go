@@ -177,6 +177,13 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 
 	client, err := b.getClient(ctx, req.Storage, env)
+	if rec == nil && errors.Is(err, errConfigNotFound) {
+		// The engine forgets a key only once it is gone from Heron (or named
+		// by a write-ahead record that deletes it), and a config is deleted
+		// only after its keys: nothing is left to revoke.
+		log.Info("lease of an untracked key in a deleted config: nothing left to revoke")
+		return nil, nil
+	}
 	if err != nil {
 		return nil, b.revokeFailed(ctx, req.Storage, rec, expired, fmt.Errorf("revoking key %s: %w", keyID, err))
 	}
