@@ -210,6 +210,9 @@ func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env str
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %q", errConfigNotFound, env)
 	}
+	if cfg.Deleting {
+		return nil, errDeleting(env)
+	}
 	if b.closed {
 		return b.checkClient(cfg, cfg.AdminAPIKey)
 	}

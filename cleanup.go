@@ -342,7 +342,8 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 	if len(retained) == 0 && len(cfg.RetiredKeys) == 0 && !ownAdmin {
 		return nil
 	}
-	client, err := b.getClient(ctx, s, env)
+	// A one-off client: the cached one refuses a config being deleted.
+	client, err := b.checkClient(cfg, cfg.AdminAPIKey)
 	if err != nil {
 		return err
 	}

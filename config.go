@@ -82,6 +82,14 @@ type heronConfig struct {
 	// They live in the config entry so that switching to the new key and
 	// remembering the old one is a single atomic write.
 	RetiredKeys []retiredAdminKey `json:"retired_keys,omitempty"`
+	// Deleting: a delete of this config began (it may have deleted the admin
+	// key the engine created) and did not finish; only a retry may go on.
+	Deleting bool `json:"deleting,omitempty"`
+}
+
+// errDeleting says what to do about a config whose delete did not finish.
+func errDeleting(env string) error {
+	return fmt.Errorf("config %q is being deleted (a delete failed part way, and its admin key may already be gone): run `vault delete heron/config/%s` again to finish", env, env)
 }
 
 // retiredAdminKey is an admin key replaced by rotation (ids only, never the token).

@@ -1279,6 +1279,10 @@ func (m *model) finish() {
 	// Every write-ahead record's window has closed by now (a late key
 	// could appear for 5 minutes of real time; the model does not wait).
 	m.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
+	if m.deleting {
+		// The operator does what the failed delete's error says: retry it.
+		m.actConfigDelete()
+	}
 	m.settle()
 
 	for _, l := range m.leases {

@@ -252,6 +252,9 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	if err != nil {
 		return nil, err
 	}
+	if cfg != nil && cfg.Deleting {
+		return logical.ErrorResponse(errDeleting(env).Error()), nil
+	}
 	if cfg == nil {
 		if req.Operation == logical.UpdateOperation {
 			// Update on a missing entry only happens without an existence check
@@ -440,15 +443,25 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return logical.ErrorResponse(msg), nil
 	}
 
+	cfg, err := getConfig(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	// The purge below deletes an admin key the engine created, the key this
+	// config holds: from here on the config is being deleted, and nothing
+	// may use or rewrite it until a retry finishes the delete.
+	if cfg != nil && !cfg.Deleting && cfg.AdminKeyByEngine {
+		cfg.Deleting = true
+		if err := putConfig(ctx, req.Storage, cfg); err != nil {
+			return nil, err
+		}
+		b.resetClient(env)
+	}
+
 	// Keys waiting out their retention could never be deleted once the admin
 	// key is gone: delete them now rather than leave them in Heron.
 	if err := b.purgeEnvironment(ctx, req.Storage, env); err != nil {
 		return nil, upstreamError(fmt.Sprintf("deleting the retained keys of config %q before deleting it", env), err)
-	}
-
-	cfg, err := getConfig(ctx, req.Storage, env)
-	if err != nil {
-		return nil, err
 	}
 	var warnings []string
 	if cfg != nil && cfg.RotationManaged {
