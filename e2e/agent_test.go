@@ -28,19 +28,10 @@ func TestVaultAgentTemplate(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	policy := filepath.Join(dir, "policy.hcl")
-	if err := os.WriteFile(policy, []byte(`path "heron/creds/agent" { capabilities = ["read"] }`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v.run("policy", "write", "heron-agent", policy)
-	var tok struct {
-		Auth struct {
-			ClientToken string `json:"client_token"`
-		} `json:"auth"`
-	}
-	v.runJSON(&tok, "token", "create", "-format=json", "-policy=heron-agent", "-ttl=1h")
+	tok := v.tokenWithPolicy("heron-agent", filepath.Join(dir, "policy.hcl"),
+		`path "heron/creds/agent" { capabilities = ["read"] }`)
 	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(tok.Auth.ClientToken), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

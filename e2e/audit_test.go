@@ -29,7 +29,7 @@ func TestAuditLog(t *testing.T) {
 	v.run("read", "heron/config/development")
 	v.run("read", "heron/config/production")
 	v.writeRole("app", "environment=development", "ttl=1h")
-	first := v.readCreds("", "app")
+	first := v.mustIssue("", "app")
 	v.run("list", "heron/keys")
 	v.run("read", "heron/keys/"+first.Data.KeyID)
 	v.renew(first.LeaseID)
@@ -70,7 +70,7 @@ func TestAuditLog(t *testing.T) {
 		"-audit-non-hmac-response-keys=key_name",
 		"-audit-non-hmac-response-keys=token_prefix",
 		"heron/")
-	second := v.readCreds("", "app")
+	second := v.mustIssue("", "app")
 	// Audit entries are written before the response, but give the file sink a
 	// moment in case it buffers.
 	eventually(t, 5*time.Second, "the second issuance in the audit log", func() error {

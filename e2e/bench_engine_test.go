@@ -5,15 +5,12 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,33 +64,7 @@ func BenchmarkEngine(b *testing.B) {
 	if !ok || res == nil {
 		b.Fatal("the engine benchmark failed; see the log above")
 	}
-	for _, l := range res.latency {
-		if l.wan == 0 {
-			b.ReportMetric(l.ratio(), fmt.Sprintf("ratio_c%d", l.conc))
-		}
-	}
-	b.ReportMetric(res.mass.ratio(), "revoke_ratio")
-	b.ReportMetric(res.rss.listHWM/(1<<20), "plugin_MiB")
-
-	env := benchMachine()
-	goBench := ""
-	if p := os.Getenv("HERON_BENCH_GO_RESULTS"); p != "" {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			b.Fatalf("HERON_BENCH_GO_RESULTS: %v", err)
-		}
-		goBench = benchGoLines(string(raw))
-	}
-	report := res.markdown(env, goBench)
-	fmt.Println()
-	fmt.Print(report)
-	if os.Getenv("HERON_BENCH_WRITE") == "1" {
-		path := filepath.Join(repoRoot, "BENCHMARKS.md")
-		if err := benchWriteReport(path, report); err != nil {
-			b.Fatal(err)
-		}
-		fmt.Printf("\nwrote %s\n", path)
-	}
+	benchReport(b, res)
 }
 
 // benchEngineConfig holds the sizes of one run.
@@ -176,7 +147,10 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 	t.Logf("sizes: %d leases revoked at %d/min, %d live leases, %d latency samples", cfg.leases, cfg.budget, cfg.live, cfg.samples)
 
 	e := startEmulator(t)
-	v := startBenchVault(t)
+	// Log level info: the suite logs at debug to explain failures, but
+	// per-request debug lines (the plugin's included, forwarded over its
+	// stderr) are not what a production Vault pays.
+	v := startDevVaultAt(t, "info")
 	v.configure("development", e.devKey, e.URL, fmt.Sprintf("rate_limit_per_minute=%d", benchFastBudget))
 	for _, r := range []string{"count", "lat", "bulk", "live"} {
 		v.writeRole(r, "environment=development", "ttl=1h")
@@ -184,7 +158,7 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 	v.writeRole("expiry", "environment=development", "ttl=2s")
 	h := newBenchHTTP(v, e)
 
-	res.counts = benchMeasureCounts(t, v, e, h)
+	res.counts = benchMeasureCounts(t, v, e)
 	t.Logf("requests per issue %.2f, expiry %.2f, revoke %.2f, renew %.2f", res.counts.issue, res.counts.expiry, res.counts.revoke, res.counts.renew)
 
 	res.latency = benchMeasureLatency(t, v, e, h, cfg.samples, cfg.wan)
@@ -192,11 +166,11 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 		t.Logf("c=%d upstream+%s: creds p50 %s, kv p50 %s, raw POST p50 %s, ratio %.2f", l.conc, l.wan, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio())
 	}
 
-	res.mass = benchMeasureMassRevoke(t, v, e, h, cfg.leases, cfg.budget)
+	res.mass = benchMeasureMassRevoke(t, v, e, cfg.leases, cfg.budget)
 	t.Logf("mass revocation: %d leases in %s at %d/min (floor %s): ratio %.3f, irrevocable %d",
 		res.mass.n, res.mass.wall.Round(time.Millisecond), res.mass.budget, res.mass.floor(), res.mass.ratio(), res.mass.irrevocable)
 
-	res.rss = benchMeasureRSS(t, v, e, h, cfg.live)
+	res.rss = benchMeasureRSS(t, v, e, cfg.live)
 	t.Logf("plugin VmHWM %.1f MiB with %d live leases", res.rss.listHWM/(1<<20), res.rss.live)
 
 	res.runLength = time.Since(res.started)
@@ -208,25 +182,6 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 	return res
 }
 
-// startBenchVault is startDevVault at log level info: the suite logs at debug
-// to explain failures, but per-request debug lines (the plugin's included,
-// forwarded over its stderr) are not what a production Vault pays.
-func startBenchVault(t *testing.T) *vault {
-	t.Helper()
-	v := newVault(t)
-	v.token = rootToken
-	v.proc = startProc(t, "vault", v.logPath, baseEnv(v.home), vaultBin,
-		"server", "-dev",
-		"-dev-root-token-id="+rootToken,
-		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port),
-		"-dev-plugin-dir="+pluginDir,
-		"-log-level=info")
-	v.waitHealth(http.StatusOK)
-	v.initAPI()
-	v.enableHeron()
-	return v
-}
-
 // ---------------------------------------------------------------------------
 // 1. Upstream requests per operation
 
@@ -236,15 +191,15 @@ type benchCounts struct {
 	issueDetail, expiryDetail, revokeDetail, renewDetail string
 }
 
-func benchMeasureCounts(t *testing.T, v *vault, e *emulator, h *benchHTTP) benchCounts {
+func benchMeasureCounts(t *testing.T, v *vault, e *emulator) benchCounts {
 	t.Helper()
 	var c benchCounts
 	const n = benchCountSamples
 
 	from := time.Now()
-	leases := make([]benchLease, n)
+	leases := make([]lease, n)
 	for i := range leases {
-		l, err := h.creds("count")
+		l, err := v.issue("", "count")
 		if err != nil {
 			t.Fatalf("issuing count lease %d: %v", i, err)
 		}
@@ -255,8 +210,8 @@ func benchMeasureCounts(t *testing.T, v *vault, e *emulator, h *benchHTTP) bench
 
 	from = time.Now()
 	for _, l := range leases {
-		if _, err := v.api.Sys().Renew(l.leaseID, 0); err != nil {
-			t.Fatalf("renewing %s: %v", l.leaseID, err)
+		if _, err := v.api.Sys().Renew(l.LeaseID, 0); err != nil {
+			t.Fatalf("renewing %s: %v", l.LeaseID, err)
 		}
 	}
 	reqs = benchEngineReqs(e, from, time.Now())
@@ -264,17 +219,17 @@ func benchMeasureCounts(t *testing.T, v *vault, e *emulator, h *benchHTTP) bench
 
 	from = time.Now()
 	for _, l := range leases {
-		if _, err := v.api.Logical().Write("sys/leases/revoke", map[string]any{"lease_id": l.leaseID, "sync": true}); err != nil {
-			t.Fatalf("revoking %s: %v", l.leaseID, err)
+		if _, err := v.api.Logical().Write("sys/leases/revoke", map[string]any{"lease_id": l.LeaseID, "sync": true}); err != nil {
+			t.Fatalf("revoking %s: %v", l.LeaseID, err)
 		}
 	}
-	benchWaitDeleted(t, e, benchKeyIDs(leases), time.Minute)
+	benchWaitDeleted(t, e, keyIDs(leases), time.Minute)
 	reqs = benchEngineReqs(e, from, time.Now())
 	c.revoke, c.revokeDetail = float64(len(reqs))/n, benchDescribeReqs(reqs)
 
-	short := make([]benchLease, benchExpirySamples)
+	short := make([]lease, benchExpirySamples)
 	for i := range short {
-		l, err := h.creds("expiry")
+		l, err := v.issue("", "expiry")
 		if err != nil {
 			t.Fatalf("issuing expiry lease %d: %v", i, err)
 		}
@@ -282,7 +237,7 @@ func benchMeasureCounts(t *testing.T, v *vault, e *emulator, h *benchHTTP) bench
 	}
 	from = time.Now()
 	for _, l := range short {
-		e.waitState(t, l.keyID, stateDeactivated, time.Minute)
+		e.waitState(t, l.Data.KeyID, stateDeactivated, time.Minute)
 	}
 	// Anything the engine would send after deactivating (it must not) gets
 	// time to show up.
@@ -309,7 +264,7 @@ type benchLatency struct {
 	conc                                  int
 	wan                                   time.Duration // latency added to every upstream answer
 	creds, kv, raw, roleRead, tokenCreate benchStats
-	credsLeases                           []benchLease
+	credsLeases                           []lease
 	rawKeys                               []string
 }
 
@@ -360,10 +315,10 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			op   func() error
 		}{
 			{"creds", &l.creds, func() error {
-				lease, err := h.creds("lat")
+				c, err := v.issue("", "lat")
 				if err == nil {
 					mu.Lock()
-					l.credsLeases = append(l.credsLeases, lease)
+					l.credsLeases = append(l.credsLeases, c)
 					mu.Unlock()
 				}
 				return err
@@ -412,7 +367,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 	// are deleted straight in Heron. Neither is part of the figures.
 	v.run("lease", "revoke", "-prefix", "heron/creds/lat/")
 	for _, l := range out {
-		benchWaitDeleted(t, e, benchKeyIDs(l.credsLeases), 5*time.Minute)
+		benchWaitDeleted(t, e, keyIDs(l.credsLeases), 5*time.Minute)
 		for _, id := range l.rawKeys {
 			if err := h.rawDelete(id); err != nil {
 				t.Fatalf("deleting raw key %s: %v", id, err)
@@ -531,14 +486,14 @@ func (m benchMass) floor() time.Duration {
 
 func (m benchMass) ratio() float64 { return m.wall.Seconds() / m.floor().Seconds() }
 
-func benchMeasureMassRevoke(t *testing.T, v *vault, e *emulator, h *benchHTTP, n, budget int) benchMass {
+func benchMeasureMassRevoke(t *testing.T, v *vault, e *emulator, n, budget int) benchMass {
 	t.Helper()
 	m := benchMass{n: n, budget: budget}
 
 	from := time.Now()
-	leases, err := h.issueMany("bulk", n, benchIssueConcurrency)
-	if err != nil {
-		t.Fatalf("issuing %d bulk leases: %v", n, err)
+	leases, errs := issueMany(t, v, "bulk", n, benchIssueConcurrency)
+	if len(errs) > 0 {
+		t.Fatalf("issuing %d bulk leases: %v", n, errs[0])
 	}
 	m.issueWall = time.Since(from)
 	reqs := benchEngineReqs(e, from, time.Now())
@@ -554,18 +509,13 @@ func benchMeasureMassRevoke(t *testing.T, v *vault, e *emulator, h *benchHTTP, n
 	// a request of the budget being measured.
 	v.run("write", "heron/config/development", fmt.Sprintf("rate_limit_per_minute=%d", budget), "verify=false")
 
-	ids := benchKeyIDs(leases)
+	ids := keyIDs(leases)
 	t0 := time.Now()
 	v.run("lease", "revoke", "-prefix", "heron/creds/bulk/")
 	floor := m.floor()
 	last := benchWaitDeleted(t, e, ids, 3*floor+2*time.Minute)
 	m.wall = last.Sub(t0)
-	eventually(t, 5*time.Minute, "Vault dropping the revoked leases", func() error {
-		if ls := v.leasesUnder("heron/creds/bulk/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
-	})
+	eventually(t, 5*time.Minute, "Vault dropping the revoked leases", func() error { return v.leasesLeft("heron/creds/bulk/") })
 	m.leasesGone = time.Since(t0)
 	m.irrevocable = v.irrevocableLeases()
 
@@ -613,7 +563,7 @@ type benchRSS struct {
 	listWall                              time.Duration
 }
 
-func benchMeasureRSS(t *testing.T, v *vault, e *emulator, h *benchHTTP, live int) benchRSS {
+func benchMeasureRSS(t *testing.T, v *vault, e *emulator, live int) benchRSS {
 	t.Helper()
 	r := benchRSS{live: live}
 	old := v.pluginPIDs(t)
@@ -625,7 +575,7 @@ func benchMeasureRSS(t *testing.T, v *vault, e *emulator, h *benchHTTP, live int
 	// A fresh plugin process, so that the high-water mark is that of holding
 	// the live leases, not of the earlier measurements.
 	v.run("plugin", "reload", "-plugin="+pluginName, "-type=secret")
-	first, err := h.creds("live") // also starts the new process if Vault is lazy
+	first, err := v.issue("", "live") // also starts the new process if Vault is lazy
 	if err != nil {
 		t.Fatalf("issuing after the reload: %v", err)
 	}
@@ -641,9 +591,9 @@ func benchMeasureRSS(t *testing.T, v *vault, e *emulator, h *benchHTTP, live int
 	r.freshRSS = benchProcStatus(t, r.pid, "VmRSS")
 
 	from := time.Now()
-	leases, err := h.issueMany("live", live-1, benchIssueConcurrency)
-	if err != nil {
-		t.Fatalf("issuing %d live leases: %v", live, err)
+	leases, errs := issueMany(t, v, "live", live-1, benchIssueConcurrency)
+	if len(errs) > 0 {
+		t.Fatalf("issuing %d live leases: %v", live, errs[0])
 	}
 	r.issueWall = time.Since(from)
 	// The cleanup pass Vault runs every minute lists every tracked key id and
@@ -671,15 +621,10 @@ func benchMeasureRSS(t *testing.T, v *vault, e *emulator, h *benchHTTP, live int
 	// Leave Heron as we found it, the way a user would: revoke them all.
 	t0 = time.Now()
 	v.run("lease", "revoke", "-prefix", "heron/creds/live/")
-	ids := append(benchKeyIDs(leases), first.keyID)
+	ids := append(keyIDs(leases), first.Data.KeyID)
 	benchWaitDeleted(t, e, ids, 10*time.Minute)
 	r.revokeWall = time.Since(t0)
-	eventually(t, 5*time.Minute, "Vault dropping the live leases", func() error {
-		if ls := v.leasesUnder("heron/creds/live/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
-	})
+	eventually(t, 5*time.Minute, "Vault dropping the live leases", func() error { return v.leasesLeft("heron/creds/live/") })
 	r.irrevocableAfterCleanup = v.irrevocableLeases()
 	return r
 }
@@ -718,16 +663,15 @@ type benchHTTP struct {
 	admin string
 }
 
+// newBenchHTTP shares v.http, the client of v.issue, so that creds/<role>
+// and every request it is compared with go over the same keep-alive pool.
 func newBenchHTTP(v *vault, e *emulator) *benchHTTP {
-	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 128, IdleConnTimeout: time.Minute}
 	return &benchHTTP{
-		c:     &http.Client{Transport: tr, Timeout: 2 * time.Minute},
+		c:     v.http,
 		vault: v.addr, token: v.token,
 		heron: e.URL, admin: e.devKey,
 	}
 }
-
-type benchLease struct{ leaseID, keyID string }
 
 func (h *benchHTTP) do(req *http.Request, want int, out any) error {
 	resp, err := h.c.Do(req)
@@ -764,41 +708,6 @@ func (h *benchHTTP) tokenCreate() error {
 	}
 	req.Header.Set("X-Vault-Token", h.token)
 	return h.do(req, http.StatusOK, nil)
-}
-
-func (h *benchHTTP) creds(role string) (benchLease, error) {
-	req, err := http.NewRequest(http.MethodGet, h.vault+"/v1/heron/creds/"+role, nil)
-	if err != nil {
-		return benchLease{}, err
-	}
-	req.Header.Set("X-Vault-Token", h.token)
-	var out struct {
-		LeaseID string `json:"lease_id"`
-		Data    struct {
-			APIKey string `json:"api_key"`
-			KeyID  string `json:"key_id"`
-		} `json:"data"`
-	}
-	if err := h.do(req, http.StatusOK, &out); err != nil {
-		return benchLease{}, err
-	}
-	if out.LeaseID == "" || out.Data.KeyID == "" || out.Data.APIKey == "" {
-		return benchLease{}, errors.New("creds: answer without lease_id, key_id or api_key")
-	}
-	return benchLease{leaseID: out.LeaseID, keyID: out.Data.KeyID}, nil
-}
-
-func (h *benchHTTP) issueMany(role string, n, conc int) ([]benchLease, error) {
-	leases := make([]benchLease, n)
-	var i atomic.Int64
-	_, _, err := benchRun(n, conc, func() error {
-		l, err := h.creds(role)
-		if err == nil {
-			leases[i.Add(1)-1] = l
-		}
-		return err
-	})
-	return leases, err
 }
 
 // rawCreate is what a program holding an admin key would do without Vault.
@@ -842,14 +751,6 @@ func (h *benchHTTP) rawDelete(id string) error {
 
 // ---------------------------------------------------------------------------
 // Emulator bookkeeping
-
-func benchKeyIDs(leases []benchLease) []string {
-	ids := make([]string, len(leases))
-	for i, l := range leases {
-		ids[i] = l.keyID
-	}
-	return ids
-}
 
 // benchWaitDeleted waits until Heron has deleted every key in ids and
 // returns when the last of them was deleted (the emulator's clock).
@@ -918,206 +819,4 @@ func benchDescribeReqs(reqs []herontest.RequestRecord) string {
 	}
 	slices.Sort(parts)
 	return strings.Join(parts, ", ")
-}
-
-// ---------------------------------------------------------------------------
-// Report
-
-// benchEnv describes the machine and the software of a run.
-type benchEnv struct {
-	cpu, mem, kernel, vault, goVersion string
-	ncpu                               int
-}
-
-func benchMachine() benchEnv {
-	env := benchEnv{ncpu: runtime.NumCPU(), goVersion: runtime.Version()}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				env.cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-				env.mem = fmt.Sprintf("%.1f GiB", kb/(1<<20))
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		env.kernel = "Linux " + strings.TrimSpace(string(b))
-	}
-	if out, err := exec.Command(vaultBin, "version").Output(); err == nil {
-		// A Vault built without release ldflags (make vault) prints the
-		// current time as its build date: not worth recording.
-		v := strings.TrimSpace(string(out))
-		if i, j := strings.Index(v, ", built "), strings.LastIndex(v, " ("); i > 0 && j > i {
-			v = v[:i] + v[j:]
-		}
-		env.vault = v
-	}
-	return env
-}
-
-func benchLoadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// benchGoLines keeps the result lines of `go test -bench` output.
-func benchGoLines(out string) string {
-	var keep []string
-	for line := range strings.SplitSeq(out, "\n") {
-		line = strings.TrimRight(line, " \r")
-		for _, p := range []string{"goos:", "goarch:", "pkg:", "cpu:", "Benchmark"} {
-			if strings.HasPrefix(line, p) {
-				keep = append(keep, line)
-				break
-			}
-		}
-	}
-	return strings.Join(keep, "\n")
-}
-
-func benchMs(d time.Duration) string {
-	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-}
-
-func benchMiB(b float64) string { return fmt.Sprintf("%.1f MiB", b/(1<<20)) }
-
-func benchWithin(ok bool) string {
-	if ok {
-		return "within"
-	}
-	return "**over budget**"
-}
-
-func benchVerdict(met bool) string {
-	if met {
-		return "met"
-	}
-	return "**missed**"
-}
-
-// Goals from the issue.
-const (
-	benchGoalRatio       = 1.2
-	benchGoalRevokeRatio = 1.15
-	benchGoalRSS         = 64 << 20
-)
-
-func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
-	var w strings.Builder
-	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
-	c := r.counts
-	countsMet := c.issue == 1 && c.expiry == 1 && c.revoke == 1 && c.renew == 0
-
-	p("Run of %s UTC, %.1f minutes. Machine: %s, %d CPUs, %s RAM, %s; load average before the run %s.\n",
-		r.started.UTC().Format("2006-01-02 15:04"), r.runLength.Minutes(), env.cpu, env.ncpu, env.mem, env.kernel, r.loadavg)
-	p("%s (dev server, in-memory storage, log level info); %s; emulator in the benchmark process, on 127.0.0.1.\n", env.vault, env.goVersion)
-	p("Sizes: %d leases revoked at B = %d/min, %d live leases, %d latency samples per setting.\n\n",
-		r.cfg.leases, r.cfg.budget, r.cfg.live, r.cfg.samples)
-
-	p("| # | measurement | result | goal | |\n|---|---|---|---|---|\n")
-	p("| 1 | upstream requests per issue / expiry / revoke / renew | %.2f / %.2f / %.2f / %.2f | 1 / 1 / 1 / 0 | %s |\n",
-		c.issue, c.expiry, c.revoke, c.renew, benchVerdict(countsMet))
-	for _, l := range r.latency {
-		if l.wan > 0 {
-			continue
-		}
-		p("| 2 | `creds/<role>` p50 / p99, %d client(s) | %s / %s | | |\n", l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99))
-		p("| 2 | KV v2 read p50 / p99, %d client(s) | %s / %s | | |\n", l.conc, benchMs(l.kv.p50), benchMs(l.kv.p99))
-		p("| 2 | raw POST to Heron p50 / p99, %d client(s) | %s / %s | | |\n", l.conc, benchMs(l.raw.p50), benchMs(l.raw.p99))
-		p("| 2 | creds_p50 / (kv_p50 + raw_post_p50), %d client(s) | %.2f | <= %.1f | %s |\n",
-			l.conc, l.ratio(), benchGoalRatio, benchVerdict(l.ratio() <= benchGoalRatio))
-	}
-	for _, l := range r.latency {
-		if l.wan == 0 {
-			continue
-		}
-		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | (not the goal's setting) | |\n",
-			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio())
-	}
-	m := r.mass
-	p("| 3 | revoke -prefix of %d leases at B = %d/min: wall / (%d / B) | %.1f s / %.1f s = %.3f, %d irrevocable | <= %.2f, 0 irrevocable | %s |\n",
-		m.n, m.budget, m.n, m.wall.Seconds(), m.floor().Seconds(), m.ratio(), m.irrevocable, benchGoalRevokeRatio,
-		benchVerdict(m.ratio() <= benchGoalRevokeRatio && m.irrevocable == 0))
-	p("| 4 | plugin VmHWM with %d live leases | %s | <= 64 MiB | %s |\n",
-		r.rss.live, benchMiB(r.rss.listHWM), benchVerdict(r.rss.listHWM <= benchGoalRSS))
-
-	p("\nDetails\n\n")
-	p("- 1. Issue: %s (over %d issues). Renew: %s. Revoke: %s. Expiry: %s (over %d leases of 2 s). "+
-		"Not per lease but per minute and environment: the periodic cleanup pass sent %d requests (`(background)` User-Agent) over the %.1f minutes of the run.\n",
-		c.issueDetail, benchCountSamples, c.renewDetail, c.revokeDetail, c.expiryDetail, benchExpirySamples, r.bgTotal, r.runLength.Minutes())
-	p("- 2. Latency, every kind over plain net/http with keep-alive, after a warm-up; throughput is operations per second over each setting:\n\n")
-	p("  | clients | upstream delay | kind | n | p50 | p99 | mean | ops/s | CPU per op: Vault / plugin / emulator+client |\n  |---|---|---|---|---|---|---|---|---|\n")
-	for _, l := range r.latency {
-		for _, k := range []struct {
-			name string
-			s    benchStats
-		}{
-			{"creds/<role>", l.creds},
-			{"KV v2 read", l.kv},
-			{"raw POST to Heron", l.raw},
-			{"roles/<name> read (plugin round trip, one storage read, no upstream call)", l.roleRead},
-			{"auth/token/create (Vault's own leased credential, no plugin)", l.tokenCreate},
-		} {
-			if k.s.n == 0 {
-				continue
-			}
-			p("  | %d | %s | %s | %d | %s | %s | %s | %.0f | %s / %s / %s |\n", l.conc, l.wan, k.name, k.s.n, benchMs(k.s.p50), benchMs(k.s.p99), benchMs(k.s.mean), k.s.throughput,
-				benchMs(k.s.cpuVault), benchMs(k.s.cpuPlugin), benchMs(k.s.cpuSelf))
-		}
-	}
-	p("\n- 3. Issuing the %d leases (16 clients, budget %d/min) took %s: %.2f POST and %.2f requests in all per lease. "+
-		"The revocation sent %d DELETEs (other requests: %s); at most %d engine requests fell in any 60 s window (budget %d, +1 tolerated: %s). "+
-		"Vault held no lease under the prefix %.1f s after the command.\n",
-		m.n, benchFastBudget, m.issueWall.Round(100*time.Millisecond), m.postsPerKey, m.issueReqsPer,
-		m.deletes, m.other, m.maxInMinute, m.budget, benchWithin(m.maxInMinute <= m.budget+1), m.leasesGone.Seconds())
-	s := r.rss
-	p("- 4. A fresh plugin process (`vault plugin reload`; VmRSS %s after its first issuance) issued %d leases in %s (16 clients), then ran `tidy` (the periodic pass: lists tracked key ids, reads retained ones, lists Heron's keys): "+
-		"VmHWM %s, VmRSS %s; that pass took %s (CPU: Vault %s, plugin %s). After a `LIST heron/keys/` of all of them (%s): VmHWM %s. "+
-		"The plugin's VmHWM over the earlier measurements was %s. Vault itself: VmRSS %s before, %s with the leases (VmHWM %s). "+
-		"Revoking them all at %d/min took %s, %d irrevocable.\n",
-		benchMiB(s.freshRSS), s.live, s.issueWall.Round(100*time.Millisecond), benchMiB(s.pluginHWM), benchMiB(s.pluginRSS),
-		s.tidyWall.Round(time.Millisecond), s.tidyCPUVault.Round(time.Millisecond), s.tidyCPUPlugin.Round(time.Millisecond),
-		s.listWall.Round(time.Millisecond), benchMiB(s.listHWM), benchMiB(s.runHWM),
-		benchMiB(s.vaultRSSBefore), benchMiB(s.vaultRSS), benchMiB(s.vaultHWM), benchFastBudget, s.revokeWall.Round(100*time.Millisecond), s.irrevocableAfterCleanup)
-	if goBench != "" {
-		p("- 5. `go test -run '^$' -bench . -benchmem ./heronapi/ .`:\n\n```\n%s\n```\n", goBench)
-	}
-	return w.String()
-}
-
-const (
-	benchMarkBegin = "<!-- BEGIN make bench: generated by BenchmarkEngine (e2e/bench_engine_test.go), do not edit by hand -->"
-	benchMarkEnd   = "<!-- END make bench -->"
-)
-
-// benchWriteReport puts report between the markers of path, keeping the text
-// around them; a missing file (or one without markers) gets a skeleton.
-func benchWriteReport(path, report string) error {
-	block := benchMarkBegin + "\n" + report + benchMarkEnd
-	old, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	s := string(old)
-	i, j := strings.Index(s, benchMarkBegin), strings.Index(s, benchMarkEnd)
-	if i >= 0 && j > i {
-		s = s[:i] + block + s[j+len(benchMarkEnd):]
-	} else {
-		s = "# Benchmarks\n\nReproduce with `make bench`.\n\n" + block + "\n"
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -25,7 +24,7 @@ func TestCredsRead(t *testing.T) {
 		{"app-dev", "development"},
 		{"app-prod", "production"},
 	} {
-		c := v.readCreds("", tc.role)
+		c := v.mustIssue("", tc.role)
 		e.requireWorks(t, c.Data.APIKey)
 
 		k, ok := e.KeyByToken(c.Data.APIKey)
@@ -76,7 +75,7 @@ func TestLeaseExpiryDeactivatesThenTidyDeletes(t *testing.T) {
 	v.configureBoth(e)
 	v.writeRole("short", "environment=development", "ttl=3s", fmt.Sprintf("expired_key_retention=%ds", int(retention.Seconds())))
 
-	c := v.readCreds("", "short")
+	c := v.mustIssue("", "short")
 	if c.LeaseDuration != 3 {
 		t.Fatalf("lease_duration = %d, want 3", c.LeaseDuration)
 	}
@@ -136,7 +135,7 @@ func TestLeaseRevoke(t *testing.T) {
 	v.writeRole("one", "environment=development", "ttl=1h")
 	v.writeRole("bulk", "environment=development", "ttl=1h")
 
-	c := v.readCreds("", "one")
+	c := v.mustIssue("", "one")
 	e.requireWorks(t, c.Data.APIKey)
 	v.run("lease", "revoke", c.LeaseID)
 	e.waitState(t, c.Data.KeyID, stateDeleted, 20*time.Second)
@@ -145,59 +144,19 @@ func TestLeaseRevoke(t *testing.T) {
 		t.Errorf("revoked key was deactivated %d times; revocation should delete, not deactivate", n)
 	}
 
-	// Issuing 200 through the CLI would cost a process each; the API is the
-	// same request and keeps this setup quick.
-	ids := make([]string, bulk)
-	errs := make([]error, bulk)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i := range bulk {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			s, err := v.api.Logical().Read("heron/creds/bulk")
-			switch {
-			case err != nil:
-				errs[i] = err
-			case s == nil || s.LeaseID == "":
-				errs[i] = fmt.Errorf("no lease in %+v", s)
-			default:
-				ids[i], _ = s.Data["key_id"].(string)
-			}
-		}()
+	leases, errs := issueMany(t, v, "bulk", bulk, 8)
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d bulk issuances failed, first: %v", len(errs), bulk, errs[0])
 	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("issuing bulk lease %d: %v", i, err)
-		}
-	}
+	ids := keyIDs(leases)
 	if n := len(v.leasesUnder("heron/creds/bulk/")); n != bulk {
 		t.Fatalf("Vault lists %d leases under heron/creds/bulk/, want %d", n, bulk)
 	}
 
 	v.run("lease", "revoke", "-prefix", "heron/creds/bulk")
 
-	eventually(t, 60*time.Second, "revoke -prefix deleting every key", func() error {
-		left := 0
-		for _, id := range ids {
-			if stateOf(e.key(t, id)) != stateDeleted {
-				left++
-			}
-		}
-		if left > 0 {
-			return fmt.Errorf("%d of %d keys not deleted", left, bulk)
-		}
-		return nil
-	})
-	eventually(t, 30*time.Second, "Vault dropping the revoked leases", func() error {
-		if ls := v.leasesUnder("heron/creds/bulk/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
-	})
+	eventually(t, 60*time.Second, "revoke -prefix deleting every key", func() error { return e.keysLeft(t, ids) })
+	eventually(t, 30*time.Second, "Vault dropping the revoked leases", func() error { return v.leasesLeft("heron/creds/bulk/") })
 	if n := v.irrevocableLeases(); n != 0 {
 		t.Errorf("%d irrevocable leases, want 0", n)
 	}

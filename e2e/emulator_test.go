@@ -21,8 +21,18 @@ type emulator struct {
 
 func startEmulator(t *testing.T) *emulator {
 	t.Helper()
+	e, opts := newEmulator()
+	e.Server = herontest.NewServer(opts)
+	t.Cleanup(e.Close)
+	e.dumpOnFailure(t)
+	return e
+}
+
+// newEmulator returns an emulator with fresh admin keys and the options of
+// the server to seed them with; the caller builds the server.
+func newEmulator() (*emulator, herontest.Options) {
 	e := &emulator{devKey: herontest.NewKeyToken(), prodKey: herontest.NewKeyToken()}
-	e.Server = herontest.NewServer(herontest.Options{
+	return e, herontest.Options{
 		Environments: map[string][]string{
 			"development": {e.devKey},
 			"production":  {e.prodKey},
@@ -30,14 +40,17 @@ func startEmulator(t *testing.T) *emulator {
 		// Heron's real limit is the engine's business, tested elsewhere; here it
 		// would only make timing-sensitive tests flaky.
 		RateLimitPerMinute: -1,
-	})
-	t.Cleanup(e.Close)
+	}
+}
+
+// dumpOnFailure has e dumped if t fails, by a cleanup that runs before the
+// ones registered earlier.
+func (e *emulator) dumpOnFailure(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			e.dump(t)
 		}
 	})
-	return e
 }
 
 // dump logs the tail of what the emulator saw, to explain a failure.
@@ -148,6 +161,22 @@ func (e *emulator) waitState(t *testing.T, id string, want keyState, timeout tim
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// keysLeft is nil once Heron has deleted every key in ids, else an error
+// that counts the others, for eventually.
+func (e *emulator) keysLeft(t *testing.T, ids []string) error {
+	t.Helper()
+	left := 0
+	for _, id := range ids {
+		if stateOf(e.key(t, id)) != stateDeleted {
+			left++
+		}
+	}
+	if left > 0 {
+		return fmt.Errorf("%d of %d keys not deleted", left, len(ids))
+	}
+	return nil
 }
 
 // requireDeactivatedNotDeleted checks the outcome of a lease that ran out: the

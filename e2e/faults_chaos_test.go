@@ -39,7 +39,7 @@ func TestFaultsIssuanceUnderRandomFaults(t *testing.T) {
 	t.Logf("fault seed %d (the goroutines' interleaving still varies between runs)", seed)
 	e.SetFaults(herontest.Faults{ErrorRate: 0.15, DropAfterPOSTRate: 0.15, Seed: seed})
 	start := time.Now()
-	leases, errs := faultIssueMany(t, v, "chaos", issuances, workers)
+	leases, errs := issueMany(t, v, "chaos", issuances, workers)
 	e.ResetFaults()
 	t.Logf("%d issuances in %s: %d leases, %d failures", issuances, time.Since(start).Round(time.Millisecond), len(leases), len(errs))
 
@@ -74,22 +74,22 @@ func TestFaultsIssuanceUnderRandomFaults(t *testing.T) {
 	}
 	seenID, seenName := map[string]bool{}, map[string]bool{}
 	for _, l := range leases {
-		if seenID[l.KeyID] || seenName[l.KeyName] {
-			t.Errorf("lease %s: key %s (%q) was returned by another lease too", l.LeaseID, l.KeyID, l.KeyName)
+		if seenID[l.Data.KeyID] || seenName[l.Data.KeyName] {
+			t.Errorf("lease %s: key %s (%q) was returned by another lease too", l.LeaseID, l.Data.KeyID, l.Data.KeyName)
 		}
-		seenID[l.KeyID], seenName[l.KeyName] = true, true
-		live := byName[l.KeyName]
-		if len(live) != 1 || live[0].ID != l.KeyID {
+		seenID[l.Data.KeyID], seenName[l.Data.KeyName] = true, true
+		live := byName[l.Data.KeyName]
+		if len(live) != 1 || live[0].ID != l.Data.KeyID {
 			ids := make([]string, len(live))
 			for i, k := range live {
 				ids[i] = k.ID
 			}
 			t.Errorf("lease %s: %d live keys named %q (%s), want exactly the returned key %s",
-				l.LeaseID, len(live), l.KeyName, strings.Join(ids, ", "), l.KeyID)
+				l.LeaseID, len(live), l.Data.KeyName, strings.Join(ids, ", "), l.Data.KeyID)
 			continue
 		}
-		if live[0].Token != l.APIKey || !live[0].IsActive {
-			t.Errorf("lease %s: api_key is not the token of key %s, or the key is inactive", l.LeaseID, l.KeyID)
+		if live[0].Token != l.Data.APIKey || !live[0].IsActive {
+			t.Errorf("lease %s: api_key is not the token of key %s, or the key is inactive", l.LeaseID, l.Data.KeyID)
 		}
 	}
 	if t.Failed() {
@@ -98,19 +98,10 @@ func TestFaultsIssuanceUnderRandomFaults(t *testing.T) {
 
 	v.run("lease", "revoke", "-prefix", "heron/creds/chaos")
 	eventually(t, 2*time.Minute, "revoke -prefix deleting every leased key", func() error {
-		left := 0
-		for _, l := range leases {
-			if stateOf(e.key(t, l.KeyID)) != stateDeleted {
-				left++
-			}
+		if err := e.keysLeft(t, keyIDs(leases)); err != nil {
+			return err
 		}
-		if left > 0 {
-			return fmt.Errorf("%d of %d leased keys not deleted", left, len(leases))
-		}
-		if ls := v.leasesUnder("heron/creds/chaos/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
+		return v.leasesLeft("heron/creds/chaos/")
 	})
 	// Keys of failed issuances are left to the write-ahead records, which
 	// tidy settles.

@@ -25,7 +25,7 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 	c := faultAPIClient(t, v)
 
 	var (
-		leases []faultLease
+		leases []lease
 		failed int // interrupted reads that failed
 		held   []heldCreate
 	)
@@ -38,7 +38,7 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 			return err
 		})
 		// A lease issued between crashes must survive the cleanup below.
-		l, err := faultReadCreds(c, "crash")
+		l, err := v.issue("", "crash")
 		if err != nil {
 			t.Fatalf("round %d: issuing with no fault injected: %v", i, err)
 		}
@@ -46,12 +46,12 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 
 		hold.arm(1)
 		type result struct {
-			l   faultLease
+			l   lease
 			err error
 		}
 		done := make(chan result, 1)
 		go func() {
-			l, err := faultReadCreds(c, "crash")
+			l, err := v.issue("", "crash")
 			done <- result{l, err}
 		}()
 
@@ -82,7 +82,7 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 		}
 		// A Vault that retries on a fresh plugin would answer with a lease
 		// for a new key; never with the one whose answer was lost.
-		if r.l.KeyName == h.Name || r.l.KeyID == h.ID {
+		if r.l.Data.KeyName == h.Name || r.l.Data.KeyID == h.ID {
 			t.Fatalf("round %d: the lease returned the key whose answer never reached the plugin (%s %q)", i, h.ID, h.Name)
 		}
 		leases = append(leases, r.l)
@@ -117,14 +117,14 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 	tracked := v.trackedKeys()
 	live := faultIssuedLive(e, "development")
 	for _, l := range leases {
-		if _, ok := tracked[l.KeyID]; !ok {
-			t.Errorf("lease %s: key %s is not tracked by the engine", l.LeaseID, l.KeyID)
+		if _, ok := tracked[l.Data.KeyID]; !ok {
+			t.Errorf("lease %s: key %s is not tracked by the engine", l.LeaseID, l.Data.KeyID)
 		}
-		if _, ok := live[l.KeyID]; !ok {
-			t.Errorf("lease %s: key %s is not live in Heron", l.LeaseID, l.KeyID)
+		if _, ok := live[l.Data.KeyID]; !ok {
+			t.Errorf("lease %s: key %s is not live in Heron", l.LeaseID, l.Data.KeyID)
 			continue
 		}
-		e.requireWorks(t, l.APIKey)
+		e.requireWorks(t, l.Data.APIKey)
 	}
 	if len(live) != len(leases) {
 		t.Errorf("%d live issued keys in Heron for %d leases", len(live), len(leases))
@@ -138,10 +138,7 @@ func TestFaultsPluginKilledMidIssuance(t *testing.T) {
 		if n := len(faultIssuedLive(e, "development")); n != 0 {
 			return fmt.Errorf("%d issued keys still live", n)
 		}
-		if ls := v.leasesUnder("heron/creds/crash/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
+		return v.leasesLeft("heron/creds/crash/")
 	})
 	if n := v.irrevocableLeases(); n != 0 {
 		t.Errorf("%d irrevocable leases, want 0", n)

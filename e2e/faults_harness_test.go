@@ -86,14 +86,8 @@ func faultCopyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
 // why it is built unstarted.
 func startFaultHoldingEmulator(t *testing.T) (*emulator, *createHold) {
 	t.Helper()
-	e := &emulator{devKey: herontest.NewKeyToken(), prodKey: herontest.NewKeyToken()}
-	e.Server = herontest.NewUnstartedServer(herontest.Options{
-		Environments: map[string][]string{
-			"development": {e.devKey},
-			"production":  {e.prodKey},
-		},
-		RateLimitPerMinute: -1,
-	})
+	e, opts := newEmulator()
+	e.Server = herontest.NewUnstartedServer(opts)
 	h := &createHold{held: make(chan heldCreate, 16), release: make(chan struct{})}
 	ts := httptest.NewServer(h.wrap(e.Server.Handler()))
 	e.URL = ts.URL
@@ -102,89 +96,19 @@ func startFaultHoldingEmulator(t *testing.T) (*emulator, *createHold) {
 	t.Cleanup(e.Close)
 	t.Cleanup(ts.Close)
 	t.Cleanup(h.unblock)
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dump(t)
-		}
-	})
+	e.dumpOnFailure(t)
 	return e, h
 }
 
-// faultAPIClient is a Vault API client that never retries: the default
-// client re-sends a request answered 5xx, which would hide the failures
-// these tests count and issue keys nobody asked for.
+// faultAPIClient is a Vault API client that never retries, to probe whether
+// the plugin serves again: the default client re-sends a request answered
+// 5xx, which would hide the failure the probe is looking for.
 func faultAPIClient(t *testing.T, v *vault) *vaultapi.Client {
 	t.Helper()
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = v.addr
-	cfg.MaxRetries = 0
-	cfg.Timeout = 3 * time.Minute
-	c, err := vaultapi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(v.token)
-	c.ClearNamespace()
-	return c
-}
-
-// faultLease is one issuance through Vault as the client saw it.
-type faultLease struct {
-	LeaseID string
-	KeyID   string
-	KeyName string
-	APIKey  string
-}
-
-// faultReadCreds reads creds/<role> once; safe to call from any goroutine.
-func faultReadCreds(c *vaultapi.Client, role string) (faultLease, error) {
-	s, err := c.Logical().Read("heron/creds/" + role)
-	if err != nil {
-		return faultLease{}, err
-	}
-	if s == nil {
-		return faultLease{}, fmt.Errorf("read heron/creds/%s: empty answer", role)
-	}
-	l := faultLease{LeaseID: s.LeaseID}
-	l.KeyID, _ = s.Data["key_id"].(string)
-	l.KeyName, _ = s.Data["key_name"].(string)
-	l.APIKey, _ = s.Data["api_key"].(string)
-	if l.LeaseID == "" || l.KeyID == "" || l.KeyName == "" || l.APIKey == "" {
-		return faultLease{}, fmt.Errorf("read heron/creds/%s: incomplete answer %v (lease %q)", role, s.Data, s.LeaseID)
-	}
-	return l, nil
-}
-
-// faultIssueMany issues n leases of role with `workers` concurrent clients
-// and returns the successes and the errors of the failures.
-func faultIssueMany(t *testing.T, v *vault, role string, n, workers int) ([]faultLease, []error) {
-	t.Helper()
-	c := faultAPIClient(t, v)
-	var (
-		mu   sync.Mutex
-		ok   []faultLease
-		errs []error
-		wg   sync.WaitGroup
-		next atomic.Int64
-	)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				l, err := faultReadCreds(c, role)
-				mu.Lock()
-				if err != nil {
-					errs = append(errs, err)
-				} else {
-					ok = append(ok, l)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return ok, errs
+	return v.newAPIClient(func(cfg *vaultapi.Config) {
+		cfg.MaxRetries = 0
+		cfg.Timeout = 3 * time.Minute
+	})
 }
 
 // faultIssuedLive returns the live keys of env that the engine created (the
@@ -201,14 +125,14 @@ func faultIssuedLive(e *emulator, env string) map[string]herontest.KeyRecord {
 
 // faultRequireNoUntracked fails unless every live key the engine created in
 // env is a key the engine tracks (keys/) or that a client holds a lease for.
-func faultRequireNoUntracked(t *testing.T, e *emulator, v *vault, env string, leases []faultLease) {
+func faultRequireNoUntracked(t *testing.T, e *emulator, v *vault, env string, leases []lease) {
 	t.Helper()
 	known := map[string]bool{}
 	for id := range v.trackedKeys() {
 		known[id] = true
 	}
 	for _, l := range leases {
-		known[l.KeyID] = true
+		known[l.Data.KeyID] = true
 	}
 	var orphans []string
 	for id, k := range faultIssuedLive(e, env) {

@@ -24,7 +24,7 @@ func TestFaultsMassRevokeBelowVaultsDeadline(t *testing.T) {
 	v := startDevVault(t)
 	v.configureBoth(e, "rate_limit_per_minute=100000")
 	v.writeRole("starved", "environment=development", "ttl=1h")
-	leases, errs := faultIssueMany(t, v, "starved", n, 8)
+	leases, errs := issueMany(t, v, "starved", n, 8)
 	if len(errs) > 0 {
 		t.Fatalf("%d of %d issuances failed, first: %v", len(errs), n, errs[0])
 	}
@@ -33,12 +33,7 @@ func TestFaultsMassRevokeBelowVaultsDeadline(t *testing.T) {
 	v.run("lease", "revoke", "-prefix", "heron/creds/starved")
 	// Vault retries a failed revocation after about 20 s and 40 s more; the
 	// engine releases the lease at its third rate-limited attempt.
-	eventually(t, 4*time.Minute, "Vault releasing every lease", func() error {
-		if ls := v.leasesUnder("heron/creds/starved/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
-	})
+	eventually(t, 4*time.Minute, "Vault releasing every lease", func() error { return v.leasesLeft("heron/creds/starved/") })
 	if got := v.irrevocableLeases(); got != 0 {
 		t.Fatalf("%d irrevocable leases, want 0", got)
 	}
@@ -47,13 +42,13 @@ func TestFaultsMassRevokeBelowVaultsDeadline(t *testing.T) {
 	tracked := v.trackedKeys()
 	pending := 0
 	for _, l := range leases {
-		k := e.key(t, l.KeyID)
+		k := e.key(t, l.Data.KeyID)
 		if stateOf(k) == stateDeleted {
 			continue
 		}
-		info, ok := tracked[l.KeyID]
+		info, ok := tracked[l.Data.KeyID]
 		if !ok || info["pending"] != "delete" {
-			t.Errorf("key %s is live in Heron but keys/ shows %v: nothing would delete it", l.KeyID, info)
+			t.Errorf("key %s is live in Heron but keys/ shows %v: nothing would delete it", l.Data.KeyID, info)
 		}
 		pending++
 	}

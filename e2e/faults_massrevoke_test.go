@@ -51,7 +51,7 @@ func faultsMassRevoke(t *testing.T, n int) {
 	v.writeRole("mass", "environment=development", "ttl=1h")
 
 	start := time.Now()
-	leases, errs := faultIssueMany(t, v, "mass", n, 8)
+	leases, errs := issueMany(t, v, "mass", n, 8)
 	if len(errs) > 0 {
 		t.Fatalf("%d of %d issuances failed, first: %v", len(errs), n, errs[0])
 	}
@@ -67,27 +67,12 @@ func faultsMassRevoke(t *testing.T, n int) {
 	v.run("lease", "revoke", "-prefix", "heron/creds/mass")
 	// At the budget the revocation cannot take less than n/budget minutes.
 	deadline := time.Duration(float64(n)/budget*float64(time.Minute)) + 2*time.Minute
-	eventually(t, deadline, "revoke -prefix deleting every key", func() error {
-		left := 0
-		for _, l := range leases {
-			if stateOf(e.key(t, l.KeyID)) != stateDeleted {
-				left++
-			}
-		}
-		if left > 0 {
-			return fmt.Errorf("%d of %d keys not deleted", left, n)
-		}
-		return nil
-	})
+	ids := keyIDs(leases)
+	eventually(t, deadline, "revoke -prefix deleting every key", func() error { return e.keysLeft(t, ids) })
 	took := time.Since(start)
 	t.Logf("revoked %d leases in %s (%.0f deletions/minute, budget %d)", n, took.Round(time.Millisecond), float64(n)/took.Minutes(), budget)
 
-	eventually(t, 30*time.Second, "Vault dropping the revoked leases", func() error {
-		if ls := v.leasesUnder("heron/creds/mass/"); len(ls) != 0 {
-			return fmt.Errorf("%d leases left", len(ls))
-		}
-		return nil
-	})
+	eventually(t, 30*time.Second, "Vault dropping the revoked leases", func() error { return v.leasesLeft("heron/creds/mass/") })
 	if got := e.MaxInWindow("development", time.Minute); got > budget+1 {
 		t.Errorf("the engine sent %d requests to development within one minute, budget %d (+1 tolerated)", got, budget)
 	} else {

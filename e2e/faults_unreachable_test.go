@@ -42,7 +42,7 @@ func TestFaultsHeronDownDuringSyncRevoke(t *testing.T) {
 		{"429", func() { e.Force429("development", 10*time.Minute, time.Second) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := v.readCreds("", "app")
+			c := v.mustIssue("", "app")
 			path := "/api/credentials/keys/" + c.Data.KeyID
 			before := e.CountRequests(http.MethodDelete, path, "")
 
@@ -95,7 +95,7 @@ func TestFaultsHeronDownDuringQueuedRevoke(t *testing.T) {
 	v.configureBoth(e, "max_retries=2")
 	v.writeRole("app", "environment=development", "ttl=1h")
 
-	c := v.readCreds("", "app")
+	c := v.mustIssue("", "app")
 	e.FailNext(http.MethodDelete, "/api/credentials/keys/", 1000, herontest.FaultDropBeforeProcessing)
 	v.run("lease", "revoke", c.LeaseID)
 

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"net/http"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -41,11 +40,11 @@ func TestLeaseRenew(t *testing.T) {
 	v.writeRole("renew", "environment=development", "ttl=4s", "max_ttl=8s")
 	v.writeRole("renew-increment", "environment=development", "ttl=3s", "max_ttl=30s")
 
-	c := v.readCreds("", "renew")
+	c := v.mustIssue("", "renew")
 	if c.LeaseDuration != 4 || !c.Renewable {
 		t.Fatalf("lease duration %ds renewable=%t, want 4s renewable", c.LeaseDuration, c.Renewable)
 	}
-	revoked := v.readCreds("", "renew-increment")
+	revoked := v.mustIssue("", "renew-increment")
 	// Vault's issue time, not the test's clock: max_ttl counts from it, and
 	// the read itself can take a second on a loaded machine.
 	start := v.leaseIssueTime(c.LeaseID)
@@ -95,7 +94,7 @@ func TestMountMaxTTLClamp(t *testing.T) {
 	v.run("secrets", "tune", "-max-lease-ttl=4s", "heron/")
 	v.writeRole("long", "environment=development", "ttl=1h")
 
-	c := v.readCreds("", "long")
+	c := v.mustIssue("", "long")
 	if c.LeaseDuration < 3 || c.LeaseDuration > 4 {
 		t.Fatalf("lease_duration %d on a mount tuned to max 4s, want 4", c.LeaseDuration)
 	}
@@ -117,29 +116,19 @@ func TestTokenRevokeAndDisable(t *testing.T) {
 	v.writeRole("app", "environment=development", "ttl=1h")
 	v.writeRole("app-prod", "environment=production", "ttl=1h")
 
-	policy := filepath.Join(v.dir, "heron-creds.hcl")
-	if err := os.WriteFile(policy, []byte(`path "heron/creds/*" { capabilities = ["read", "update"] }`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v.run("policy", "write", "heron-creds", policy)
-	var tok struct {
-		Auth struct {
-			ClientToken string `json:"client_token"`
-		} `json:"auth"`
-	}
-	v.runJSON(&tok, "token", "create", "-format=json", "-policy=heron-creds", "-ttl=1h")
-	child := tok.Auth.ClientToken
+	child := v.tokenWithPolicy("heron-creds", filepath.Join(v.dir, "heron-creds.hcl"),
+		`path "heron/creds/*" { capabilities = ["read", "update"] }`)
 
-	c1 := v.readCreds(child, "app")
-	c2 := v.readCreds(child, "app")
-	root1 := v.readCreds("", "app")
-	root2 := v.readCreds("", "app-prod")
-	for _, c := range []creds{c1, c2, root1, root2} {
+	c1 := v.mustIssue(child, "app")
+	c2 := v.mustIssue(child, "app")
+	root1 := v.mustIssue("", "app")
+	root2 := v.mustIssue("", "app-prod")
+	for _, c := range []lease{c1, c2, root1, root2} {
 		e.requireWorks(t, c.Data.APIKey)
 	}
 
 	v.run("token", "revoke", child)
-	for _, c := range []creds{c1, c2} {
+	for _, c := range []lease{c1, c2} {
 		e.waitState(t, c.Data.KeyID, stateDeleted, 30*time.Second)
 		e.requireRejected(t, c.Data.APIKey)
 	}
@@ -147,7 +136,7 @@ func TestTokenRevokeAndDisable(t *testing.T) {
 	e.requireWorks(t, root2.Data.APIKey)
 
 	v.run("secrets", "disable", "heron")
-	for _, c := range []creds{root1, root2} {
+	for _, c := range []lease{root1, root2} {
 		e.waitState(t, c.Data.KeyID, stateDeleted, 30*time.Second)
 		e.requireRejected(t, c.Data.APIKey)
 	}

@@ -63,8 +63,8 @@ func TestPluginReload(t *testing.T) {
 	v.writeRole("app", "environment=development", "ttl=1m")
 	v.writeRole("short", "environment=development", "ttl=6s")
 
-	c := v.readCreds("", "app")
-	short := v.readCreds("", "short")
+	c := v.mustIssue("", "app")
+	short := v.mustIssue("", "short")
 	before := v.pluginPIDs(t)
 	if len(before) == 0 {
 		t.Fatal("no plugin process found under Vault before the reload")

@@ -33,8 +33,8 @@ func TestRestartWithPendingLeases(t *testing.T) {
 			v.writeRole("long", "environment=development", "ttl=1h")
 
 			issued := time.Now()
-			short := v.readCreds("", "short")
-			long := v.readCreds("", "long")
+			short := v.mustIssue("", "short")
+			long := v.mustIssue("", "long")
 			e.requireWorks(t, short.Data.APIKey)
 			e.requireWorks(t, long.Data.APIKey)
 

@@ -25,7 +25,7 @@ func TestRevokeRetriedAfterLeaseEndStillDeletes(t *testing.T) {
 	v.configureBoth(e, "max_retries=0")
 	v.writeRole("app", "environment=development", "ttl=8s", "max_ttl=8s")
 
-	c := v.readCreds("", "app")
+	c := v.mustIssue("", "app")
 	end := time.Now().Add(8 * time.Second)
 	e.FailNext(http.MethodDelete, "/api/credentials/keys/", 1000, herontest.FaultStatus503)
 	e.FailNext(http.MethodPut, "/api/credentials/keys/", 1000, herontest.FaultStatus503)

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -39,17 +38,12 @@ func TestRotateUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				res := v.cliAs("", "read", "-format=json", "heron/creds/load")
+				c, err := v.issue("", "load")
 				mu.Lock()
-				if res.code != 0 {
-					failures = append(failures, res.stderr)
+				if err != nil {
+					failures = append(failures, err.Error())
 				} else {
-					var c creds
-					if err := json.Unmarshal([]byte(res.stdout), &c); err != nil {
-						failures = append(failures, err.Error())
-					} else {
-						issued = append(issued, c.Data.KeyID)
-					}
+					issued = append(issued, c.Data.KeyID)
 				}
 				mu.Unlock()
 			}

@@ -32,9 +32,9 @@ func TestUpstreamUserAgent(t *testing.T) {
 	// User-driven calls: issue, revoke, renew, read a key, and a lease that runs out.
 	v.writeRole("app", "environment=development", "ttl=1h")
 	v.writeRole("short", "environment=development", "ttl=2s", "expired_key_retention=1s")
-	revoked := v.readCreds("", "app")
-	kept := v.readCreds("", "app")
-	short := v.readCreds("", "short")
+	revoked := v.mustIssue("", "app")
+	kept := v.mustIssue("", "app")
+	short := v.mustIssue("", "short")
 	v.renew(kept.LeaseID)
 	v.run("read", "heron/keys/"+kept.Data.KeyID)
 	v.run("lease", "revoke", revoked.LeaseID)
