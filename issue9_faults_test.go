@@ -402,3 +402,47 @@ func TestIssue9_LeaseVaultNeverRegisteredEndsByTheRecord(t *testing.T) {
 	k, _ = e.srv.Key(id)
 	require.True(t, k.Deleted, "deleted after its retention")
 }
+
+// deleteFailStorage fails Deletes of one key, before deleting.
+type deleteFailStorage struct {
+	logical.Storage
+	key  string
+	fail bool
+}
+
+func (s *deleteFailStorage) Delete(ctx context.Context, key string) error {
+	if s.fail && key == s.key {
+		return errors.New("injected storage failure")
+	}
+	return s.Storage.Delete(ctx, key)
+}
+
+// A config delete deletes the admin key the engine created before the config
+// entry (the order that leaks nothing); when the entry's delete then fails,
+// the config is marked deleting: nothing may use or rewrite it (it names a
+// deleted key) until a retry finishes. Found by the model test.
+func TestIssue9_HalfDoneConfigDeleteIsFinishedByARetry(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	rotated := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	engineKey := rotated.Data["admin_key_id"].(string)
+	fs := &deleteFailStorage{Storage: e.s, key: configStoragePrefix + "development", fail: true}
+	e.s = fs
+
+	_, err := e.do(logical.DeleteOperation, "config/development", nil)
+	require.ErrorContains(t, err, "retry the delete")
+	k, _ := e.srv.Key(engineKey)
+	require.True(t, k.Deleted, "the engine-created admin key is gone already")
+
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 1}, "is being deleted")
+	e.role("r", map[string]interface{}{})
+	_, err = e.do(logical.ReadOperation, "creds/r", nil)
+	require.ErrorContains(t, err, "is being deleted")
+	e.ok(logical.DeleteOperation, "roles/r", nil)
+
+	fs.fail = false
+	e.ok(logical.DeleteOperation, "config/development", nil)
+	resp, err := e.do(logical.ReadOperation, "config/development", nil)
+	require.NoError(t, err)
+	require.Nil(t, resp)
+}

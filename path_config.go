@@ -450,6 +450,7 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	// The purge below deletes an admin key the engine created, the key this
 	// config holds: from here on the config is being deleted, and nothing
 	// may use or rewrite it until a retry finishes the delete.
+	resumed := cfg != nil && cfg.Deleting
 	if cfg != nil && !cfg.Deleting && cfg.AdminKeyByEngine {
 		cfg.Deleting = true
 		if err := putConfig(ctx, req.Storage, cfg); err != nil {
@@ -461,7 +462,12 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	// Keys waiting out their retention could never be deleted once the admin
 	// key is gone: delete them now rather than leave them in Heron.
 	if err := b.purgeEnvironment(ctx, req.Storage, env); err != nil {
-		return nil, upstreamError(fmt.Sprintf("deleting the retained keys of config %q before deleting it", env), err)
+		// The admin key the engine created is deleted last: a retry that
+		// finds it rejected follows a delete that purged everything.
+		if !resumed || !errors.Is(err, heronapi.ErrUnauthorized) {
+			return nil, upstreamError(fmt.Sprintf("deleting the retained keys of config %q before deleting it", env), err)
+		}
+		b.Logger().Info("retried config delete: the purge had finished", "environment", env)
 	}
 	var warnings []string
 	if cfg != nil && cfg.RotationManaged {
