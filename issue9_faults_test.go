@@ -435,10 +435,9 @@ func TestIssue9_HalfDoneConfigDeleteIsFinishedByARetry(t *testing.T) {
 	require.True(t, k.Deleted, "the engine-created admin key is gone already")
 
 	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 1}, "is being deleted")
-	e.role("r", map[string]interface{}{})
-	_, err = e.do(logical.ReadOperation, "creds/r", nil)
-	require.ErrorContains(t, err, "is being deleted")
-	e.ok(logical.DeleteOperation, "roles/r", nil)
+	e.badRequest(logical.CreateOperation, "roles/r", map[string]interface{}{"environment": "development"}, "is being deleted")
+	_, err = e.b.getClient(context.Background(), e.s, "development")
+	require.ErrorContains(t, err, "is being deleted", "nothing uses a config being deleted")
 
 	fs.fail = false
 	e.ok(logical.DeleteOperation, "config/development", nil)

@@ -301,6 +301,9 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 	if cfg == nil {
 		return logical.ErrorResponse("environment %q has no config: write config/%s first", role.Environment, role.Environment), nil
 	}
+	if cfg.Deleting {
+		return logical.ErrorResponse(errDeleting(role.Environment).Error()), nil
+	}
 
 	if err := putJSON(ctx, req.Storage, roleStoragePrefix+name, fmt.Sprintf("role %q", name), role); err != nil {
 		return nil, err
