@@ -110,6 +110,7 @@ func backend() *heronBackend {
 		PathsSpecial: &logical.Paths{
 			SealWrapStorage: []string{
 				configStoragePrefix,
+				staticRoleStoragePrefix,
 			},
 			// Write-ahead records name keys created through this node's own
 			// connection to Heron; like HashiCorp's AWS engine, keep them out
@@ -124,6 +125,8 @@ func backend() *heronBackend {
 			pathCreds(b),
 			pathKeys(b),
 			pathTidy(b),
+			pathStaticRoles(b),
+			pathStaticCreds(b),
 		),
 		Secrets: []*framework.Secret{
 			b.heronAPIKey(),

@@ -55,7 +55,7 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 			errs = append(errs, err)
 			continue
 		}
-		if k == nil || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
+		if k == nil || k.Kind == keyKindStatic || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
 			continue
 		}
 		k.Pending = pendingDeactivate
@@ -190,6 +190,9 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 				seen.live[k.ID] = true
 			}
 			seen.at[env] = listedAt
+			if err := b.settleOverlaps(ctx, s, client, env, live); err != nil {
+				errs = append(errs, err)
+			}
 			// A retained key Heron no longer has needs no call: reconcile
 			// drops it.
 			kept := keys[:0]

@@ -34,7 +34,9 @@ type trackedKey struct {
 	TokenPrefix string `json:"token_prefix"`
 	Environment string `json:"environment"`
 	Role        string `json:"role"`
-	State       string `json:"state"`
+	// Kind is keyKindStatic for a static role's key; empty for a lease's.
+	Kind  string `json:"kind,omitempty"`
+	State string `json:"state"`
 
 	Issued time.Time `json:"issued"`
 	// Expires is when Vault will expire the lease, computed as Vault computes
@@ -112,6 +114,14 @@ func putNewTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) err
 		return fmt.Errorf("indexing active key %s: %w", k.KeyID, err)
 	}
 	return putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k)
+}
+
+// kind is what keys/ calls the key: lease or static.
+func (k *trackedKey) kind() string {
+	if k.Kind == "" {
+		return keyKindLease
+	}
+	return k.Kind
 }
 
 // retained reports whether the cleanup pass still owes k something.

@@ -409,6 +409,13 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	if len(roles) > 0 {
 		return logical.ErrorResponse("config %q is used by roles %s: delete or move those roles first", env, strings.Join(roles, ", ")), nil
 	}
+	statics, err := staticRolesUsingEnvironment(ctx, req.Storage, env)
+	if err != nil {
+		return nil, err
+	}
+	if len(statics) > 0 {
+		return logical.ErrorResponse("config %q is used by static roles %s: delete those static roles first", env, strings.Join(statics, ", ")), nil
+	}
 	// Without the admin key no lease of this environment could be revoked, so
 	// keys with live leases would be orphaned in Heron.
 	active, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {

@@ -113,6 +113,7 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 			"expires":      k.Expires.UTC().Format(time.RFC3339),
 			"pending":      k.Pending,
 			"unreachable":  k.Unreachable,
+			"kind":         k.kind(),
 		}
 	}
 	sort.Strings(ids)
@@ -141,6 +142,7 @@ func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d
 		"delete_after": formatTime(rec.DeleteAfter),
 		"pending":      rec.Pending,
 		"unreachable":  rec.Unreachable,
+		"kind":         rec.kind(),
 	}
 
 	client, err := b.getClient(ctx, req.Storage, rec.Environment)

@@ -96,6 +96,21 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 		}
 		targets = append(targets, b.adminKeyTarget(cfg))
 	}
+	statics, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range statics {
+		name := r.Name
+		targets = append(targets, rotationTarget{
+			path:     staticRoleStoragePrefix + name,
+			schedule: r.rotationSchedule(),
+			rotate: func(ctx context.Context, s logical.Storage) error {
+				_, err := b.rotateStatic(ctx, s, name)
+				return err
+			},
+		})
+	}
 	return targets, nil
 }
 
@@ -180,6 +195,10 @@ func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Reques
 // rotateCredential is Vault's rotation manager calling back for a job
 // registered by registerRotation (req.Path names the target).
 func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Request) error {
+	if name, ok := strings.CutPrefix(req.Path, staticRoleStoragePrefix); ok && name != "" {
+		_, err := b.rotateStatic(heronapi.Background(ctx), req.Storage, name)
+		return err
+	}
 	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
 	if !ok || env == "" {
 		return fmt.Errorf("rotation request for unexpected path %q", req.Path)

@@ -1,0 +1,417 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// static-roles/<name> and static-roles/<name>/rotate.
+
+func pathStaticRoles(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "static-roles/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "static-roles",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesList,
+					Summary:  "List the static roles.",
+				},
+			},
+			HelpSynopsis:    pathStaticRolesListHelpSyn,
+			HelpDescription: pathStaticRolesListHelpDesc,
+		},
+		{
+			Pattern: "static-roles/" + framework.GenericNameRegex("name") + "$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationSuffix: "static-role",
+			},
+			Fields:         staticRoleFields(),
+			ExistenceCheck: b.pathStaticRolesExistenceCheck,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesRead,
+					Summary:  "Read a static role (never its key).",
+				},
+				logical.CreateOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesWrite,
+					Summary:  "Create a static role: one long-lived Heron key, rotated with an overlap.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesWrite,
+					Summary:  "Update a static role's rotation settings.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesDelete,
+					Summary:  "Delete a static role; its keys are deactivated now and deleted after retired_key_retention.",
+				},
+			},
+			HelpSynopsis:    pathStaticRolesHelpSyn,
+			HelpDescription: pathStaticRolesHelpDesc,
+		},
+		{
+			Pattern: "static-roles/" + framework.GenericNameRegex("name") + "/rotate$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixHeron,
+				OperationVerb:   "rotate",
+				OperationSuffix: "static-role",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:         framework.TypeLowerCaseString,
+					Description:  "Name of the static role to rotate.",
+					Required:     true,
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathStaticRolesRotate,
+					Summary:  "Rotate a static role's key now (the previous key keeps working for the overlap).",
+				},
+			},
+			HelpSynopsis:    pathStaticRolesRotateHelpSyn,
+			HelpDescription: pathStaticRolesRotateHelpDesc,
+		},
+	}
+}
+
+func staticRoleFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"name": {
+			Type:         framework.TypeLowerCaseString,
+			Description:  "Name of the static role.",
+			Required:     true,
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
+		},
+		"environment": {
+			Type:         framework.TypeString,
+			Description:  "Heron environment (an existing config) the key belongs to. Fixed at create.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Environment"},
+		},
+		"rotation_period": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "Rotate the key this often (at least 1m). Exclusive with rotation_schedule.",
+			Default:      int(defaultStaticRotationPeriod.Seconds()),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation period"},
+		},
+		"rotation_schedule": {
+			Type:         framework.TypeString,
+			Description:  "Standard 5-field cron schedule (UTC) of rotations. Exclusive with rotation_period.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation schedule"},
+		},
+		"overlap": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "After a rotation the previous key stays active at least this long.",
+			Default:      int(defaultOverlap.Seconds()),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Overlap"},
+		},
+		"max_overlap": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "After overlap, the previous key is deactivated once Heron shows it unused for unused_for; at max_overlap regardless. Defaults to overlap.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Max overlap"},
+		},
+		"unused_for": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long Heron's last_used must show the previous key unused before it is deactivated (between overlap and max_overlap).",
+			Default:      int(defaultUnusedFor.Seconds()),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Unused for"},
+		},
+		"retired_key_retention": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "A deactivated previous key is deleted this long after.",
+			Default:      int(defaultRetiredKeyRetention.Seconds()),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Retired key retention"},
+		},
+		"api_key": {
+			Type:         framework.TypeString,
+			Description:  "On create only: adopt this existing Heron key (found by its prefix, checked to authenticate) instead of creating one. Never returned.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "API key", Sensitive: true},
+		},
+		"skip_import_rotation": {
+			Type:         framework.TypeBool,
+			Description:  "With api_key: keep the adopted key until the first scheduled rotation instead of rotating now.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Skip import rotation"},
+		},
+	}
+}
+
+func (b *heronBackend) pathStaticRolesExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	r, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	return r != nil, err
+}
+
+// pathStaticRolesList handles LIST static-roles/.
+func (b *heronBackend) pathStaticRolesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing static roles: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+// pathStaticRolesRead handles READ static-roles/<name>.
+func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	r, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	if err != nil || r == nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"environment":             r.Environment,
+		"rotation_period":         int64(r.RotationPeriod.Seconds()),
+		"rotation_schedule":       r.RotationSchedule,
+		"overlap":                 int64(r.Overlap.Seconds()),
+		"max_overlap":             int64(r.MaxOverlap.Seconds()),
+		"unused_for":              int64(r.UnusedFor.Seconds()),
+		"retired_key_retention":   int64(r.RetiredKeyRetention.Seconds()),
+		"skip_import_rotation":    r.SkipImportRotation,
+		"key_id":                  r.KeyID,
+		"key_name":                r.KeyName,
+		"token_prefix":            r.TokenPrefix,
+		"last_rotated":            formatTime(r.LastRotated),
+		"next_rotation":           formatTime(r.rotationSchedule().next()),
+		"previous_key_id":         r.PreviousKeyID,
+		"previous_deactivates_at": formatTime(r.previousDeactivatesAt()),
+	}}, nil
+}
+
+// pathStaticRolesWrite handles CREATE and UPDATE static-roles/<name>.
+func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	existing, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	create := existing == nil
+	r := &staticRole{Name: name}
+	if !create {
+		r = existing
+	}
+	if v, ok := d.GetOk("environment"); ok {
+		env := strings.TrimSpace(v.(string))
+		if !create && env != r.Environment {
+			return logical.ErrorResponse("environment of static role %q is %q and cannot change: delete the role and create it again", name, r.Environment), nil
+		}
+		r.Environment = env
+	}
+	durationField(d, "rotation_period", create, &r.RotationPeriod)
+	stringField(d, "rotation_schedule", create, &r.RotationSchedule)
+	r.RotationSchedule = strings.TrimSpace(r.RotationSchedule)
+	if _, ok := d.GetOk("rotation_schedule"); ok && r.RotationSchedule != "" {
+		if _, ok := d.GetOk("rotation_period"); !ok {
+			r.RotationPeriod = 0
+		}
+	}
+	if _, ok := d.GetOk("rotation_period"); ok && r.RotationPeriod > 0 {
+		if _, ok := d.GetOk("rotation_schedule"); !ok {
+			r.RotationSchedule = ""
+		}
+	}
+	durationField(d, "overlap", create, &r.Overlap)
+	if v, ok := d.GetOk("max_overlap"); ok {
+		r.MaxOverlap = time.Duration(v.(int)) * time.Second
+	} else if create {
+		r.MaxOverlap = r.Overlap
+	}
+	durationField(d, "unused_for", create, &r.UnusedFor)
+	durationField(d, "retired_key_retention", create, &r.RetiredKeyRetention)
+	boolField(d, "skip_import_rotation", create, &r.SkipImportRotation)
+	apiKey := strings.TrimSpace(d.Get("api_key").(string))
+	if apiKey != "" && !create {
+		return logical.ErrorResponse("api_key adopts a key when a static role is created; static role %q exists: rotate it instead (static-roles/%s/rotate)", name, name), nil
+	}
+	if apiKey != "" && !heronapi.TokenPattern.MatchString(apiKey) {
+		return logical.ErrorResponse("api_key is malformed: it must be \"key_\" followed by 48 lowercase hex characters"), nil
+	}
+	if err := r.validate(); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+
+	cfgLock := b.configLock(r.Environment)
+	cfgLock.RLock()
+	defer cfgLock.RUnlock()
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	cfg, err := getConfig(ctx, req.Storage, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("environment %q has no config: write config/%s first", r.Environment, r.Environment), nil
+	}
+	if cfg.Deleting {
+		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
+	}
+	if !create {
+		if err := putStaticRole(ctx, req.Storage, r); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+
+	client, err := b.getClient(ctx, req.Storage, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	if apiKey != "" {
+		if resp, err := b.adoptStaticKey(ctx, req.Storage, client, cfg, r, apiKey); resp != nil || err != nil {
+			return resp, err
+		}
+		if r.SkipImportRotation {
+			return nil, nil
+		}
+	}
+	if err := b.rotateStaticLocked(ctx, req.Storage, client, r); err != nil {
+		if apiKey != "" {
+			// The adopted key is stored and tracked: the role exists, and the
+			// next pass retries the rotation.
+			return &logical.Response{Warnings: []string{fmt.Sprintf("the key was adopted, but rotating it failed (the next pass retries): %v", err)}}, nil
+		}
+		return nil, err
+	}
+	return nil, nil
+}
+
+// adoptStaticKey makes apiKey the role's current key: found in Heron's list
+// by its prefix (a single key with it), and checked to authenticate. From
+// here on the engine owns it. A non-nil response is a user error.
+func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, client heronapi.API, cfg *heronConfig, r *staticRole, apiKey string) (*logical.Response, error) {
+	keys, _, err := b.listKeys(ctx, client, r.Environment, 0)
+	if err != nil {
+		return nil, upstreamError(fmt.Sprintf("listing the keys of environment %q to find the key to adopt", r.Environment), err)
+	}
+	prefix := keyPrefix(apiKey)
+	var found []heronapi.Key
+	for _, k := range keys {
+		if k.TokenPrefix == prefix {
+			found = append(found, k)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return logical.ErrorResponse("api_key: no key with prefix %s is visible to the admin key of config %q", prefix, r.Environment), nil
+	case 1:
+	default:
+		return logical.ErrorResponse("api_key: %d keys share the prefix %s in environment %q, so the key to adopt cannot be told apart", len(found), prefix, r.Environment), nil
+	}
+	k := found[0]
+	if cfg.accountsFor(k) {
+		return logical.ErrorResponse("api_key is an admin key of config %q; adopt an application's key", r.Environment), nil
+	}
+	if rec, err := getTrackedKey(ctx, s, k.ID); err != nil || rec != nil {
+		if err != nil {
+			return nil, err
+		}
+		return logical.ErrorResponse("api_key is key %s, which this engine already manages (%s of role %q)", k.ID, rec.kind(), rec.Role), nil
+	}
+	probe, err := b.checkClient(cfg, apiKey)
+	if err == nil {
+		err = probe.Hello(ctx)
+	}
+	if errors.Is(err, heronapi.ErrUnauthorized) {
+		return logical.ErrorResponse("api_key: Heron does not accept this key (401): it is deactivated or not the key listed as %s", k.ID), nil
+	}
+	if err != nil {
+		return nil, upstreamError("checking that the key to adopt authenticates", err)
+	}
+	now := b.now()
+	rec := staticKeyRecord(r, k.ID, k.Name, k.TokenPrefix, now)
+	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
+		return nil, err
+	}
+	r.KeyID, r.KeyName, r.TokenPrefix, r.Token = k.ID, k.Name, k.TokenPrefix, apiKey
+	r.KeySetAt, r.Adopted = now, true
+	if err := putStaticRole(ctx, s, r); err != nil {
+		return nil, err
+	}
+	b.Logger().Info("static role adopted a key", "role", r.Name, "environment", r.Environment, "key_id", k.ID, "token_prefix", k.TokenPrefix)
+	return nil, nil
+}
+
+// pathStaticRolesDelete handles DELETE static-roles/<name>: its current and
+// previous keys (an adopted one too) are deactivated at once and deleted after
+// retired_key_retention.
+func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	r, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil || r == nil {
+		return nil, err
+	}
+	cfgLock := b.configLock(r.Environment)
+	cfgLock.RLock()
+	defer cfgLock.RUnlock()
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	client, err := b.getClient(ctx, req.Storage, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range []string{r.PreviousKeyID, r.KeyID} {
+		if id == "" {
+			continue
+		}
+		if err := b.retireStaticKey(ctx, req.Storage, client, r, id, "role deleted"); err != nil {
+			return nil, upstreamError(fmt.Sprintf("deactivating key %s of static role %q", id, name), err)
+		}
+	}
+	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting static role %q: %w", name, err)
+	}
+	return nil, nil
+}
+
+// pathStaticRolesRotate handles UPDATE static-roles/<name>/rotate.
+func (b *heronBackend) pathStaticRolesRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	r, err := b.rotateStatic(ctx, req.Storage, name)
+	if errors.Is(err, errStaticUser) {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"key_id":                  r.KeyID,
+		"key_name":                r.KeyName,
+		"token_prefix":            r.TokenPrefix,
+		"last_rotated":            formatTime(r.LastRotated),
+		"previous_key_id":         r.PreviousKeyID,
+		"previous_deactivates_at": formatTime(r.previousDeactivatesAt()),
+	}}, nil
+}
+
+const pathStaticRolesListHelpSyn = `List the static roles.`
+
+const pathStaticRolesListHelpDesc = `Lists the names of the static roles.`
+
+const pathStaticRolesHelpSyn = `Manage a static role: one long-lived Heron key for an application.`
+
+const pathStaticRolesHelpDesc = `
+A static role holds one Heron key that applications read at static-creds/<name>
+(no lease). The engine rotates it on rotation_period or rotation_schedule: it
+creates the next key, and the previous one keeps working for overlap; after
+that it is deactivated as soon as Heron's last_used shows it unused for
+unused_for, and at max_overlap regardless, then deleted after
+retired_key_retention. api_key adopts an existing key at create.
+`
+
+const pathStaticRolesRotateHelpSyn = `Rotate a static role's key now.`
+
+const pathStaticRolesRotateHelpDesc = `
+Creates the role's next key and makes it current; the previous key keeps
+working for the role's overlap. A failed rotation keeps the current key.
+`

@@ -1,0 +1,339 @@
+package heron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// Static roles: one long-lived Heron key per application, rotated on a
+// schedule with an overlap in which the previous and the new key both work
+// (Heron's own rotation flow), the previous key retired only once Heron shows
+// it unused. Each key of a static role is also a tracked key (kind static),
+// so keys/, the cleanup pass and the write-ahead rollback see it like any
+// other.
+
+const (
+	staticRoleStoragePrefix = "static-roles/"
+	keyKindLease            = "lease"
+	keyKindStatic           = "static"
+
+	defaultStaticRotationPeriod = 720 * time.Hour
+	defaultOverlap              = 24 * time.Hour
+	defaultUnusedFor            = time.Hour
+	defaultRetiredKeyRetention  = 72 * time.Hour
+)
+
+// staticRole is a static role and the keys it holds. It is the one place the
+// engine stores a non-admin token: static-creds returns it (the spec's
+// exception), and the entry is seal-wrapped like configs.
+type staticRole struct {
+	Name                string        `json:"name"`
+	Environment         string        `json:"environment"`
+	RotationPeriod      time.Duration `json:"rotation_period"`
+	RotationSchedule    string        `json:"rotation_schedule,omitempty"`
+	Overlap             time.Duration `json:"overlap"`
+	MaxOverlap          time.Duration `json:"max_overlap"`
+	UnusedFor           time.Duration `json:"unused_for"`
+	RetiredKeyRetention time.Duration `json:"retired_key_retention"`
+	SkipImportRotation  bool          `json:"skip_import_rotation,omitempty"`
+	RotationManaged     bool          `json:"rotation_managed,omitempty"`
+
+	// The current key.
+	KeyID       string    `json:"key_id"`
+	KeyName     string    `json:"key_name"`
+	TokenPrefix string    `json:"token_prefix"`
+	Token       string    `json:"token"`
+	LastRotated time.Time `json:"last_rotated"`
+	// KeySetAt is when the current key became current (scheduled rotation
+	// counts from it); for an adopted key kept until the first rotation, the
+	// adoption time.
+	KeySetAt time.Time `json:"key_set_at"`
+	Adopted  bool      `json:"adopted,omitempty"`
+
+	// The previous key while its overlap runs (empty once deactivated).
+	PreviousKeyID string    `json:"previous_key_id,omitempty"`
+	PreviousSince time.Time `json:"previous_since,omitempty"`
+}
+
+// previousDeactivatesAt is the latest the previous key stays active.
+func (r *staticRole) previousDeactivatesAt() time.Time {
+	if r.PreviousKeyID == "" {
+		return time.Time{}
+	}
+	return r.PreviousSince.Add(r.MaxOverlap)
+}
+
+// rotationSchedule is the static role's schedule.
+func (r *staticRole) rotationSchedule() rotationSchedule {
+	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt}
+}
+
+// validate checks the role's own fields and names the first that is wrong.
+func (r *staticRole) validate() error {
+	if r.Environment == "" {
+		return errors.New("environment is required")
+	}
+	if r.RotationSchedule != "" {
+		if r.RotationPeriod > 0 {
+			return errors.New("rotation_schedule and rotation_period are mutually exclusive: set one of them")
+		}
+		if _, err := rotation.DefaultScheduler.Parse(r.RotationSchedule); err != nil {
+			return fmt.Errorf("rotation_schedule is not a valid cron schedule: %v", err)
+		}
+	} else if r.RotationPeriod < minRotationPeriod {
+		return fmt.Errorf("rotation_period must be at least %s, got %s", minRotationPeriod, r.RotationPeriod)
+	}
+	if r.Overlap < 0 {
+		return fmt.Errorf("overlap must not be negative, got %s", r.Overlap)
+	}
+	if r.MaxOverlap < r.Overlap {
+		return fmt.Errorf("max_overlap (%s) must not be less than overlap (%s)", r.MaxOverlap, r.Overlap)
+	}
+	if r.UnusedFor < 0 {
+		return fmt.Errorf("unused_for must not be negative, got %s", r.UnusedFor)
+	}
+	if r.RetiredKeyRetention < 0 {
+		return fmt.Errorf("retired_key_retention must not be negative, got %s", r.RetiredKeyRetention)
+	}
+	return nil
+}
+
+func getStaticRole(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
+	return getJSON[staticRole](ctx, s, staticRoleStoragePrefix+name, fmt.Sprintf("static role %q", name))
+}
+
+func putStaticRole(ctx context.Context, s logical.Storage, r *staticRole) error {
+	return putJSON(ctx, s, staticRoleStoragePrefix+r.Name, fmt.Sprintf("static role %q", r.Name), r)
+}
+
+// listStaticRoles returns every static role, by name.
+func listStaticRoles(ctx context.Context, s logical.Storage) ([]*staticRole, error) {
+	names, err := s.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing static roles: %w", err)
+	}
+	sort.Strings(names)
+	out := make([]*staticRole, 0, len(names))
+	for _, n := range names {
+		r, err := getStaticRole(ctx, s, n)
+		if err != nil {
+			return nil, err
+		}
+		if r != nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// staticRoleLock serialises writes and rotations of one static role.
+func (b *heronBackend) staticRoleLock(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.roleLocks, "static\x00"+name)
+}
+
+// staticKeyRecord is the tracked record of a static role's key.
+func staticKeyRecord(r *staticRole, id, name, prefix string, now time.Time) *trackedKey {
+	return &trackedKey{
+		KeyID: id, KeyName: name, TokenPrefix: prefix,
+		Environment: r.Environment, Role: r.Name, Kind: keyKindStatic,
+		State: keyStateActive, Issued: now,
+		ExpiredKeyRetention: r.RetiredKeyRetention,
+	}
+}
+
+// errStaticUser marks static role failures that are the operator's to fix.
+var errStaticUser = errors.New("static role")
+
+// rotateStatic creates the role's next key under a write-ahead record,
+// switches to it in one write (the previous key keeps working for the
+// overlap), and deactivates a previous key two generations old. A failure
+// keeps the current key; the next pass tries again.
+func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
+	// Lock order, as everywhere: the config's lock, then the role's.
+	r, err := getStaticRole(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return nil, fmt.Errorf("%w %q does not exist", errStaticUser, name)
+	}
+	cfgLock := b.configLock(r.Environment)
+	cfgLock.RLock()
+	defer cfgLock.RUnlock()
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	if r, err = getStaticRole(ctx, s, name); err != nil || r == nil {
+		return nil, fmt.Errorf("%w %q does not exist (%v)", errStaticUser, name, err)
+	}
+	client, err := b.getClient(ctx, s, r.Environment)
+	if errors.Is(err, errConfigNotFound) {
+		return nil, fmt.Errorf("%w %q names environment %q, which has no config", errStaticUser, name, r.Environment)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r, b.rotateStaticLocked(ctx, s, client, r)
+}
+
+// rotateStaticLocked is rotateStatic with the role's lock and its config's
+// read lock held.
+func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole) error {
+	now := b.now()
+	// A rotation during an overlap: the previous key is two generations old
+	// once this one lands, so it goes now.
+	if r.PreviousKeyID != "" {
+		if err := b.retireStaticKey(ctx, s, client, r, r.PreviousKeyID, "superseded"); err != nil {
+			return fmt.Errorf("deactivating the previous key %s before rotating: %w", r.PreviousKeyID, err)
+		}
+		r.PreviousKeyID, r.PreviousSince = "", time.Time{}
+	}
+	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
+	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName}, true)
+	if err != nil {
+		b.Logger().Warn("static role rotation failed: the current key stays", "role", r.Name, "environment", r.Environment, "error", err)
+		return upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err)
+	}
+	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
+	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
+		guard.undo(ctx, client, key.ID)
+		_ = deleteTrackedKey(ctx, s, rec)
+		return err
+	}
+	next := *r
+	next.KeyID, next.KeyName, next.TokenPrefix, next.Token = key.ID, keyName, key.TokenPrefix, key.Token
+	next.LastRotated, next.KeySetAt, next.Adopted = now, now, false
+	if r.KeyID != "" {
+		next.PreviousKeyID, next.PreviousSince = r.KeyID, now
+	}
+	if err := putStaticRole(ctx, s, &next); err != nil {
+		// A failed write may still have been stored: only undo once storage
+		// shows the old key current.
+		stored, rerr := getStaticRole(ctx, s, r.Name)
+		if rerr != nil || stored == nil || stored.KeyID != key.ID {
+			guard.undo(ctx, client, key.ID)
+			_ = deleteTrackedKey(ctx, s, rec)
+			return err
+		}
+	}
+	guard.done(ctx)
+	*r = next
+	b.Logger().Info("static role rotated", "event", "heron/static-rotate", "role", r.Name, "environment", r.Environment,
+		"key_id", key.ID, "key_name", keyName, "token_prefix", key.TokenPrefix, "previous_key_id", r.PreviousKeyID)
+	return nil
+}
+
+// retireStaticKey deactivates a static role's key now; its record is kept
+// and the cleanup pass deletes it after the role's retired_key_retention.
+func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole, id, why string) error {
+	err := client.DeactivateKey(ctx, id)
+	rec, rerr := getTrackedKey(ctx, s, id)
+	if rerr != nil {
+		return rerr
+	}
+	if errors.Is(err, heronapi.ErrNotFound) {
+		if rec != nil {
+			return deleteTrackedKey(ctx, s, rec)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	now := b.now()
+	if rec == nil {
+		rec = staticKeyRecord(r, id, "", "", now)
+	}
+	rec.State = keyStateDeactivated
+	rec.DeactivatedAt = now
+	rec.DeleteAfter = now.Add(r.RetiredKeyRetention)
+	rec.ExpiredKeyRetention = r.RetiredKeyRetention
+	if err := putTrackedKey(ctx, s, rec); err != nil {
+		return err
+	}
+	b.Logger().Info("static role key deactivated", "event", "heron/static-deactivate", "role", r.Name, "environment", r.Environment,
+		"key_id", id, "reason", why, "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// settleOverlaps retires the previous keys of env's static roles whose
+// overlap is over: as soon as Heron's last_used shows the key unused for
+// unused_for (never used: unused since it stopped being current), at
+// max_overlap regardless. live is Heron's list, just asked.
+func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, live []heronapi.Key) error {
+	roles, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return err
+	}
+	byID := make(map[string]heronapi.Key, len(live))
+	for _, k := range live {
+		byID[k.ID] = k
+	}
+	now := b.now()
+	var errs []error
+	for _, r := range roles {
+		if r.Environment != env || r.PreviousKeyID == "" || now.Before(r.PreviousSince.Add(r.Overlap)) {
+			continue
+		}
+		k, inHeron := byID[r.PreviousKeyID]
+		idle := now.Sub(r.PreviousSince)
+		if inHeron && k.LastUsed != nil && k.LastUsed.After(r.PreviousSince) {
+			idle = now.Sub(*k.LastUsed)
+		}
+		why := ""
+		switch {
+		case !inHeron:
+			why = "gone from Heron"
+		case idle >= r.UnusedFor:
+			why = "unused"
+		case !now.Before(r.previousDeactivatesAt()):
+			why = "max_overlap"
+		default:
+			continue
+		}
+		if err := b.finishOverlap(ctx, s, client, r.Name, r.PreviousKeyID, why); err != nil {
+			errs = append(errs, fmt.Errorf("static role %q: %w", r.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// finishOverlap retires the previous key of a static role, under its lock.
+func (b *heronBackend) finishOverlap(ctx context.Context, s logical.Storage, client heronapi.API, name, prevID, why string) error {
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	r, err := getStaticRole(ctx, s, name)
+	if err != nil || r == nil || r.PreviousKeyID != prevID {
+		return err
+	}
+	if err := b.retireStaticKey(ctx, s, client, r, prevID, why); err != nil {
+		return err
+	}
+	r.PreviousKeyID, r.PreviousSince = "", time.Time{}
+	return putStaticRole(ctx, s, r)
+}
+
+// staticRolesUsingEnvironment names the static roles of env.
+func staticRolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) ([]string, error) {
+	roles, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, r := range roles {
+		if r.Environment == env {
+			names = append(names, r.Name)
+		}
+	}
+	return names, nil
+}
