@@ -9,7 +9,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
@@ -477,14 +476,10 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		b.Logger().Info("retried config delete: the purge had finished", "environment", env)
 	}
 	var warnings []string
-	if cfg != nil && cfg.RotationManaged {
+	if cfg != nil {
 		// Vault's rotation manager would otherwise call back for a config
 		// that no longer exists, for as long as the mount lives.
-		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
-			MountPoint: req.MountPoint, ReqPath: configStoragePrefix + env,
-		}); err != nil {
-			warnings = append(warnings, fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err))
-		}
+		warnings = b.deregisterRotationJob(ctx, req.MountPoint, configStoragePrefix+env, cfg.RotationManaged)
 	}
 
 	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {

@@ -255,11 +255,16 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	if cfg.Deleting {
 		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
 	}
+	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged)
+	var resp *logical.Response
+	if len(warnings) > 0 {
+		resp = &logical.Response{Warnings: warnings}
+	}
 	if !create {
 		if err := putStaticRole(ctx, req.Storage, r); err != nil {
 			return nil, err
 		}
-		return nil, nil
+		return resp, nil
 	}
 
 	client, err := b.getClient(ctx, req.Storage, r.Environment)
@@ -370,6 +375,9 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 	}
 	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting static role %q: %w", name, err)
+	}
+	if warnings := b.deregisterRotationJob(ctx, req.MountPoint, staticRoleStoragePrefix+name, r.RotationManaged); len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
 	}
 	return nil, nil
 }

@@ -49,6 +49,7 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 type rotationSchedule struct {
 	Period   time.Duration
 	Schedule string
+	Window   time.Duration
 	Disabled bool
 	Managed  bool
 	KeySetAt time.Time
@@ -162,33 +163,52 @@ func retiredDue(rk retiredAdminKey, now time.Time) bool {
 // that it is unsupported: the engine's own periodic pass then rotates on the
 // same schedule, so the setting means the same thing on every edition.
 func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
-	wanted := !cfg.DisableAutomatedRotation && (cfg.RotationPeriod > 0 || cfg.RotationSchedule != "")
+	sched := cfg.rotationSchedule()
+	sched.Window = cfg.RotationWindow
+	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged)
+}
+
+// registerRotationJob registers (or, when no schedule is wanted, removes) the
+// rotation job of the target at path with Vault's rotation manager, and
+// records in *managed whether Vault runs it.
+func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool) []string {
+	wanted := !sched.Disabled && (sched.Period > 0 || sched.Schedule != "")
 	if !wanted {
-		if cfg.RotationManaged {
-			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{
-				MountPoint: req.MountPoint, ReqPath: req.Path,
-			})
+		if *managed {
+			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mount, ReqPath: path})
 			if err != nil {
 				return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
 			}
-			cfg.RotationManaged = false
+			*managed = false
 		}
 		return nil
 	}
 	_, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-		Name:             "heron-admin-key-" + cfg.Environment,
-		MountPoint:       req.MountPoint,
-		ReqPath:          configStoragePrefix + cfg.Environment,
-		RotationSchedule: cfg.RotationSchedule,
-		RotationWindow:   cfg.RotationWindow,
-		RotationPeriod:   cfg.RotationPeriod,
+		Name:             name,
+		MountPoint:       mount,
+		ReqPath:          path,
+		RotationSchedule: sched.Schedule,
+		RotationWindow:   sched.Window,
+		RotationPeriod:   sched.Period,
 	})
 	if err != nil {
-		cfg.RotationManaged = false
-		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "environment", cfg.Environment, "error", err)
+		*managed = false
+		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "path", path, "error", err)
 		return nil
 	}
-	cfg.RotationManaged = true
+	*managed = true
+	return nil
+}
+
+// deregisterRotationJob removes a target's job from Vault's rotation manager
+// when it has one (its config or static role is being deleted).
+func (b *heronBackend) deregisterRotationJob(ctx context.Context, mount, path string, managed bool) []string {
+	if !managed {
+		return nil
+	}
+	if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mount, ReqPath: path}); err != nil {
+		return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
+	}
 	return nil
 }
 
