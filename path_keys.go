@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -12,7 +11,7 @@ import (
 )
 
 func pathKeys(b *heronBackend) []*framework.Path {
-	return []*framework.Path{
+	paths := []*framework.Path{
 		{
 			Pattern: "keys/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -81,6 +80,9 @@ func pathKeys(b *heronBackend) []*framework.Path {
 			HelpDescription: pathKeysHelpDesc,
 		},
 	}
+	// The list path pages: after and limit.
+	paths[0].Fields = withPaging(paths[0].Fields)
+	return paths
 }
 
 // pathKeysList handles LIST keys/.
@@ -92,14 +94,29 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 		return logical.ErrorResponse("state must be %q or %q, got %q", keyStateActive, keyStateDeactivated, state), nil
 	}
 
-	keys, err := listTrackedKeys(ctx, req.Storage)
-	if err != nil {
-		return nil, err
+	page, bad := readPage(d)
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
 	}
+	all, err := req.Storage.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing key records: %w", err)
+	}
+	// Records are read (and their info built) only until the page is full:
+	// memory follows the page, not the number of keys tracked.
+	want := page.limit
+	page.limit = 0
 	var ids []string
 	info := make(map[string]interface{})
-	for _, k := range keys {
-		if (role != "" && k.Role != role) || (env != "" && k.Environment != env) || (state != "" && k.State != state) {
+	for _, id := range page.names(all) {
+		if want > 0 && len(ids) == want {
+			break
+		}
+		k, err := getTrackedKey(ctx, req.Storage, id)
+		if err != nil {
+			return nil, err
+		}
+		if k == nil || (role != "" && k.Role != role) || (env != "" && k.Environment != env) || (state != "" && k.State != state) {
 			continue
 		}
 		ids = append(ids, k.KeyID)
@@ -116,7 +133,6 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 			"kind":         k.kind(),
 		}
 	}
-	sort.Strings(ids)
 	return logical.ListResponseWithInfo(ids, info), nil
 }
 

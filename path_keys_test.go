@@ -483,3 +483,52 @@ func TestCreds_RoleInPathMustBeLowercase(t *testing.T) {
 	lease := e.issue("billing")
 	require.NoError(t, e.revoke(lease))
 }
+
+// Paging (Vault's convention): after and limit on keys/, roles/ and
+// static-roles/; key info is built for the page only.
+func TestListing_Paging(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	for _, n := range []string{"c", "a", "b", "d"} {
+		e.role(n, map[string]interface{}{})
+	}
+	resp := e.ok(logical.ListOperation, "roles/", map[string]interface{}{"limit": 2})
+	require.Equal(t, []string{"a", "b"}, resp.Data["keys"])
+	resp = e.ok(logical.ListOperation, "roles/", map[string]interface{}{"after": "b", "limit": 2})
+	require.Equal(t, []string{"c", "d"}, resp.Data["keys"])
+	resp = e.ok(logical.ListOperation, "roles/", map[string]interface{}{"after": "d"})
+	require.Empty(t, resp.Data["keys"])
+	e.badRequest(logical.ListOperation, "roles/", map[string]interface{}{"limit": 0}, "limit must be between 1 and 10000")
+	e.badRequest(logical.ListOperation, "keys/", map[string]interface{}{"limit": 10001}, "limit must be between 1 and 10000")
+
+	var leases []*logical.Response
+	for i := 0; i < 5; i++ {
+		leases = append(leases, e.issue("a"))
+	}
+	var all []string
+	after := ""
+	for {
+		resp := e.ok(logical.ListOperation, "keys/", map[string]interface{}{"after": after, "limit": 2})
+		page, _ := resp.Data["keys"].([]string)
+		if len(page) == 0 {
+			break
+		}
+		require.LessOrEqual(t, len(page), 2)
+		require.Len(t, resp.Data["key_info"], len(page), "info for the page only")
+		all = append(all, page...)
+		after = page[len(page)-1]
+	}
+	require.Len(t, all, 5)
+	require.IsIncreasing(t, all)
+	full := e.ok(logical.ListOperation, "keys/", nil).Data["keys"].([]string)
+	require.Equal(t, full, all)
+	e.ok(logical.CreateOperation, "static-roles/s1", map[string]interface{}{"environment": "development"})
+	e.ok(logical.CreateOperation, "static-roles/s2", map[string]interface{}{"environment": "development"})
+	resp = e.ok(logical.ListOperation, "static-roles/", map[string]interface{}{"after": "s1"})
+	require.Equal(t, []string{"s2"}, resp.Data["keys"])
+	for _, l := range leases {
+		require.NoError(t, e.revoke(l))
+	}
+	e.ok(logical.DeleteOperation, "static-roles/s1", nil)
+	e.ok(logical.DeleteOperation, "static-roles/s2", nil)
+}

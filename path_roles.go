@@ -84,7 +84,7 @@ func (r *heronRole) validate() error {
 }
 
 func pathRoles(b *heronBackend) []*framework.Path {
-	return []*framework.Path{
+	paths := []*framework.Path{
 		{
 			Pattern: "roles/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -191,6 +191,9 @@ func pathRoles(b *heronBackend) []*framework.Path {
 			HelpDescription: pathRolesHelpDesc,
 		},
 	}
+	// The list path pages: after and limit.
+	paths[0].Fields = withPaging(paths[0].Fields)
+	return paths
 }
 
 // getRole returns the stored role, or (nil, nil) when there is none.
@@ -227,12 +230,16 @@ func (b *heronBackend) pathRolesExistenceCheck(ctx context.Context, req *logical
 }
 
 // pathRolesList handles LIST roles/.
-func (b *heronBackend) pathRolesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+func (b *heronBackend) pathRolesList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	page, bad := readPage(d)
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
+	}
 	names, err := req.Storage.List(ctx, roleStoragePrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing roles: %w", err)
 	}
-	return logical.ListResponse(names), nil
+	return logical.ListResponse(page.names(names)), nil
 }
 
 // pathRolesRead handles READ roles/<name>.

@@ -16,7 +16,7 @@ import (
 // static-roles/<name> and static-roles/<name>/rotate.
 
 func pathStaticRoles(b *heronBackend) []*framework.Path {
-	return []*framework.Path{
+	paths := []*framework.Path{
 		{
 			Pattern: "static-roles/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -86,6 +86,9 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 			HelpDescription: pathStaticRolesRotateHelpDesc,
 		},
 	}
+	// The list path pages: after and limit.
+	paths[0].Fields = withPaging(paths[0].Fields)
+	return paths
 }
 
 func staticRoleFields() map[string]*framework.FieldSchema {
@@ -154,12 +157,16 @@ func (b *heronBackend) pathStaticRolesExistenceCheck(ctx context.Context, req *l
 }
 
 // pathStaticRolesList handles LIST static-roles/.
-func (b *heronBackend) pathStaticRolesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+func (b *heronBackend) pathStaticRolesList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	page, bad := readPage(d)
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
+	}
 	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing static roles: %w", err)
 	}
-	return logical.ListResponse(names), nil
+	return logical.ListResponse(page.names(names)), nil
 }
 
 // pathStaticRolesRead handles READ static-roles/<name>.
