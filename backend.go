@@ -191,8 +191,22 @@ func (b *heronBackend) resetClient(env string) {
 	}
 }
 
-// getClient returns the cached Heron client of env, building it on first use.
+// getClient returns the cached Heron client of env, building it on first
+// use. For a config whose delete did not finish it returns an uncached
+// client: revocations, rollbacks and the cleanup pass still run with it (and
+// fail cleanly if its admin key is gone already); what creates keys uses
+// creatingClient instead.
 func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env string) (heronapi.API, error) {
+	return b.client(ctx, s, env, false)
+}
+
+// creatingClient is getClient for what creates keys (issuance, rotations):
+// refused while the config is being deleted.
+func (b *heronBackend) creatingClient(ctx context.Context, s logical.Storage, env string) (heronapi.API, error) {
+	return b.client(ctx, s, env, true)
+}
+
+func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string, creating bool) (heronapi.API, error) {
 	b.clientsLock.RLock()
 	c, ok := b.clients[env]
 	b.clientsLock.RUnlock()
@@ -214,7 +228,10 @@ func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env str
 		return nil, fmt.Errorf("%w: %q", errConfigNotFound, env)
 	}
 	if cfg.Deleting {
-		return nil, errDeleting(env)
+		if creating {
+			return nil, errDeleting(env)
+		}
+		return b.checkClient(cfg, cfg.AdminAPIKey)
 	}
 	if b.closed {
 		return b.checkClient(cfg, cfg.AdminAPIKey)

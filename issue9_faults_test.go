@@ -436,8 +436,8 @@ func TestIssue9_HalfDoneConfigDeleteIsFinishedByARetry(t *testing.T) {
 
 	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 1}, "is being deleted")
 	e.badRequest(logical.CreateOperation, "roles/r", map[string]interface{}{"environment": "development"}, "is being deleted")
-	_, err = e.b.getClient(context.Background(), e.s, "development")
-	require.ErrorContains(t, err, "is being deleted", "nothing uses a config being deleted")
+	_, err = e.b.creatingClient(context.Background(), e.s, "development")
+	require.ErrorContains(t, err, "is being deleted", "nothing creates keys with a config being deleted")
 
 	fs.fail = false
 	e.ok(logical.DeleteOperation, "config/development", nil)

@@ -80,7 +80,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	if cfg == nil {
 		return nil, "", fmt.Errorf("%w: %q", errConfigNotFound, env)
 	}
-	oldClient, err := b.getClient(ctx, s, env)
+	oldClient, err := b.creatingClient(ctx, s, env)
 	if err != nil {
 		return nil, "", err
 	}

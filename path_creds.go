@@ -107,7 +107,7 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	defer cfgLock.RUnlock()
 
 	// The cached client stands for the config: no storage read per issuance.
-	client, err := b.getClient(ctx, req.Storage, role.Environment)
+	client, err := b.creatingClient(ctx, req.Storage, role.Environment)
 	if errors.Is(err, errConfigNotFound) {
 		return logical.ErrorResponse("role %q names environment %q, which has no config", roleName, role.Environment), nil
 	}

@@ -274,7 +274,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 		return resp, nil
 	}
 
-	client, err := b.getClient(ctx, req.Storage, r.Environment)
+	client, err := b.creatingClient(ctx, req.Storage, r.Environment)
 	if err != nil {
 		return nil, err
 	}

@@ -175,7 +175,7 @@ func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name
 	if r, err = getStaticRole(ctx, s, name); err != nil || r == nil {
 		return nil, fmt.Errorf("%w %q does not exist (%v)", errStaticUser, name, err)
 	}
-	client, err := b.getClient(ctx, s, r.Environment)
+	client, err := b.creatingClient(ctx, s, r.Environment)
 	if errors.Is(err, errConfigNotFound) {
 		return nil, fmt.Errorf("%w %q names environment %q, which has no config", errStaticUser, name, r.Environment)
 	}
