@@ -169,6 +169,9 @@ func (b *heronBackend) clean(context.Context) {
 // cachedClient is an environment's client and the budget it holds.
 type cachedClient struct {
 	api heronapi.API
+	// historyRetention is the config's, so that a revocation turning the
+	// record into a tombstone needs no read of the config.
+	historyRetention time.Duration
 	// release gives up this mount's claim on the shared limiter.
 	release func()
 }
@@ -198,6 +201,22 @@ func (b *heronBackend) resetClient(env string) {
 // creatingClient instead.
 func (b *heronBackend) getClient(ctx context.Context, s logical.Storage, env string) (heronapi.API, error) {
 	return b.client(ctx, s, env, false)
+}
+
+// historyRetention is env's history_retention: from the cached client when
+// there is one, else from storage (the default when the config is gone).
+func (b *heronBackend) historyRetention(ctx context.Context, s logical.Storage, env string) time.Duration {
+	b.clientsLock.RLock()
+	c, ok := b.clients[env]
+	b.clientsLock.RUnlock()
+	if ok {
+		return c.historyRetention
+	}
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil {
+		return defaultHistoryRetention
+	}
+	return cfg.historyRetention()
 }
 
 // creatingClient is getClient for what creates keys (issuance, rotations):
@@ -245,7 +264,7 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 		release()
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
-	b.clients[env] = &cachedClient{api: api, release: release}
+	b.clients[env] = &cachedClient{api: api, release: release, historyRetention: cfg.historyRetention()}
 	return api, nil
 }
 

@@ -40,7 +40,8 @@ const (
 	overdueSweepEvery = time.Hour
 )
 
-// sweepOverdue hands to the cleanup pass the active keys whose lease ended
+// sweepOverdue drops tombstones past their history_retention and hands to
+// the cleanup pass the active keys whose lease ended
 // more than overdueGrace ago: deactivated as an expiry, or deleted when the
 // lease's revocation decided so or their retention is over too. This is the
 // engine's own bound on a key's life: the record's end stands in for a lease
@@ -49,10 +50,25 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 	now := b.now()
 	swept := 0
 	var errs []error
+	retention := map[string]time.Duration{}
 	for _, id := range ids {
-		k, err := getTrackedKey(ctx, s, id)
+		k, err := getKeyRecord(ctx, s, id)
 		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if k != nil && k.State == keyStateDeleted {
+			// A tombstone past its config's history_retention goes.
+			r, ok := retention[k.Environment]
+			if !ok {
+				r = b.historyRetention(ctx, s, k.Environment)
+				retention[k.Environment] = r
+			}
+			if !now.Before(k.DeletedAt.Add(r)) {
+				if err := s.Delete(ctx, keyStoragePrefix+id); err != nil {
+					errs = append(errs, fmt.Errorf("deleting the tombstone of key %s: %w", id, err))
+				}
+			}
 			continue
 		}
 		if k == nil || k.Kind == keyKindStatic || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
@@ -153,13 +169,13 @@ func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []s
 		if !ok || !k.Issued.Before(listedAt) {
 			continue
 		}
-		if err := deleteTrackedKey(ctx, s, k); err != nil {
+		state := k.State
+		if err := b.forgetKey(ctx, s, k, reasonMissing); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		counts.UntrackedGoneKeys++
-		b.Logger().Warn("tracked key no longer exists in Heron: dropped from tracking",
-			"key_id", k.KeyID, "key_name", k.KeyName, "role", k.Role, "environment", k.Environment, "state", k.State)
+		b.recordChange(eventKeyMissing, changeOf(k), "state", state)
 	}
 	return errors.Join(errs...)
 }
@@ -177,7 +193,6 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	if err != nil {
 		return err
 	}
-	log := b.Logger().With("environment", env)
 	var errs []error
 
 	if list {
@@ -227,12 +242,16 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 			errs = append(errs, fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
 			continue
 		}
-		if err := deleteTrackedKey(ctx, s, k); err != nil {
+		reason := reasonRetention
+		if k.Kind == keyKindStatic {
+			reason = reasonStaticRetired
+		}
+		if err := b.forgetKey(ctx, s, k, reason); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		counts.ExpiredKeysDeleted++
-		log.Info("deleted expired key after retention", "key_id", k.KeyID, "role", k.Role)
+		b.recordChange(eventKeyDelete, changeOf(k), "reason", reason)
 	}
 
 	if err := b.cleanupRetired(ctx, s, cfg, client, counts); err != nil {
@@ -250,8 +269,15 @@ func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, cli
 		err = client.DeleteKey(ctx, k.KeyID)
 	}
 	if errors.Is(err, heronapi.ErrNotFound) || (err == nil && k.Pending == pendingDelete) {
-		b.Logger().Info("finished a deferred revocation", "key_id", k.KeyID, "role", k.Role, "pending", k.Pending)
-		return deleteTrackedKey(ctx, s, k)
+		event, reason := eventKeyRevoke, reasonRevoked
+		if err != nil {
+			event, reason = eventKeyMissing, reasonMissing
+		}
+		if err := b.forgetKey(ctx, s, k, reason); err != nil {
+			return err
+		}
+		b.recordChange(event, changeOf(k), "deferred", true)
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("finishing the deferred %s of key %s: %w", k.Pending, k.KeyID, err)
@@ -261,8 +287,11 @@ func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, cli
 	k.State = keyStateDeactivated
 	k.DeactivatedAt = now
 	k.DeleteAfter = now.Add(k.ExpiredKeyRetention)
-	b.Logger().Info("finished a deferred deactivation", "key_id", k.KeyID, "role", k.Role)
-	return putTrackedKey(ctx, s, k)
+	if err := putTrackedKey(ctx, s, k); err != nil {
+		return err
+	}
+	b.recordChange(eventKeyExpire, changeOf(k), "deferred", true, "delete_after", k.DeleteAfter.UTC().Format(time.RFC3339))
+	return nil
 }
 
 // cleanupRetired deactivates rotated-out admin keys still active and deletes
@@ -354,10 +383,10 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 		if err := deleteIfPresent(ctx, client, k.KeyID); err != nil {
 			return fmt.Errorf("deleting key %s: %w", k.KeyID, err)
 		}
-		if err := deleteTrackedKey(ctx, s, k); err != nil {
+		if err := b.forgetKey(ctx, s, k, reasonConfigDeleted); err != nil {
 			return err
 		}
-		b.Logger().Info("deleted retained key with its config", "key_id", k.KeyID, "environment", env)
+		b.recordChange(eventKeyDelete, changeOf(k), "reason", reasonConfigDeleted)
 	}
 	for _, rk := range cfg.RetiredKeys {
 		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {

@@ -28,6 +28,7 @@ const (
 	defaultMaxRetries         = 4
 	defaultRateLimitPerMinute = 250
 	defaultOldKeyRetention    = 24 * time.Hour
+	defaultHistoryRetention   = 720 * time.Hour
 
 	maxRequestTimeout     = 5 * time.Minute
 	maxMaxRetries         = 20
@@ -82,9 +83,20 @@ type heronConfig struct {
 	// They live in the config entry so that switching to the new key and
 	// remembering the old one is a single atomic write.
 	RetiredKeys []retiredAdminKey `json:"retired_keys,omitempty"`
+	// HistoryRetention is how long a deleted key's tombstone stays readable
+	// in keys/ (nil: the default, for configs written before it existed).
+	HistoryRetention *time.Duration `json:"history_retention,omitempty"`
 	// Deleting: a delete of this config began (it may have deleted the admin
 	// key the engine created) and did not finish; only a retry may go on.
 	Deleting bool `json:"deleting,omitempty"`
+}
+
+// historyRetention is the config's history_retention.
+func (c *heronConfig) historyRetention() time.Duration {
+	if c == nil || c.HistoryRetention == nil {
+		return defaultHistoryRetention
+	}
+	return *c.HistoryRetention
 }
 
 // errDeleting says what to do about a config whose delete did not finish.
@@ -124,6 +136,9 @@ func (c *heronConfig) validate() error {
 	}
 	if c.RateLimitPerMinute < 1 || c.RateLimitPerMinute > maxRateLimitPerMinute {
 		return fmt.Errorf("rate_limit_per_minute must be between 1 and %d, got %d", maxRateLimitPerMinute, c.RateLimitPerMinute)
+	}
+	if c.HistoryRetention != nil && *c.HistoryRetention < 0 {
+		return fmt.Errorf("history_retention must not be negative, got %s", *c.HistoryRetention)
 	}
 	if c.OldKeyRetention < 0 {
 		return fmt.Errorf("old_key_retention must not be negative, got %s", c.OldKeyRetention)

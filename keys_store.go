@@ -23,6 +23,8 @@ const (
 
 	keyStateActive      = "active"
 	keyStateDeactivated = "deactivated"
+	// keyStateDeleted is a tombstone: the key is gone, its history stays.
+	keyStateDeleted = "deleted"
 )
 
 // trackedKey is the engine's record of one Heron key it issued. It never holds
@@ -48,6 +50,11 @@ type trackedKey struct {
 
 	DeactivatedAt time.Time `json:"deactivated_at,omitempty"`
 	DeleteAfter   time.Time `json:"delete_after,omitempty"`
+	// LastRenewed, DeletedAt and Reason complete the key's history: the
+	// record of a deleted key stays as a tombstone (see forgetKey).
+	LastRenewed time.Time `json:"last_renewed,omitempty"`
+	DeletedAt   time.Time `json:"deleted_at,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
 
 	// RateLimitedRevokes counts revocations of this key's lease that found no
 	// budget. After deferRevokeAfter of them the lease is let go and the key
@@ -76,9 +83,44 @@ const (
 	deferRevokeAfter = 3
 )
 
-// getTrackedKey returns the record of id, or (nil, nil) when it is not tracked.
+// getTrackedKey returns the record of id, or (nil, nil) when the engine does
+// not track the key (no record, or only its tombstone).
 func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
+	k, err := getKeyRecord(ctx, s, id)
+	if err != nil || k == nil || k.State == keyStateDeleted {
+		return nil, err
+	}
+	return k, nil
+}
+
+// getKeyRecord returns the record of id, a tombstone included.
+func getKeyRecord(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
 	return getJSON[trackedKey](ctx, s, keyStoragePrefix+id, "key record "+id)
+}
+
+// forgetKey records that k's Heron key is gone: its record becomes a
+// tombstone (state deleted, when and why) kept for the config's
+// history_retention, written in place of the delete that would have
+// forgotten it (no extra storage write); with no retention, deleted.
+func (b *heronBackend) forgetKey(ctx context.Context, s logical.Storage, k *trackedKey, reason string) error {
+	if b.historyRetention(ctx, s, k.Environment) <= 0 {
+		return deleteTrackedKey(ctx, s, k)
+	}
+	wasRetained := k.retained()
+	k.State = keyStateDeleted
+	k.DeletedAt = b.now()
+	k.Reason = reason
+	k.Pending, k.Revoke = "", ""
+	if err := putTrackedKey(ctx, s, k); err != nil {
+		return err
+	}
+	if wasRetained {
+		// A stale marker is also dropped by the next pass (retainedKeys).
+		if err := s.Delete(ctx, retainedKeyStoragePrefix+k.KeyID); err != nil {
+			b.Logger().Debug("could not drop a retained-key marker; the next pass will", "key_id", k.KeyID, "error", err)
+		}
+	}
+	return nil
 }
 
 // putTrackedKey stores k and keeps the indexes in step with its state. A key

@@ -93,6 +93,14 @@ func pathConfig(b *heronBackend) []*framework.Path {
 						Name: "Verify",
 					},
 				},
+				"history_retention": {
+					Type:        framework.TypeDurationSecond,
+					Description: "How long a deleted key's record (a tombstone: when and why it was deleted) stays readable in keys/ (0 = keep none).",
+					Default:     int(defaultHistoryRetention.Seconds()),
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "History retention",
+					},
+				},
 				"force": {
 					Type:        framework.TypeBool,
 					Description: "Accept a new admin_api_key or base_url that cannot see every key this engine tracks in the environment; those keys are then reported as unreachable in keys/. This write only.",
@@ -211,6 +219,7 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"admin_key_id":               cfg.AdminKeyID,
 		"last_rotated":               lastRotated,
 		"next_rotation":              formatTime(nextRotation(cfg)),
+		"history_retention":          int64(cfg.historyRetention().Seconds()),
 		"retired_keys":               retiredKeysView(cfg.RetiredKeys),
 	}}, nil
 }
@@ -285,6 +294,13 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	intField(d, "max_retries", create, &cfg.MaxRetries)
 	intField(d, "rate_limit_per_minute", create, &cfg.RateLimitPerMinute)
 	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
+	if v, ok := d.GetOk("history_retention"); ok || create || cfg.HistoryRetention == nil {
+		if !ok {
+			v = d.GetDefaultOrZero("history_retention")
+		}
+		hr := time.Duration(v.(int)) * time.Second
+		cfg.HistoryRetention = &hr
+	}
 	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
 	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
 	cfg.RotationSchedule = strings.TrimSpace(cfg.RotationSchedule)

@@ -69,6 +69,15 @@ func (b *heronBackend) pathConfigRotateWrite(ctx context.Context, req *logical.R
 // record until the config holding it is stored; the switch to the new key and
 // the record of the old one for deletion are one storage write.
 func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, env string) (*heronConfig, string, error) {
+	cfg, warning, err := b.rotateAdminKeyOnce(ctx, s, env)
+	if err != nil && !errors.Is(err, errConfigNotFound) {
+		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error())
+	}
+	return cfg, warning, err
+}
+
+// rotateAdminKeyOnce is one attempt of rotateAdminKey.
+func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage, env string) (*heronConfig, string, error) {
 	lock := b.configLock(env)
 	lock.Lock()
 	defer lock.Unlock()
@@ -150,7 +159,8 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 	}
 	guard.done(ctx)
 	b.resetClient(env)
-	b.Logger().Info("rotated admin key", "environment", env, "new_key_id", newKey.ID, "old_key_id", cfg.AdminKeyID)
+	b.recordChange(eventAdminRotate, keyChange{KeyID: newKey.ID, KeyName: name, TokenPrefix: newKey.TokenPrefix,
+		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID)
 
 	// Heron's flow deactivates the old key before deleting it; the cleanup
 	// pass retries this if it fails now and deletes it after retention.

@@ -92,6 +92,7 @@ func TestConfig_CRUD(t *testing.T) {
 		"rate_limit_per_minute":      120,
 		"old_key_retention":          int64(86400),
 		"next_rotation":              "",
+		"history_retention":          int64(720 * 3600),
 		"retired_keys":               []map[string]interface{}{},
 		"rotation_period":            int64(0),
 		"rotation_schedule":          "",

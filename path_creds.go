@@ -214,7 +214,7 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 		return nil, err
 	}
 	guard.done(ctx)
-	b.Logger().Info("issued key", "key_id", rec.KeyID, "key_name", rec.KeyName, "role", rec.Role, "environment", rec.Environment, "expires", rec.Expires.UTC().Format(time.RFC3339))
+	b.recordChange(eventKeyIssue, changeOf(rec), "expires", rec.Expires.UTC().Format(time.RFC3339))
 	return &issuedKey{rec: rec, token: key.Token}, nil
 }
 

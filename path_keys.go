@@ -37,9 +37,9 @@ func pathKeys(b *heronBackend) []*framework.Path {
 				},
 				"state": {
 					Type:          framework.TypeString,
-					Description:   "Only list keys in this state (active or deactivated).",
+					Description:   "Only list keys in this state: active, deactivated, or deleted (tombstones kept for the config's history_retention; not listed otherwise).",
 					Query:         true,
-					AllowedValues: []interface{}{keyStateActive, keyStateDeactivated},
+					AllowedValues: []interface{}{keyStateActive, keyStateDeactivated, keyStateDeleted},
 					DisplayAttrs: &framework.DisplayAttributes{
 						Name: "State",
 					},
@@ -90,8 +90,8 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 	role := d.Get("role").(string)
 	env := d.Get("environment").(string)
 	state := d.Get("state").(string)
-	if state != "" && state != keyStateActive && state != keyStateDeactivated {
-		return logical.ErrorResponse("state must be %q or %q, got %q", keyStateActive, keyStateDeactivated, state), nil
+	if state != "" && state != keyStateActive && state != keyStateDeactivated && state != keyStateDeleted {
+		return logical.ErrorResponse("state must be %q, %q or %q, got %q", keyStateActive, keyStateDeactivated, keyStateDeleted, state), nil
 	}
 
 	page, bad := readPage(d)
@@ -112,53 +112,59 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 		if want > 0 && len(ids) == want {
 			break
 		}
-		k, err := getTrackedKey(ctx, req.Storage, id)
+		k, err := getKeyRecord(ctx, req.Storage, id)
 		if err != nil {
 			return nil, err
 		}
-		if k == nil || (role != "" && k.Role != role) || (env != "" && k.Environment != env) || (state != "" && k.State != state) {
+		// Tombstones only when asked for: keys/ lists what is still in Heron.
+		if k == nil || (role != "" && k.Role != role) || (env != "" && k.Environment != env) ||
+			(state != "" && k.State != state) || (state == "" && k.State == keyStateDeleted) {
 			continue
 		}
 		ids = append(ids, k.KeyID)
-		info[k.KeyID] = map[string]interface{}{
-			"key_name":     k.KeyName,
-			"role":         k.Role,
-			"environment":  k.Environment,
-			"token_prefix": k.TokenPrefix,
-			"state":        k.State,
-			"issued":       k.Issued.UTC().Format(time.RFC3339),
-			"expires":      k.Expires.UTC().Format(time.RFC3339),
-			"pending":      k.Pending,
-			"unreachable":  k.Unreachable,
-			"kind":         k.kind(),
-		}
+		info[k.KeyID] = keyInfo(k)
 	}
 	return logical.ListResponseWithInfo(ids, info), nil
+}
+
+// keyInfo is what keys/ says of a key: its record, history included, never
+// a token.
+func keyInfo(k *trackedKey) map[string]interface{} {
+	return map[string]interface{}{
+		"key_id":         k.KeyID,
+		"key_name":       k.KeyName,
+		"role":           k.Role,
+		"environment":    k.Environment,
+		"token_prefix":   k.TokenPrefix,
+		"state":          k.State,
+		"kind":           k.kind(),
+		"issued":         formatTime(k.Issued),
+		"expires":        formatTime(k.Expires),
+		"last_renewed":   formatTime(k.LastRenewed),
+		"deactivated_at": formatTime(k.DeactivatedAt),
+		"delete_after":   formatTime(k.DeleteAfter),
+		"deleted_at":     formatTime(k.DeletedAt),
+		"reason":         k.Reason,
+		"pending":        k.Pending,
+		"unreachable":    k.Unreachable,
+	}
 }
 
 // pathKeysRead handles READ keys/<key_id>.
 func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("key_id").(string)
-	rec, err := getTrackedKey(ctx, req.Storage, id)
+	rec, err := getKeyRecord(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
 	if rec == nil {
 		return nil, nil
 	}
-	data := map[string]interface{}{
-		"key_id":       rec.KeyID,
-		"key_name":     rec.KeyName,
-		"role":         rec.Role,
-		"environment":  rec.Environment,
-		"token_prefix": rec.TokenPrefix,
-		"state":        rec.State,
-		"issued":       rec.Issued.UTC().Format(time.RFC3339),
-		"expires":      rec.Expires.UTC().Format(time.RFC3339),
-		"delete_after": formatTime(rec.DeleteAfter),
-		"pending":      rec.Pending,
-		"unreachable":  rec.Unreachable,
-		"kind":         rec.kind(),
+	data := keyInfo(rec)
+	if rec.State == keyStateDeleted {
+		// What happened to it, and when: no need to ask Heron.
+		data["in_heron"] = false
+		return &logical.Response{Data: data}, nil
 	}
 
 	client, err := b.getClient(ctx, req.Storage, rec.Environment)

@@ -90,11 +90,13 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 	// gave up on before is over, and the next one decides afresh.
 	rec.Revoke = ""
 	rec.RateLimitedRevokes = 0
+	rec.LastRenewed = b.now()
 	// Only the record changes on renewal; the active index entry stands.
 	if err := putJSON(ctx, req.Storage, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
 		return nil, err
 	}
 
+	b.recordChange(eventKeyRenew, changeOf(rec), "expires", rec.Expires.UTC().Format(time.RFC3339))
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = role.MaxTTL
@@ -225,10 +227,10 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 		return nil, nil
 	}
 	if !expired {
-		if err := deleteTrackedKey(ctx, req.Storage, rec); err != nil {
+		if err := b.forgetKey(ctx, req.Storage, rec, reasonRevoked); err != nil {
 			return nil, err
 		}
-		log.Info("lease revoked: key deleted")
+		b.recordChange(eventKeyRevoke, changeOf(rec))
 		return nil, nil
 	}
 
@@ -244,7 +246,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	if err := putTrackedKey(ctx, req.Storage, rec); err != nil {
 		return nil, err
 	}
-	log.Info("lease expired: key deactivated", "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
+	b.recordChange(eventKeyExpire, changeOf(rec), "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
 	return nil, nil
 }
 

@@ -25,6 +25,8 @@ const (
 	staticRoleStoragePrefix = "static-roles/"
 	keyKindLease            = "lease"
 	keyKindStatic           = "static"
+	// keyKindAdmin marks the tombstone of an admin key a rollback deleted.
+	keyKindAdmin = "admin"
 
 	defaultStaticRotationPeriod = 720 * time.Hour
 	defaultOverlap              = 24 * time.Hour
@@ -200,7 +202,8 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName}, true)
 	if err != nil {
-		b.Logger().Warn("static role rotation failed: the current key stays", "role", r.Name, "environment", r.Environment, "error", err)
+		b.recordChange(eventStaticRotateFail, keyChange{KeyID: r.KeyID, KeyName: r.KeyName, TokenPrefix: r.TokenPrefix,
+			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error())
 		return upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err)
 	}
 	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
@@ -227,8 +230,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	}
 	guard.done(ctx)
 	*r = next
-	b.Logger().Info("static role rotated", "event", "heron/static-rotate", "role", r.Name, "environment", r.Environment,
-		"key_id", key.ID, "key_name", keyName, "token_prefix", key.TokenPrefix, "previous_key_id", r.PreviousKeyID)
+	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID)
 	return nil
 }
 
@@ -242,7 +244,10 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 	}
 	if errors.Is(err, heronapi.ErrNotFound) {
 		if rec != nil {
-			return deleteTrackedKey(ctx, s, rec)
+			if err := b.forgetKey(ctx, s, rec, reasonMissing); err != nil {
+				return err
+			}
+			b.recordChange(eventKeyMissing, changeOf(rec))
 		}
 		return nil
 	}
@@ -260,8 +265,7 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 	if err := putTrackedKey(ctx, s, rec); err != nil {
 		return err
 	}
-	b.Logger().Info("static role key deactivated", "event", "heron/static-deactivate", "role", r.Name, "environment", r.Environment,
-		"key_id", id, "reason", why, "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
+	b.recordChange(eventStaticDeactivate, changeOf(rec), "reason", why, "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 

@@ -312,8 +312,17 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 			return deleted, time.Time{}, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
 		}
 		deleted++
-		b.Logger().Info("deleted a key left by an interrupted creation", "key_id", k.ID, "key_name", k.Name,
-			"environment", entry.Environment, "kind", kind)
+		// Its only record: a tombstone saying when and why (the rare path of
+		// an interrupted creation, so its one write is worth the history).
+		tomb := &trackedKey{KeyID: k.ID, KeyName: k.Name, TokenPrefix: k.TokenPrefix, Environment: entry.Environment,
+			Role: entry.Role, State: keyStateActive, Issued: k.Created}
+		if kind == walKindAdminKey {
+			tomb.Kind = keyKindAdmin
+		}
+		if err := b.forgetKey(ctx, s, tomb, reasonRollback); err != nil {
+			b.Logger().Warn("could not record the tombstone of a rolled-back key", "key_id", k.ID, "error", err)
+		}
+		b.recordChange(eventKeyDelete, changeOf(tomb), "reason", reasonRollback, "wal_kind", kind)
 	}
 	return deleted, listedAt, nil
 }

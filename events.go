@@ -1,0 +1,94 @@
+package heron
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// One record of every key change, read three ways: a Vault event (framework
+// SendEvent: subscribable on Vault Enterprise), the key's own record in
+// storage (its timestamps, and a tombstone once deleted, readable at keys/),
+// and one structured log line at info level with event=<name>.
+
+const (
+	eventKeyIssue         = "heron/key-issue"
+	eventKeyRenew         = "heron/key-renew"
+	eventKeyExpire        = "heron/key-expire"
+	eventKeyRevoke        = "heron/key-revoke"
+	eventKeyDelete        = "heron/key-delete"
+	eventKeyMissing       = "heron/key-missing"
+	eventAdminRotate      = "heron/admin-rotate"
+	eventAdminRotateFail  = "heron/admin-rotate-fail"
+	eventStaticRotate     = "heron/static-rotate"
+	eventStaticRotateFail = "heron/static-rotate-fail"
+	eventStaticDeactivate = "heron/static-deactivate"
+
+	// eventSendTimeout bounds a send that runs beside the operation.
+	eventSendTimeout = 5 * time.Second
+)
+
+// Tombstone reasons: why a key's record says deleted.
+const (
+	reasonRevoked       = "revoked"
+	reasonRetention     = "retention"
+	reasonMissing       = "missing"
+	reasonRollback      = "rollback"
+	reasonStaticRetired = "static-retired"
+	reasonConfigDeleted = "config-deleted"
+)
+
+// keyChange is the metadata of one change: ids and names, never a token.
+type keyChange struct {
+	KeyID, KeyName, TokenPrefix, Environment, Role string
+	// DataPath is the engine path the change belongs to (creds/<role>,
+	// static-creds/<role>, config/<env>); Vault prefixes the mount.
+	DataPath string
+}
+
+// changeOf is the change metadata of a tracked key.
+func changeOf(k *trackedKey) keyChange {
+	path := "creds/" + k.Role
+	switch k.Kind {
+	case keyKindStatic:
+		path = "static-creds/" + k.Role
+	case keyKindAdmin:
+		path = configStoragePrefix + k.Environment
+	}
+	return keyChange{KeyID: k.KeyID, KeyName: k.KeyName, TokenPrefix: k.TokenPrefix, Environment: k.Environment, Role: k.Role, DataPath: path}
+}
+
+// recordChange sends the Vault event and logs the line for one change. The
+// record's own fields are the caller's write. Sending never fails or slows
+// the operation: it runs beside it, bounded, and a server without an event
+// bus (or without subscribers) costs nothing but a debug line.
+func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface{}) {
+	pairs := []string{
+		"key_id", c.KeyID,
+		"key_name", c.KeyName,
+		"token_prefix", c.TokenPrefix,
+		"environment", c.Environment,
+		logical.EventMetadataDataPath, c.DataPath,
+		logical.EventMetadataModified, "true",
+	}
+	if c.Role != "" {
+		pairs = append(pairs, "role", c.Role)
+	}
+	args := []interface{}{"event", name}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i] == logical.EventMetadataModified {
+			continue
+		}
+		args = append(args, pairs[i], pairs[i+1])
+	}
+	b.Logger().Info("key change", append(args, extra...)...)
+
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), eventSendTimeout)
+		defer cancel()
+		if err := logical.SendEvent(ctx, b, name, pairs...); err != nil {
+			b.Logger().Debug("event not sent", "event", name, "error", err)
+		}
+	}()
+}
