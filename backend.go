@@ -127,6 +127,7 @@ func backend() *heronBackend {
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathStaticCreds(b),
+			pathInventory(b),
 		),
 		Secrets: []*framework.Secret{
 			b.heronAPIKey(),
