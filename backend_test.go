@@ -39,6 +39,7 @@ const (
 
 // testSetup is what the options of newTestEnv change.
 type testSetup struct {
+	events    logical.EventSender
 	wrap      func(logical.Storage) logical.Storage
 	logger    hclog.Logger
 	unlimited bool
@@ -51,6 +52,11 @@ type testOption func(*testSetup)
 // withStorage wraps the in-memory storage (to count or fail operations).
 func withStorage(wrap func(logical.Storage) logical.Storage) testOption {
 	return func(c *testSetup) { c.wrap = wrap }
+}
+
+// withEvents gives the backend an event sender (logical.MockEventSender).
+func withEvents(sender logical.EventSender) testOption {
+	return func(c *testSetup) { c.events = sender }
 }
 
 // withLogger replaces the default (warnings, into the test log).
@@ -93,6 +99,7 @@ func newTestEnv(tb testing.TB, opts ...testOption) *testEnv {
 		storage = setup.wrap(storage)
 	}
 	conf.StorageView = storage
+	conf.EventsSender = setup.events
 	conf.Logger = setup.logger
 	if conf.Logger == nil {
 		conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{tb}})
