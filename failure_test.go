@@ -330,9 +330,8 @@ func TestFailure_RevokeWithoutBudgetIsDeferredNotLost(t *testing.T) {
 	require.Equal(t, pendingDelete, rec.Pending)
 	list := e.ok(logical.ListOperation, "keys/", nil)
 	require.Equal(t, pendingDelete, list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})["pending"])
-	renewed, err := e.renew(lease, 0)
-	require.NoError(t, err)
-	require.True(t, renewed.IsError(), "a released lease cannot be renewed")
+	_, err = e.renew(lease, 0)
+	require.ErrorContains(t, err, "cannot be renewed", "a released lease cannot be renewed")
 
 	// Budget back: the cleanup pass finishes the revocation.
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": maxRateLimitPerMinute, "verify": false})

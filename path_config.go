@@ -26,6 +26,14 @@ func pathConfig(b *heronBackend) []*framework.Path {
 					Callback: b.pathConfigList,
 					Summary:  "List the configured Heron environments.",
 				},
+				// `vault read heron/config` is what people try first: say what
+				// to do instead of a bare 405.
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
+						return logical.ErrorResponse("each Heron environment has its own config: read config/<environment> (e.g. config/production); `vault list heron/config` lists them"), nil
+					},
+					Summary: "Explain where configs live (config/<environment>).",
+				},
 			},
 			HelpSynopsis:    pathConfigListHelpSyn,
 			HelpDescription: pathConfigListHelpDesc,

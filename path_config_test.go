@@ -176,3 +176,9 @@ func TestConfig_AdminKeyNeverReturnedOrLogged(t *testing.T) {
 		require.NotContains(t, fmt.Sprint(v), e.adminKey["development"], "field %s", k)
 	}
 }
+
+// `vault read heron/config` says where configs live instead of a bare 405.
+func TestConfig_ReadOfTheListPathExplains(t *testing.T) {
+	e := getTestBackend(t)
+	e.badRequest(logical.ReadOperation, "config", nil, "read config/<environment>")
+}

@@ -128,17 +128,17 @@ func TestLease_Renew(t *testing.T) {
 
 	// Past max_ttl renewal fails.
 	lease.Secret.IssueTime = time.Now().Add(-130 * time.Second)
-	renewed, err = e.renew(lease, 0)
-	require.NoError(t, err)
-	require.True(t, renewed.IsError())
+	_, err = e.renew(lease, 0)
+	require.Error(t, err)
+	code, _ := logical.RespondErrorCommon(&logical.Request{}, nil, err)
+	logical.AdjustErrorStatusCode(&code, err)
+	require.Equal(t, 400, code, "a 400 with a message, not a raw structure")
 
 	// A deleted role cannot renew.
 	lease.Secret.IssueTime = time.Now()
 	e.ok(logical.DeleteOperation, "roles/r", nil)
-	renewed, err = e.renew(lease, 0)
-	require.NoError(t, err)
-	require.True(t, renewed.IsError())
-	require.Contains(t, renewed.Error().Error(), `role "r" no longer exists`)
+	_, err = e.renew(lease, 0)
+	require.ErrorContains(t, err, `role "r" no longer exists`)
 
 	require.NoError(t, e.revoke(lease), "revocation works without the role")
 }

@@ -194,6 +194,9 @@ func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, pat
 	if err != nil {
 		*managed = false
 		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "path", path, "error", err)
+		if sched.Window > 0 {
+			return []string{"rotation_window is enforced only by Vault Enterprise's rotation manager, which this server does not have: the engine rotates on the schedule and ignores the window"}
+		}
 		return nil
 	}
 	*managed = true

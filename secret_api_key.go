@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -69,13 +70,15 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 	if err != nil {
 		return nil, err
 	}
+	// Vault prints an error response of a renewal as a raw Go structure;
+	// an error with a code reads as what it says.
 	if role == nil {
-		return logical.ErrorResponse("role %q no longer exists: the lease of key %s cannot be renewed", roleName, keyID), nil
+		return nil, &codedError{code: http.StatusBadRequest, msg: fmt.Sprintf("role %q no longer exists: the lease of key %s cannot be renewed (it ends at its current expiry; issue a new one from another role)", roleName, keyID)}
 	}
 
 	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, role.TTL, 0, role.MaxTTL, 0, req.Secret.IssueTime)
 	if err != nil {
-		return logical.ErrorResponse("key %s: %v", keyID, err), nil
+		return nil, &codedError{code: http.StatusBadRequest, msg: fmt.Sprintf("key %s: %v", keyID, err)}
 	}
 
 	rec, err := getTrackedKey(ctx, req.Storage, keyID)
@@ -83,7 +86,7 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 		return nil, err
 	}
 	if rec == nil || rec.State != keyStateActive || rec.Pending != "" {
-		return logical.ErrorResponse("key %s is no longer active in this engine (deleted or deactivated in Heron?)", keyID), nil
+		return nil, &codedError{code: http.StatusBadRequest, msg: fmt.Sprintf("key %s is no longer active in this engine (deleted or deactivated in Heron?): its lease cannot be renewed", keyID)}
 	}
 	rec.Expires = leaseEnd(b.now(), ttl, req.Secret.IssueTime, b.effectiveMaxTTL(role))
 	// A renewal means Vault holds the lease live: a failed revocation it
