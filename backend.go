@@ -62,6 +62,10 @@ type heronBackend struct {
 	// configLocks serialise rotation and config writes per environment.
 	configLocks []*locksutil.LockEntry
 
+	// roles caches roles for issuance and renewal (see role).
+	rolesLock sync.RWMutex
+	roles     map[string]*heronRole
+
 	// lists caches each environment's latest key list for reads that
 	// tolerate a few seconds of staleness (see list_cache.go).
 	lists listCache
@@ -93,6 +97,7 @@ type heronBackend struct {
 func backend() *heronBackend {
 	b := &heronBackend{
 		clients:     make(map[string]*cachedClient),
+		roles:       make(map[string]*heronRole),
 		roleLocks:   locksutil.CreateLocks(),
 		configLocks: locksutil.CreateLocks(),
 		nameLocks:   locksutil.CreateLocks(),
@@ -148,6 +153,9 @@ func backend() *heronBackend {
 func (b *heronBackend) invalidate(_ context.Context, key string) {
 	if env, ok := strings.CutPrefix(key, configStoragePrefix); ok {
 		b.resetClient(env)
+	}
+	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
+		b.forgetRole(name)
 	}
 }
 

@@ -68,6 +68,10 @@ type trackedKey struct {
 	// pendingDeactivate) when it could not finish: Vault's retries carry out
 	// that decision, even once they land after the lease's original end.
 	Revoke string `json:"revoke,omitempty"`
+	// NoIndex: the key has no role-keys/ marker (only roles with
+	// max_active_keys keep one, so that other issuances write one entry
+	// less). Records from before it existed are indexed.
+	NoIndex bool `json:"no_index,omitempty"`
 	// Unreachable marks a key that the config's current admin key cannot see
 	// (accepted with force=true): a 404 for it proves nothing, so the engine
 	// never forgets it on one.
@@ -135,15 +139,19 @@ func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error 
 			return fmt.Errorf("indexing retained key %s: %w", k.KeyID, err)
 		}
 	}
-	var err error
-	idx := roleKeyStoragePrefix + k.Role + "/" + k.KeyID
-	if k.State == keyStateActive {
-		err = s.Put(ctx, &logical.StorageEntry{Key: idx})
-	} else {
-		err = s.Delete(ctx, idx)
-	}
-	if err != nil {
-		return fmt.Errorf("updating active index of key %s: %w", k.KeyID, err)
+	if !k.NoIndex {
+		var err error
+		idx := roleKeyStoragePrefix + k.Role + "/" + k.KeyID
+		if k.State == keyStateActive {
+			err = s.Put(ctx, &logical.StorageEntry{Key: idx})
+		} else {
+			err = s.Delete(ctx, idx)
+			// Gone from the index for good: later writes need not touch it.
+			k.NoIndex = err == nil
+		}
+		if err != nil {
+			return fmt.Errorf("updating active index of key %s: %w", k.KeyID, err)
+		}
 	}
 	return putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k)
 }
@@ -152,8 +160,10 @@ func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error 
 // write that makes the key tracked, so it goes last: a failure before it
 // leaves nothing that claims the key, and the caller's undo deletes it.
 func putNewTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
-	if err := s.Put(ctx, &logical.StorageEntry{Key: roleKeyStoragePrefix + k.Role + "/" + k.KeyID}); err != nil {
-		return fmt.Errorf("indexing active key %s: %w", k.KeyID, err)
+	if !k.NoIndex {
+		if err := s.Put(ctx, &logical.StorageEntry{Key: roleKeyStoragePrefix + k.Role + "/" + k.KeyID}); err != nil {
+			return fmt.Errorf("indexing active key %s: %w", k.KeyID, err)
+		}
 	}
 	return putJSON(ctx, s, keyStoragePrefix+k.KeyID, "key record "+k.KeyID, k)
 }
@@ -173,7 +183,7 @@ func (k *trackedKey) retained() bool {
 
 // deleteTrackedKey forgets k (its Heron key is gone).
 func deleteTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
-	if k.State == keyStateActive {
+	if k.State == keyStateActive && !k.NoIndex {
 		if err := s.Delete(ctx, roleKeyStoragePrefix+k.Role+"/"+k.KeyID); err != nil {
 			return fmt.Errorf("deleting active index of key %s: %w", k.KeyID, err)
 		}
@@ -245,6 +255,25 @@ func countKeys(ctx context.Context, s logical.Storage, match func(*trackedKey) b
 		}
 	}
 	return n, nil
+}
+
+// indexRole gives every active key of role a role-keys/ marker: a role
+// that starts capping max_active_keys counts the keys it issued before too.
+func indexRole(ctx context.Context, s logical.Storage, role string) error {
+	keys, err := listTrackedKeys(ctx, s)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Role != role || k.Kind == keyKindStatic || k.State != keyStateActive || !k.NoIndex {
+			continue
+		}
+		k.NoIndex = false
+		if err := putTrackedKey(ctx, s, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // countActiveForRole counts the role's active keys from its index.

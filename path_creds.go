@@ -65,7 +65,7 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	if typed := strings.TrimPrefix(req.Path, "creds/"); typed != roleName {
 		return logical.ErrorResponse("role names are lowercase: read creds/%s, not creds/%s, so that every lease of the role shares one prefix", roleName, typed), nil
 	}
-	role, err := getRole(ctx, req.Storage, roleName)
+	role, err := b.role(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +141,7 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 		Role:                roleName,
 		State:               keyStateActive,
 		ExpiredKeyRetention: role.ExpiredKeyRetention,
+		NoIndex:             role.MaxActiveKeys == 0,
 	}, leaseTTL, role.uniqueNames())
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return nil, fmt.Errorf("creating a key for role %q: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w",

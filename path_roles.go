@@ -201,6 +201,33 @@ func getRole(ctx context.Context, s logical.Storage, name string) (*heronRole, e
 	return getJSON[heronRole](ctx, s, roleStoragePrefix+name, fmt.Sprintf("role %q", name))
 }
 
+// role is getRole through an in-memory cache: issuance and renewal read
+// no storage for the role. A write or delete here, and Invalidate for one
+// on another node, drop the entry.
+func (b *heronBackend) role(ctx context.Context, s logical.Storage, name string) (*heronRole, error) {
+	b.rolesLock.RLock()
+	r, ok := b.roles[name]
+	b.rolesLock.RUnlock()
+	if ok {
+		return r, nil
+	}
+	r, err := getRole(ctx, s, name)
+	if err != nil || r == nil {
+		return r, err
+	}
+	b.rolesLock.Lock()
+	b.roles[name] = r
+	b.rolesLock.Unlock()
+	return r, nil
+}
+
+// forgetRole drops name from the role cache.
+func (b *heronBackend) forgetRole(name string) {
+	b.rolesLock.Lock()
+	delete(b.roles, name)
+	b.rolesLock.Unlock()
+}
+
 // rolesUsingEnvironment lists, sorted, the roles that name env.
 func rolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) ([]string, error) {
 	names, err := s.List(ctx, roleStoragePrefix)
@@ -280,6 +307,7 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 	if create {
 		role = &heronRole{Name: name}
 	}
+	capped := role.MaxActiveKeys > 0
 
 	stringField(d, "environment", create, &role.Environment)
 	role.Environment = strings.TrimSpace(role.Environment)
@@ -312,9 +340,17 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse(errDeleting(role.Environment).Error()), nil
 	}
 
+	if role.MaxActiveKeys > 0 && !capped {
+		// Keys issued while the role had no cap have no index entry.
+		if err := indexRole(ctx, req.Storage, name); err != nil {
+			return nil, err
+		}
+	}
+	b.forgetRole(name)
 	if err := putJSON(ctx, req.Storage, roleStoragePrefix+name, fmt.Sprintf("role %q", name), role); err != nil {
 		return nil, err
 	}
+	b.forgetRole(name)
 
 	// Like HashiCorp's engines: a TTL above the mount's max is accepted, and
 	// Vault clamps the lease; say so rather than refuse.
@@ -339,9 +375,11 @@ func (b *heronBackend) pathRolesDelete(ctx context.Context, req *logical.Request
 	lock := b.roleLock(name)
 	lock.Lock()
 	defer lock.Unlock()
+	b.forgetRole(name)
 	if err := req.Storage.Delete(ctx, roleStoragePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting role %q: %w", name, err)
 	}
+	b.forgetRole(name)
 	return nil, nil
 }
 

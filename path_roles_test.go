@@ -1,6 +1,7 @@
 package heron
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -84,4 +85,26 @@ func TestRoles_CRUD(t *testing.T) {
 	resp, err := e.do(logical.ReadOperation, "roles/long", nil)
 	require.NoError(t, err)
 	require.Nil(t, resp)
+}
+
+// Only roles with max_active_keys keep a role-keys/ index (one storage write
+// less per issuance for the others); a role that starts capping later counts
+// the keys it issued before.
+func TestRoles_CapAddedLaterCountsEarlierKeys(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	a, b := e.issue("r"), e.issue("r")
+	n, err := countActiveForRole(context.Background(), e.s, "r")
+	require.NoError(t, err)
+	require.Zero(t, n, "no index without a cap")
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"max_active_keys": 2})
+	e.badRequest(logical.ReadOperation, "creds/r", nil, "has 2 active keys and max_active_keys is 2")
+	require.NoError(t, e.revoke(a))
+	c := e.issue("r")
+	require.NoError(t, e.revoke(b))
+	require.NoError(t, e.revoke(c))
+	n, err = countActiveForRole(context.Background(), e.s, "r")
+	require.NoError(t, err)
+	require.Zero(t, n)
 }

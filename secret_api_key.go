@@ -66,7 +66,7 @@ func (b *heronBackend) heronAPIKey() *framework.Secret {
 func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	roleName, _ := req.Secret.InternalData["role"].(string)
 	keyID, _ := req.Secret.InternalData["key_id"].(string)
-	role, err := getRole(ctx, req.Storage, roleName)
+	role, err := b.role(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +238,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 
 	retention := rec.ExpiredKeyRetention
-	if role, err := getRole(ctx, req.Storage, roleName); err == nil && role != nil {
+	if role, err := b.role(ctx, req.Storage, roleName); err == nil && role != nil {
 		retention = role.ExpiredKeyRetention
 	}
 	rec.State = keyStateDeactivated
