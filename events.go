@@ -77,9 +77,6 @@ func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface
 	}
 	args := []interface{}{"event", name}
 	for i := 0; i+1 < len(pairs); i += 2 {
-		if pairs[i] == logical.EventMetadataModified {
-			continue
-		}
 		args = append(args, pairs[i], pairs[i+1])
 	}
 	b.Logger().Info("key change", append(args, extra...)...)
