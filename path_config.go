@@ -407,6 +407,9 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		// The write may have been stored although it reported an error: the
+		// cached client must not go on with a key storage no longer holds.
+		b.resetClient(env)
 		return nil, err
 	}
 	b.resetClient(env)
@@ -483,10 +486,11 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	resumed := cfg != nil && cfg.Deleting
 	if cfg != nil && !cfg.Deleting && cfg.AdminKeyByEngine {
 		cfg.Deleting = true
-		if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		err := putConfig(ctx, req.Storage, cfg)
+		b.resetClient(env) // stored or not, the cache must read it again
+		if err != nil {
 			return nil, err
 		}
-		b.resetClient(env)
 	}
 
 	// Keys waiting out their retention could never be deleted once the admin
