@@ -151,9 +151,12 @@ func TestHistoryThroughVault(t *testing.T) {
 	v := startDevVault(t)
 	v.configureBoth(e)
 	v.writeRole("hist", "environment=development", "ttl=3s", "max_ttl=1m", "expired_key_retention=2s")
+	// The lease revoked by hand must not run out first, whatever the load:
+	// a revoke that lands after the lease's end is an expiry.
+	v.writeRole("hist-long", "environment=development", "ttl=1h", "expired_key_retention=2s")
 
 	expiring := v.mustIssue("", "hist")
-	revoked := v.mustIssue("", "hist")
+	revoked := v.mustIssue("", "hist-long")
 	tokens := []string{expiring.Data.APIKey, revoked.Data.APIKey, e.devKey, e.prodKey}
 	id, revokedID := expiring.Data.KeyID, revoked.Data.KeyID
 	start := v.leaseIssueTime(expiring.LeaseID)
