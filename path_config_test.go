@@ -182,3 +182,32 @@ func TestConfig_ReadOfTheListPathExplains(t *testing.T) {
 	e := getTestBackend(t)
 	e.badRequest(logical.ReadOperation, "config", nil, "read config/<environment>")
 }
+
+// Errors that say what to do (issue 14), one row per message: each names the
+// cause and the next step.
+func TestErrors_SayWhatToDo(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+
+	// rotation_window on a server without a rotation manager.
+	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * *", "rotation_window": "1h"})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, "\n"), "rotation_window is enforced only by Vault Enterprise's rotation manager")
+
+	// A revoked admin key: revocation names the config and the fix (a dead
+	// key cannot rotate itself).
+	setActiveDirect(t, e, e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"].(string), false)
+	err := e.revoke(lease)
+	require.ErrorContains(t, err, `Heron rejected the admin key of config "development" (401): write a working admin_api_key to config/development`)
+	e.badRequest(logical.UpdateOperation, "config/development/rotate", nil, "cannot create its successor: write a working admin_api_key to config/development")
+	_, err = e.do(logical.ReadOperation, "creds/r", nil)
+	require.ErrorContains(t, err, "write a working admin_api_key to config/development")
+
+	// Back to a working key of the same user: the revocation goes through.
+	fresh := e.srv.AddAdminKey("development")
+	e.adminKey["fresh"] = fresh
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": fresh})
+	require.NoError(t, e.revoke(lease))
+}
