@@ -9,8 +9,10 @@ package heron
 // the leases, stamps their issue time, decides when they expire on a virtual
 // clock (the backend's b.now) and retries failed revocations as Vault does.
 // rapid draws a sequence of actions (issue, renew, revoke, expiry, tidy, WAL
-// rollback, config and role changes, plugin restarts, a customer creating keys
-// out of band, Heron and storage faults armed for the next requests); after
+// rollback, config and role changes, static roles (create, adopt, read and use
+// their key, rotate, delete, the periodic pass), plugin restarts, a customer
+// creating keys out of band, Heron and storage faults armed for the next
+// requests); after
 // every step the invariants below are checked against the emulator's own view
 // of every key, and at the end the world is settled (faults cleared, plugin
 // restarted, rollback and tidy until quiet, every lease revoked, retention
@@ -33,7 +35,16 @@ package heron
 //	e  the stored admin key of a config authenticates in Heron.
 //	f  a config write that changes the admin key is refused while the new key
 //	   cannot see keys the engine tracks (spec, Invariants 4; no force=true).
-//	final  after settling: no key the engine created is active unless it is
+//	s1 static-creds returns a key that authenticates whenever Heron and
+//	   storage are healthy at read time.
+//	s2 a static role's previous key is not deactivated before `overlap` has
+//	   passed since the rotation, unless the role was deleted or rotated again.
+//	s3 every key a static role held ends deactivated (role deleted, or its
+//	   overlap over and max_overlap passed) and deleted after retention.
+//	s4 invariant d for static keys (current/previous of a role also counts).
+//	   (Details in the section "Static roles" below.)
+//	final  after settling (static roles' overlaps run out, then the operator
+//	   deletes every static role): no key the engine created is active unless it is
 //	   the current admin key, every key Heron holds is tracked or belongs to
 //	   the customer/seed, and once retention has passed only the current admin
 //	   key is left.
@@ -53,12 +64,18 @@ package heron
 //	HERON_MODEL_ROLES=app                     issue only from role app (not ci, whose
 //	                                          name_template renders one constant name)
 //	HERON_MODEL_LOG=1                         engine logs (warn level) to stderr
+//	HERON_MODEL_LOG=info                      engine logs (info level: events) to stderr
+//	HERON_MODEL_STATS=1                       counts of what the static actions reached
+//	HERON_MODEL_IGNORE=s2: previous,s1: stat  go on past violations whose "<inv>: <class>"
+//	                                          contains one of these (known bugs), to look past them
 //
 // Groups: core (issue renew revoke revokeAsync vaultRetry advance tidy rollback
 // restart), config (configUpdate configNewKey configOtherUser configRotate
 // configDelete configCreate), roles (roleWrite roleDelete), customer
 // (customerKey), heron-faults (heronFault heron429 force429 latency),
-// storage-faults (storageFault). Run with -v to see each step and its outcome.
+// storage-faults (storageFault), static (staticCreate staticAdopt staticRead
+// staticUse staticRotate staticDelete periodic). Run with -v to see each step
+// and its outcome.
 //
 // rapid saves a failing sequence under testdata/rapid/TestModel/<actions>/ and
 // replays it first on every later run with the same action set (the subtest
@@ -84,11 +101,13 @@ package heron
 //     end as either.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -138,6 +157,7 @@ var mActionGroups = map[string][]string{
 	"customer":       {"customerKey"},
 	"heron-faults":   {"heronFault", "heron429", "force429", "latency"},
 	"storage-faults": {"storageFault"},
+	"static":         {"staticCreate", "staticAdopt", "staticRead", "staticUse", "staticRotate", "staticDelete", "periodic"},
 }
 
 func mAllActions() []string {
@@ -164,7 +184,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 		case known[name]:
 			return []string{name}, nil
 		}
-		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults; actions: %s)", name, strings.Join(mAllActions(), ", "))
+		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults, static; actions: %s)", name, strings.Join(mAllActions(), ", "))
 	}
 	sel := map[string]bool{}
 	spec = strings.TrimSpace(spec)
@@ -199,7 +219,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 	return sel, nil
 }
 
-var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "final"}
+var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "final"}
 
 func mSelectedInvariants(spec string) (map[string]bool, error) {
 	sel := map[string]bool{}
@@ -250,6 +270,7 @@ func TestModel(t *testing.T) {
 			m.finish()
 		})
 	})
+	mPrintStats(t)
 }
 
 // mSetChecks applies HERON_MODEL_CHECKS, or a CI-sized default, unless
@@ -421,6 +442,16 @@ type model struct {
 
 	leases []*mLease
 	step   int
+
+	// Static roles (model_static_test.go is not a file: see "Static roles"
+	// below). lu rewrites Heron's last_used onto the Vault clock.
+	lu       *virtualLastUsed
+	useFront *httptest.Server        // the applications' way to Heron (no armed 429s)
+	forced   bool                    // force429 is on
+	statics  map[string]*mStaticRole // by role name: what the model knows
+	sKeys    map[string]*mStaticKey  // every key a static role held (or the engine tracked as static), by id
+	// lastActive is each key's activity in Heron at the previous check.
+	lastActive map[string]bool
 }
 
 func newModel(t rapid.TB, invariants map[string]bool) *model {
@@ -433,6 +464,9 @@ func newModel(t rapid.TB, invariants map[string]bool) *model {
 		customerKey: herontest.NewKeyToken(),
 		f429:        &front429{},
 		st:          newModelStorage(),
+		statics:     map[string]*mStaticRole{},
+		sKeys:       map[string]*mStaticKey{},
+		lastActive:  map[string]bool{},
 		// A fixed, whole-second start: names that embed the time (rotation)
 		// are the same on every replay.
 		clock: &mClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)},
@@ -444,13 +478,19 @@ func newModel(t rapid.TB, invariants map[string]bool) *model {
 		},
 		RateLimitPerMinute: -1,
 	})
-	m.front = httptest.NewServer(m.f429.wrap(m.srv.Handler()))
+	m.lu = &virtualLastUsed{srv: m.srv, clock: m.clock, at: map[string]time.Time{}}
+	m.front = httptest.NewServer(m.f429.wrap(m.lu.wrap(m.srv.Handler())))
+	m.useFront = httptest.NewServer(m.lu.wrap(m.srv.Handler()))
 	k, _ := m.srv.KeyByToken(m.customerKey)
 	m.customerKeyID = k.ID
 
 	m.log = hclog.NewNullLogger()
 	if os.Getenv("HERON_MODEL_LOG") != "" {
-		m.log = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})
+		level := hclog.Warn
+		if os.Getenv("HERON_MODEL_LOG") == "info" {
+			level = hclog.Info
+		}
+		m.log = hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr})
 	}
 	m.startBackend()
 
@@ -466,6 +506,7 @@ func (m *model) close() {
 		m.b.Cleanup(context.Background())
 	}
 	m.front.Close()
+	m.useFront.Close()
 	m.srv.Close()
 }
 
@@ -951,6 +992,7 @@ func (m *model) actHeron429(method string, n int) {
 
 func (m *model) actForce429(on bool) {
 	m.tick()
+	m.forced = on
 	if on {
 		m.srv.Force429("", time.Hour, mRetryAfter)
 	} else {
@@ -1036,11 +1078,14 @@ func (m *model) rapidActions(selected map[string]bool) map[string]func(*rapid.T)
 		"storageFault": func(t *rapid.T) {
 			m.actStorageFault(storageFault{
 				op:     rapid.SampledFrom([]string{"put", "delete", ""}).Draw(t, "op"),
-				prefix: rapid.SampledFrom([]string{keyStoragePrefix, roleKeyStoragePrefix, retainedKeyStoragePrefix, configStoragePrefix, roleStoragePrefix, framework.WALPrefix}).Draw(t, "prefix"),
+				prefix: rapid.SampledFrom([]string{keyStoragePrefix, roleKeyStoragePrefix, retainedKeyStoragePrefix, configStoragePrefix, roleStoragePrefix, framework.WALPrefix, staticRoleStoragePrefix}).Draw(t, "prefix"),
 				mode:   rapid.SampledFrom([]storageFaultMode{storageFailBefore, storageFailAfter}).Draw(t, "mode"),
 				left:   rapid.IntRange(1, 2).Draw(t, "n"),
 			})
 		},
+	}
+	for name, fn := range m.rapidStaticActions() {
+		all[name] = fn
 	}
 	out := map[string]func(*rapid.T){}
 	for name, fn := range all {
@@ -1061,6 +1106,7 @@ type world struct {
 	tracked map[string]*trackedKey
 	walName map[string]bool
 	cfg     *heronConfig
+	statics map[string]*staticRole
 }
 
 func (m *model) snapshot() *world {
@@ -1094,6 +1140,14 @@ func (m *model) snapshot() *world {
 	w.cfg, err = getConfig(ctx, m.st.inner, mEnv)
 	if err != nil {
 		m.t.Fatalf("model: reading config: %v", err)
+	}
+	w.statics = map[string]*staticRole{}
+	roles, err := listStaticRoles(ctx, m.st.inner)
+	if err != nil {
+		m.t.Fatalf("model: reading static roles: %v", err)
+	}
+	for _, r := range roles {
+		w.statics[r.Name] = r
 	}
 	return w
 }
@@ -1141,6 +1195,12 @@ func keyState(k herontest.KeyRecord, ok bool) string {
 // and the details go to the log just before it.
 func (m *model) fail(inv, class, format string, args ...interface{}) {
 	m.t.Helper()
+	for _, ign := range strings.Split(os.Getenv("HERON_MODEL_IGNORE"), ",") {
+		if ign = strings.TrimSpace(ign); ign != "" && strings.Contains(inv+": "+class, ign) {
+			m.t.Logf("ignored (HERON_MODEL_IGNORE) violation of invariant %s at step %d: %s", inv, m.step, fmt.Sprintf(format, args...))
+			return
+		}
+	}
 	m.t.Logf("VIOLATION of invariant %s at step %d: %s", inv, m.step, fmt.Sprintf(format, args...))
 	m.t.Fatalf("invariant %s violated: %s", inv, class)
 }
@@ -1152,6 +1212,8 @@ func keyKind(name string) string {
 		return "rotation-created admin key"
 	case name == mConstantKeyName:
 		return "lease key of role ci (constant name)"
+	case strings.HasPrefix(name, "vault-static-"):
+		return "static role key"
 	}
 	return "lease key"
 }
@@ -1159,7 +1221,10 @@ func keyKind(name string) string {
 func (m *model) check(when string) {
 	m.t.Helper()
 	w := m.snapshot()
+	m.observeStatics(w)
 	m.checkWorld(w, when)
+	m.checkStatics(w)
+	m.rememberActive(w)
 }
 
 func (m *model) checkWorld(w *world, when string) {
@@ -1211,7 +1276,7 @@ func (m *model) checkWorld(w *world, when string) {
 		}
 	}
 
-	if inv["d"] {
+	if inv["d"] || inv["s4"] {
 		held := map[string]*mLease{}
 		for _, l := range m.leases {
 			if l.state != leaseDone {
@@ -1222,8 +1287,16 @@ func (m *model) checkWorld(w *world, when string) {
 			if k.Deleted || !m.engineMade(k) {
 				continue
 			}
-			if held[k.ID] != nil || w.tracked[k.ID] != nil || w.walName[k.Name] || w.adminRole(k) != "" {
+			static := strings.HasPrefix(k.Name, "vault-static-")
+			if (static && !inv["s4"]) || (!static && !inv["d"]) {
 				continue
+			}
+			if held[k.ID] != nil || w.tracked[k.ID] != nil || w.walName[k.Name] || w.adminRole(k) != "" || w.staticHolder(k.ID) != "" {
+				continue
+			}
+			if static {
+				m.fail("s4", "forgotten "+keyState(k, true)+" "+keyKind(k.Name), "key %s (%q) that the engine created for a static role is %s in Heron, but no static role holds it (current or previous), the engine does not track it and no write-ahead record names it: it is forgotten",
+					k.ID, k.Name, keyState(k, true))
 			}
 			m.fail("d", "forgotten "+keyState(k, true)+" "+keyKind(k.Name), "key %s (%q) that the engine created is %s in Heron, but no lease holds it, the engine does not track it, no write-ahead record names it and it is not an admin key of the config: it is forgotten",
 				k.ID, k.Name, keyState(k, true))
@@ -1284,6 +1357,7 @@ func (m *model) finish() {
 		m.actConfigDelete()
 	}
 	m.settle()
+	m.settleStatics()
 
 	for _, l := range m.leases {
 		switch l.state {
@@ -1339,6 +1413,7 @@ func (m *model) finish() {
 	m.clock.Advance(200 * time.Hour)
 	m.actTidy()
 	w = m.snapshot()
+	m.checkStaticKeysDeleted(w)
 	for _, k := range w.keys {
 		if !k.Deleted && m.engineMade(k) && w.adminRole(k) != "current" {
 			m.fail("final", "engine-created "+keyKind(k.Name)+" left after retention", "after every retention passed and tidy ran, key %s (%q) that the engine created is still in Heron (%s, tracked: %v)", k.ID, k.Name, keyState(k, true), w.tracked[k.ID] != nil)
@@ -1542,6 +1617,70 @@ func TestModelRegressions(t *testing.T) {
 				step(func() { m.actConfigNewKey() })
 			},
 		},
+		{
+			// s3: adopting a key stores its key record, then the static
+			// role's write fails: the error is returned but the record stays
+			// (adoptStaticKey undoes nothing). No role holds the key, nothing
+			// ever deactivates or deletes it (static records are skipped by
+			// the overdue sweep), and a retry of the same adoption is refused
+			// ("already manages").
+			name: "static-adopt-role-write-fails-leaves-tracked-key", invariants: all,
+			script: func(m *model, step func(func())) {
+				step(func() {
+					m.actStorageFault(storageFault{op: "put", prefix: staticRoleStoragePrefix, mode: storageFailBefore, left: 1})
+				})
+				step(func() { m.actStaticAdopt("svc", true) })
+			},
+		},
+		{
+			// s1: a static role's delete deactivates its current key in
+			// Heron, then fails to store that (or to delete the role): the
+			// role stays, its record still says "active", and static-creds
+			// hands out the deactivated key with Heron and storage healthy.
+			name: "static-delete-fails-then-creds-returns-dead-key", invariants: all,
+			script: func(m *model, step func(func())) {
+				step(func() { m.actStaticCreate("svc") })
+				step(func() {
+					m.actStorageFault(storageFault{op: "put", prefix: keyStoragePrefix, mode: storageFailBefore, left: 1})
+				})
+				step(func() { m.actStaticDelete("svc") })
+				step(func() { m.actStaticRead("svc") })
+			},
+		},
+		{
+			// s2: a rotation during an overlap deactivates the previous key
+			// first ("superseded") and only then creates the next key; when
+			// the creation fails (here Heron's 429 on the POST) the rotation
+			// reports failure and keeps the current key, but the previous
+			// key, still inside its overlap, is dead.
+			name: "static-failed-rotation-kills-previous-key", invariants: all,
+			script: func(m *model, step func(func())) {
+				step(func() { m.actStaticCreate("svc") })
+				step(func() { m.actStaticRotate("svc") })
+				step(func() { m.actHeron429("POST", 1) })
+				step(func() { m.actStaticRotate("svc") })
+			},
+		},
+		{
+			// s3: creating a static role makes its key and stores the key
+			// record, then the role's write fails; the undo's DELETE gets a
+			// 429 and removing the record fails too (rotateStaticLocked
+			// ignores deleteTrackedKey's error). The record outlives the
+			// write-ahead record (the rollback leaves tracked keys alone), no
+			// role holds the key, and no pass ever ends a static record
+			// without a role: the key stays active forever.
+			name: "static-create-undo-fails-leaves-tracked-key", invariants: all,
+			script: func(m *model, step func(func())) {
+				step(func() { m.actHeron429("DELETE", 1) })
+				step(func() {
+					m.actStorageFault(storageFault{op: "put", prefix: staticRoleStoragePrefix, mode: storageFailBefore, left: 1})
+				})
+				step(func() {
+					m.actStorageFault(storageFault{op: "delete", prefix: keyStoragePrefix, mode: storageFailBefore, left: 1})
+				})
+				step(func() { m.actStaticCreate("web") })
+			},
+		},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1555,5 +1694,600 @@ func TestModelRegressions(t *testing.T) {
 			c.script(m, step)
 			m.finish()
 		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Static roles
+//
+// Actions (group static): staticCreate (a fresh key), staticAdopt (adopt an
+// out-of-band key of the main Heron user, with or without
+// skip_import_rotation), staticRead (read static-creds and use the key it
+// returns in Heron, as the application would), staticUse (the application
+// uses the token it read last, maybe a previous key during an overlap),
+// staticRotate, staticDelete, and periodic (the engine's periodic pass: the
+// scheduled rotation and the overlap retirement run there).
+//
+// Invariants:
+//
+//	s1  static-creds returns a key that authenticates in Heron whenever
+//	    Heron and storage are healthy at read time (no fault armed, the config
+//	    holds a working key of the main user).
+//	s2  a static role's previous key is not deactivated before `overlap` has
+//	    passed since the rotation (Vault clock), unless the role was deleted
+//	    or rotated again (successfully: a failed rotation that kills the
+//	    previous key is reported as its own class).
+//	s3  every key a static role held (or the engine tracked as a static key,
+//	    adopted ones included) ends deactivated: at once when the role is
+//	    deleted, and after its overlap once max_overlap has passed; and
+//	    deleted once every retention has passed. Checked while settling.
+//	s4  invariant d for static keys: every engine-created static key live in
+//	    Heron is the current or previous key of a static role, tracked, or
+//	    named by a pending write-ahead record.
+//
+// Heron stamps last_used on its own (wall) clock; the engine compares it with
+// the Vault clock. virtualLastUsed, in front of the emulator, notes the Vault
+// clock at every authenticated use and rewrites last_used in key lists to it,
+// so "unused for unused_for" means the same on both sides.
+
+const (
+	mStaticOverlap    = 10 * time.Minute
+	mStaticMaxOverlap = 30 * time.Minute
+	mStaticUnusedFor  = 5 * time.Minute
+	mStaticRetention  = time.Hour
+	mStaticPeriod     = time.Hour
+)
+
+var mStaticNames = []string{"svc", "web"}
+
+// virtualLastUsed maps Heron's last_used onto the Vault clock.
+type virtualLastUsed struct {
+	srv   *herontest.Server
+	clock *mClock
+	mu    sync.Mutex
+	at    map[string]time.Time // key id -> Vault time of its last authenticated use
+}
+
+// bufWriter holds a response back so that it can be rewritten; a hijack
+// (a dropped connection) goes straight to the client's connection.
+type bufWriter struct {
+	w        http.ResponseWriter
+	header   http.Header
+	status   int
+	buf      strings.Builder
+	hijacked bool
+}
+
+func (b *bufWriter) Header() http.Header { return b.header }
+func (b *bufWriter) WriteHeader(s int) {
+	if b.status == 0 {
+		b.status = s
+	}
+}
+func (b *bufWriter) Write(p []byte) (int, error) {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	return b.buf.Write(p)
+}
+func (b *bufWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	b.hijacked = true
+	return b.w.(http.Hijacker).Hijack()
+}
+
+func (v *virtualLastUsed) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := r.Header.Get("x-api-key")
+		var before *time.Time
+		id := ""
+		if k, ok := v.srv.KeyByToken(tok); ok && tok != "" {
+			id, before = k.ID, k.LastUsed
+		}
+		note := func() {
+			if id == "" {
+				return
+			}
+			if k, ok := v.srv.KeyByToken(tok); ok && k.LastUsed != nil && (before == nil || !before.Equal(*k.LastUsed)) {
+				v.mu.Lock()
+				v.at[id] = v.clock.Now()
+				v.mu.Unlock()
+			}
+		}
+		if r.Method != http.MethodGet || r.URL.Path != "/api/credentials/keys" {
+			next.ServeHTTP(w, r)
+			note()
+			return
+		}
+		bw := &bufWriter{w: w, header: http.Header{}}
+		next.ServeHTTP(bw, r)
+		note()
+		if bw.hijacked {
+			return
+		}
+		body := bw.buf.String()
+		if bw.status == http.StatusOK {
+			body = v.rewrite(body)
+		}
+		for k, vs := range bw.header {
+			if k != "Content-Length" {
+				w.Header()[k] = vs
+			}
+		}
+		if bw.status == 0 {
+			bw.status = http.StatusOK
+		}
+		w.WriteHeader(bw.status)
+		_, _ = io.WriteString(w, body)
+	})
+}
+
+func (v *virtualLastUsed) rewrite(body string) string {
+	var list struct {
+		Keys []map[string]interface{} `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(body), &list); err != nil {
+		return body
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, k := range list.Keys {
+		if k["last_used"] == nil {
+			continue
+		}
+		id, _ := k["heron_id"].(string)
+		if t, ok := v.at[id]; ok {
+			k["last_used"] = t.UTC().Format("2006-01-02T15:04:05.000000-07:00")
+		} else {
+			k["last_used"] = nil
+		}
+	}
+	out, err := json.Marshal(map[string]interface{}{"keys": list.Keys})
+	if err != nil {
+		return body
+	}
+	return string(out) + "\n"
+}
+
+// mStats counts what the static actions reached (HERON_MODEL_STATS=1), to
+// see that the search gets where the invariants bite.
+var mStats = struct {
+	sync.Mutex
+	n map[string]int
+}{n: map[string]int{}}
+
+func mStat(what string) {
+	mStats.Lock()
+	mStats.n[what]++
+	mStats.Unlock()
+}
+
+func mPrintStats(t *testing.T) {
+	if os.Getenv("HERON_MODEL_STATS") == "" {
+		return
+	}
+	mStats.Lock()
+	defer mStats.Unlock()
+	names := make([]string, 0, len(mStats.n))
+	for k := range mStats.n {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		t.Logf("stat %-60s %d", k, mStats.n[k])
+	}
+}
+
+// mStaticRole is what the model knows of one static role name.
+type mStaticRole struct {
+	token       string // the token the application read last
+	lastCurrent string // the role's current key at the previous check
+	rotAttempts int    // rotations tried (rotate, scheduled, static-creds replacing a key)
+	attemptsObs int    // rotAttempts at the previous check
+}
+
+// mStaticKey is a key a static role held.
+type mStaticKey struct {
+	id, role string
+	name     string
+	// s2: the key is the previous key of role, whose current key is
+	// successor, until protectedUntil; a rotation attempt after attemptsAt
+	// classes a deactivation differently.
+	protectedUntil time.Time
+	successor      string
+	attemptsAt     int
+}
+
+func (m *model) static(name string) *mStaticRole {
+	ms := m.statics[name]
+	if ms == nil {
+		ms = &mStaticRole{}
+		m.statics[name] = ms
+	}
+	return ms
+}
+
+// staticHolder names the static role whose current or previous key id is.
+func (w *world) staticHolder(id string) string {
+	for _, r := range w.statics {
+		if r.KeyID == id || r.PreviousKeyID == id {
+			return r.Name
+		}
+	}
+	return ""
+}
+
+// healthy: no Heron or storage fault is armed and the config holds a working
+// key of the main user, so a static-creds read has every reason to succeed.
+func (m *model) healthy(w *world) bool {
+	m.f429.mu.Lock()
+	rules := len(m.f429.rules)
+	m.f429.mu.Unlock()
+	m.st.mu.Lock()
+	srules := len(m.st.rules)
+	m.st.mu.Unlock()
+	if rules > 0 || srules > 0 || m.forced || m.srv.PendingFailNext() > 0 || m.deleting {
+		return false
+	}
+	if w.cfg == nil || w.cfg.Deleting {
+		return false
+	}
+	k, ok := m.srv.KeyByToken(w.cfg.AdminAPIKey)
+	return ok && !k.Deleted && k.IsActive && k.Environment == mEnv
+}
+
+// heronUse makes one authenticated call with token, as an application does.
+func (m *model) heronUse(token string) int {
+	req, _ := http.NewRequest(http.MethodGet, m.useFront.URL+"/api/hello_world/authenticated", nil)
+	req.Header.Set("x-api-key", token)
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+func (m *model) staticData() map[string]interface{} {
+	return map[string]interface{}{
+		"environment":           mEnv,
+		"rotation_period":       int(mStaticPeriod.Seconds()),
+		"overlap":               int(mStaticOverlap.Seconds()),
+		"max_overlap":           int(mStaticMaxOverlap.Seconds()),
+		"unused_for":            int(mStaticUnusedFor.Seconds()),
+		"retired_key_retention": int(mStaticRetention.Seconds()),
+	}
+}
+
+func (m *model) actStaticCreate(name string) {
+	m.tick()
+	err := outcome(m.do(logical.CreateOperation, "static-roles/"+name, m.staticData()))
+	m.logStep("static role create %s: %s", name, short(err))
+}
+
+// actStaticAdopt: the customer made a key out of band (a key of the main
+// Heron user) and hands it to a new static role.
+func (m *model) actStaticAdopt(name string, skipRotation bool) {
+	m.tick()
+	tok := m.srv.AddAdminKey(mEnv)
+	k, _ := m.srv.KeyByToken(tok)
+	data := m.staticData()
+	data["api_key"] = tok
+	data["skip_import_rotation"] = skipRotation
+	err := outcome(m.do(logical.CreateOperation, "static-roles/"+name, data))
+	m.logStep("static role create %s adopting key %s (skip_import_rotation=%v): %s", name, k.ID, skipRotation, short(err))
+}
+
+func (m *model) actStaticRead(name string) {
+	m.tick()
+	w := m.snapshot()
+	healthy := m.healthy(w)
+	ms := m.static(name)
+	r := w.statics[name]
+	if r != nil {
+		if rec := w.tracked[r.KeyID]; r.KeyID == "" || rec == nil || rec.State != keyStateActive {
+			ms.rotAttempts++ // static-creds replaces the key first
+		}
+	}
+	resp, err := m.do(logical.ReadOperation, "static-creds/"+name, nil)
+	if err := outcome(resp, err); err != nil {
+		m.logStep("static-creds %s: %s (healthy: %v)", name, short(err), healthy)
+		mStat(fmt.Sprintf("static-creds read (healthy %v): error", healthy))
+		if healthy && r != nil && m.invariants["s1"] {
+			m.fail("s1", "static-creds failed with Heron and storage healthy", "static-creds/%s failed although Heron and storage were healthy: %v", name, err)
+		}
+		return
+	}
+	tok, _ := resp.Data["api_key"].(string)
+	id, _ := resp.Data["key_id"].(string)
+	status := m.heronUse(tok)
+	ms.token = tok
+	mStat(fmt.Sprintf("static-creds read (healthy %v): application's call %d", healthy, status))
+	m.logStep("static-creds %s: key %s; the application uses it: %d (healthy: %v)", name, id, status, healthy)
+	if healthy && status != http.StatusOK && m.invariants["s1"] {
+		k, ok := m.srv.Key(id)
+		m.fail("s1", "static-creds returned a key that does not authenticate", "static-creds/%s returned key %s, which Heron refuses (%d; the key is %s) although Heron and storage were healthy", name, id, status, keyState(k, ok))
+	}
+}
+
+func (m *model) actStaticUse(name string) {
+	m.tick()
+	ms := m.static(name)
+	if ms.token == "" {
+		m.logStep("application of %s has no key yet", name)
+		return
+	}
+	status := m.heronUse(ms.token)
+	k, _ := m.srv.KeyByToken(ms.token)
+	w := m.snapshot()
+	held := "current"
+	if r := w.statics[name]; r == nil {
+		held = "role gone"
+	} else if r.PreviousKeyID == k.ID {
+		held = "previous"
+	} else if r.KeyID != k.ID {
+		held = "neither"
+	}
+	mStat(fmt.Sprintf("application uses its key (%s): %d", held, status))
+	m.logStep("application of %s uses the key it read last (%s): %d", name, k.ID, status)
+}
+
+func (m *model) actStaticRotate(name string) {
+	m.tick()
+	if cur, _ := getStaticRole(context.Background(), m.st.inner, name); cur != nil {
+		m.static(name).rotAttempts++
+	}
+	err := outcome(m.do(logical.UpdateOperation, "static-roles/"+name+"/rotate", nil))
+	m.logStep("static role rotate %s: %s", name, short(err))
+}
+
+func (m *model) actStaticDelete(name string) {
+	m.tick()
+	// A delete deactivates the role's keys at once, also when it then fails:
+	// the overlap no longer protects them (s2).
+	for _, sk := range m.sKeys {
+		if sk.role == name {
+			sk.protectedUntil = time.Time{}
+		}
+	}
+	err := outcome(m.do(logical.DeleteOperation, "static-roles/"+name, nil))
+	m.logStep("static role delete %s: %s", name, short(err))
+}
+
+// actPeriodic is one run of the engine's periodic pass (Vault calls it every
+// minute): due rotations, then the cleanup pass.
+func (m *model) actPeriodic() {
+	m.tick()
+	now := m.clock.Now()
+	for _, r := range m.snapshot().statics {
+		if due := r.rotationSchedule().next(); !due.IsZero() && !now.Before(due) {
+			m.static(r.Name).rotAttempts++
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), mReqDeadline)
+	defer cancel()
+	err := m.b.periodicFunc(ctx, &logical.Request{Operation: logical.RollbackOperation, Storage: m.st})
+	m.logStep("periodic pass: %s", short(err))
+}
+
+func (m *model) rapidStaticActions() map[string]func(*rapid.T) {
+	name := func(t *rapid.T) string { return rapid.SampledFrom(mStaticNames).Draw(t, "static") }
+	// Reads, uses, rotations and deletes go to roles that exist (or whose
+	// application holds a key), so that the search spends its steps there.
+	existing := func(t *rapid.T) string {
+		roles, _ := listStaticRoles(context.Background(), m.st.inner)
+		var names []string
+		for _, r := range roles {
+			names = append(names, r.Name)
+		}
+		if len(names) == 0 {
+			t.Skip("no static role")
+		}
+		return rapid.SampledFrom(names).Draw(t, "static")
+	}
+	return map[string]func(*rapid.T){
+		"staticCreate": func(t *rapid.T) { m.actStaticCreate(name(t)) },
+		"staticAdopt": func(t *rapid.T) {
+			m.actStaticAdopt(name(t), rapid.Bool().Draw(t, "skip_import_rotation"))
+		},
+		"staticRead": func(t *rapid.T) { m.actStaticRead(existing(t)) },
+		"staticUse": func(t *rapid.T) {
+			var names []string
+			for _, n := range mStaticNames {
+				if ms := m.statics[n]; ms != nil && ms.token != "" {
+					names = append(names, n)
+				}
+			}
+			if len(names) == 0 {
+				t.Skip("no application holds a key")
+			}
+			m.actStaticUse(rapid.SampledFrom(names).Draw(t, "static"))
+		},
+		"staticRotate": func(t *rapid.T) { m.actStaticRotate(existing(t)) },
+		"staticDelete": func(t *rapid.T) { m.actStaticDelete(existing(t)) },
+		"periodic":     func(t *rapid.T) { m.actPeriodic() },
+	}
+}
+
+// observeStatics learns, after a step, which keys static roles hold, and
+// which previous keys are within their overlap (s2).
+func (m *model) observeStatics(w *world) {
+	add := func(id, role string) *mStaticKey {
+		sk := m.sKeys[id]
+		if sk == nil {
+			sk = &mStaticKey{id: id, role: role}
+			if k, ok := w.keys[id]; ok {
+				sk.name = k.Name
+			}
+			m.sKeys[id] = sk
+		}
+		return sk
+	}
+	for id, rec := range w.tracked {
+		if rec.Kind == keyKindStatic {
+			add(id, rec.Role)
+		}
+	}
+	for _, r := range w.statics {
+		ms := m.static(r.Name)
+		if r.KeyID != "" {
+			add(r.KeyID, r.Name)
+		}
+		if r.PreviousKeyID != "" {
+			add(r.PreviousKeyID, r.Name)
+		}
+		if a := ms.lastCurrent; a != "" && a != r.KeyID && m.lastActive[a] && ms.rotAttempts-ms.attemptsObs <= 1 &&
+			(r.PreviousKeyID == a || r.PreviousKeyID == "") {
+			// One rotation replaced a: it is the previous key for overlap.
+			sk := add(a, r.Name)
+			sk.protectedUntil = r.LastRotated.Add(r.Overlap)
+			if r.PreviousKeyID == a {
+				sk.protectedUntil = r.PreviousSince.Add(r.Overlap)
+			}
+			sk.successor, sk.attemptsAt = r.KeyID, ms.rotAttempts
+			mStat("s2: a previous key protected for its overlap")
+		}
+		ms.lastCurrent, ms.attemptsObs = r.KeyID, ms.rotAttempts
+	}
+	for name, ms := range m.statics {
+		if w.statics[name] == nil {
+			ms.lastCurrent, ms.attemptsObs = "", ms.rotAttempts
+		}
+	}
+}
+
+func (m *model) checkStatics(w *world) {
+	m.t.Helper()
+	if !m.invariants["s2"] {
+		return
+	}
+	now := m.clock.Now()
+	ids := make([]string, 0, len(m.sKeys))
+	for id := range m.sKeys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		sk := m.sKeys[id]
+		if sk.protectedUntil.IsZero() {
+			continue
+		}
+		r := w.statics[sk.role]
+		if !now.Before(sk.protectedUntil) || r == nil || r.KeyID != sk.successor {
+			switch {
+			case r == nil:
+				mStat("s2: protection ended: role deleted")
+			case r.KeyID != sk.successor:
+				mStat("s2: protection ended: rotated again")
+			default:
+				mStat("s2: protection ended: overlap over")
+			}
+			sk.protectedUntil = time.Time{} // overlap over, role deleted, or rotated again
+			continue
+		}
+		k, ok := w.keys[id]
+		if ok && !k.Deleted && k.IsActive {
+			continue
+		}
+		class := "previous key of a static role is " + keyState(k, ok) + " before its overlap ended"
+		if m.statics[sk.role].rotAttempts > sk.attemptsAt {
+			class = "previous key of a static role is " + keyState(k, ok) + " before its overlap ended, by a rotation that failed"
+		}
+		m.fail("s2", class, "key %s was the previous key of static role %q (current %s) and must stay active until %s, but it is %s at %s (rotation attempts since: %d)",
+			id, sk.role, sk.successor, sk.protectedUntil.Format("15:04:05"), keyState(k, ok), now.Format("15:04:05"), m.statics[sk.role].rotAttempts-sk.attemptsAt)
+	}
+}
+
+func (m *model) rememberActive(w *world) {
+	for id, k := range w.keys {
+		m.lastActive[id] = !k.Deleted && k.IsActive
+	}
+}
+
+// settleStatics is the static part of settling: the overlaps run out, then
+// the operator deletes every static role (s3).
+func (m *model) settleStatics() {
+	m.t.Helper()
+	w := m.snapshot()
+	names := make([]string, 0, len(w.statics))
+	for n := range w.statics {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	s3 := m.invariants["s3"]
+	if len(names) > 0 {
+		m.tick()
+		m.logStep("advance clock past every max_overlap")
+		m.advanceClock(mStaticMaxOverlap + time.Minute)
+		m.actPeriodic()
+		m.check("after the overlaps ran out")
+		w = m.snapshot()
+		now := m.clock.Now()
+		for _, n := range names {
+			if r := w.statics[n]; s3 && r != nil && r.PreviousKeyID != "" && !now.Before(r.PreviousSince.Add(r.MaxOverlap)) {
+				m.fail("s3", "previous key kept past max_overlap", "static role %q still holds previous key %s at %s, past max_overlap (since %s)", n, r.PreviousKeyID, now.Format("15:04:05"), r.PreviousSince.Format("15:04:05"))
+			}
+		}
+		m.checkStaticKeysInactive(w, "after its overlap ended", true)
+	}
+	for _, n := range names {
+		for i := 0; i < 3; i++ {
+			m.actStaticDelete(n)
+			if r, _ := getStaticRole(context.Background(), m.st.inner, n); r == nil {
+				break
+			}
+		}
+		if r, _ := getStaticRole(context.Background(), m.st.inner, n); r != nil && s3 {
+			m.fail("s3", "static role cannot be deleted with Heron and storage healthy", "static role %q could not be deleted in three tries", n)
+		}
+	}
+	m.check("after the static roles were deleted")
+	m.checkStaticKeysInactive(m.snapshot(), "after settling (every static role deleted)", false)
+}
+
+// checkStaticKeysInactive: every key a static role held and no longer holds
+// is not active (skipHeld: keys still held by a role are exempt).
+func (m *model) checkStaticKeysInactive(w *world, when string, skipHeld bool) {
+	m.t.Helper()
+	if !m.invariants["s3"] {
+		return
+	}
+	ids := make([]string, 0, len(m.sKeys))
+	for id := range m.sKeys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		k, ok := w.keys[id]
+		if !ok || k.Deleted || !k.IsActive || (skipHeld && w.staticHolder(id) != "") {
+			continue
+		}
+		sk := m.sKeys[id]
+		class := "key a static role held is still active after settling"
+		if skipHeld {
+			class = "key a static role held is still active after the overlaps ran out"
+		}
+		if rec := w.tracked[id]; rec != nil && rec.State == keyStateActive && w.staticHolder(id) == "" {
+			class += " (tracked as active, held by no role)"
+		}
+		m.fail("s3", class, "key %s (%q) of static role %q is still ACTIVE in Heron %s (tracked: %v, held by a role: %q)",
+			id, k.Name, sk.role, when, w.tracked[id] != nil, w.staticHolder(id))
+	}
+}
+
+// checkStaticKeysDeleted: once every retention passed, every key a static
+// role held is deleted in Heron (s3).
+func (m *model) checkStaticKeysDeleted(w *world) {
+	m.t.Helper()
+	if !m.invariants["s3"] {
+		return
+	}
+	for id, sk := range m.sKeys {
+		if k, ok := w.keys[id]; ok && !k.Deleted {
+			class := "key a static role held is not deleted after retention"
+			if rec := w.tracked[id]; rec != nil && rec.State == keyStateActive && w.staticHolder(id) == "" {
+				class += " (tracked as active, held by no role)"
+			}
+			m.fail("s3", class, "key %s (%q) of static role %q is %s in Heron after every retention passed and tidy ran (tracked: %v)", id, k.Name, sk.role, keyState(k, true), w.tracked[id] != nil)
+		}
 	}
 }
