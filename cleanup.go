@@ -40,6 +40,30 @@ const (
 	overdueSweepEvery = time.Hour
 )
 
+// retireOrphanStatic hands to the cleanup pass a static key that no static
+// role holds (left by a create, rotation, adoption or delete that failed part
+// way): deactivated like a deleted role's key. A rotation still storing it
+// holds the role's lock, so a busy role is left for the next pass.
+func (b *heronBackend) retireOrphanStatic(ctx context.Context, s logical.Storage, k *trackedKey) (bool, error) {
+	lock := b.staticRoleLock(k.Role)
+	if !lock.TryLock() {
+		return false, nil
+	}
+	defer lock.Unlock()
+	if r, err := getStaticRole(ctx, s, k.Role); err != nil || (r != nil && (r.KeyID == k.KeyID || r.PreviousKeyID == k.KeyID)) {
+		return false, err
+	}
+	k.Pending = pendingDeactivate
+	if k.ExpiredKeyRetention == 0 {
+		k.ExpiredKeyRetention = defaultRetiredKeyRetention
+	}
+	if err := putTrackedKey(ctx, s, k); err != nil {
+		return false, err
+	}
+	b.Logger().Warn("static key that no static role holds: retiring it", "key_id", k.KeyID, "role", k.Role, "environment", k.Environment)
+	return true, nil
+}
+
 // sweepOverdue drops tombstones past their history_retention and hands to
 // the cleanup pass the active keys whose lease ended
 // more than overdueGrace ago: deactivated as an expiry, or deleted when the
@@ -51,6 +75,16 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 	swept := 0
 	var errs []error
 	retention := map[string]time.Duration{}
+	// Static keys a static role holds; any other active static key is an
+	// orphan of a failed create, rotation, adoption or delete.
+	held := map[string]bool{}
+	statics, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range statics {
+		held[r.KeyID], held[r.PreviousKeyID] = true, true
+	}
 	for _, id := range ids {
 		k, err := getKeyRecord(ctx, s, id)
 		if err != nil {
@@ -68,6 +102,16 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 				if err := s.Delete(ctx, keyStoragePrefix+id); err != nil {
 					errs = append(errs, fmt.Errorf("deleting the tombstone of key %s: %w", id, err))
 				}
+			}
+			continue
+		}
+		if k != nil && k.Kind == keyKindStatic && k.State == keyStateActive && k.Pending == "" && !held[k.KeyID] {
+			ok, err := b.retireOrphanStatic(ctx, s, k)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if ok {
+				swept++
 			}
 			continue
 		}

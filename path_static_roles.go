@@ -347,6 +347,12 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 	r.KeyID, r.KeyName, r.TokenPrefix, r.Token = k.ID, k.Name, k.TokenPrefix, apiKey
 	r.KeySetAt, r.Adopted = now, true
 	if err := putStaticRole(ctx, s, r); err != nil {
+		// Not adopted after all: the key stays the customer's, untouched.
+		// (Should the record's removal fail too, the cleanup pass retires
+		// the key as a static key no role holds.)
+		if derr := deleteTrackedKey(ctx, s, rec); derr != nil {
+			b.Logger().Warn("could not remove the record of a key whose adoption failed", "key_id", k.ID, "error", derr)
+		}
 		return nil, err
 	}
 	b.Logger().Info("static role adopted a key", "role", r.Name, "environment", r.Environment, "key_id", k.ID, "token_prefix", k.TokenPrefix)
@@ -372,16 +378,23 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 	if err != nil {
 		return nil, err
 	}
+	// The role goes first, so that static-creds can never hand out a key
+	// being deactivated; a key whose deactivation fails below is a static
+	// key no role holds, which the cleanup pass retires.
+	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting static role %q: %w", name, err)
+	}
+	var errs []error
 	for _, id := range []string{r.PreviousKeyID, r.KeyID} {
 		if id == "" {
 			continue
 		}
 		if err := b.retireStaticKey(ctx, req.Storage, client, r, id, "role deleted"); err != nil {
-			return nil, upstreamError(fmt.Sprintf("deactivating key %s of static role %q", id, name), err)
+			errs = append(errs, fmt.Errorf("key %s: %w", id, err))
 		}
 	}
-	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
-		return nil, fmt.Errorf("deleting static role %q: %w", name, err)
+	if len(errs) > 0 {
+		return &logical.Response{Warnings: []string{fmt.Sprintf("static role %q is deleted, but deactivating its keys failed (the cleanup pass retires them): %v", name, errors.Join(errs...))}}, nil
 	}
 	if warnings := b.deregisterRotationJob(ctx, req.MountPoint, staticRoleStoragePrefix+name, r.RotationManaged); len(warnings) > 0 {
 		return &logical.Response{Warnings: warnings}, nil

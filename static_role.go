@@ -191,14 +191,6 @@ func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name
 // read lock held.
 func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole) error {
 	now := b.now()
-	// A rotation during an overlap: the previous key is two generations old
-	// once this one lands, so it goes now.
-	if r.PreviousKeyID != "" {
-		if err := b.retireStaticKey(ctx, s, client, r, r.PreviousKeyID, "superseded"); err != nil {
-			return fmt.Errorf("deactivating the previous key %s before rotating: %w", r.PreviousKeyID, err)
-		}
-		r.PreviousKeyID, r.PreviousSince = "", time.Time{}
-	}
 	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName}, true)
 	if err != nil {
@@ -229,6 +221,15 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		}
 	}
 	guard.done(ctx)
+	// A rotation during an overlap: the previous key is two generations old
+	// now that this one has landed (never before: a failed rotation must
+	// leave both working keys working), so it goes; if Heron cannot be
+	// reached, the orphan sweep of the cleanup pass retires it later.
+	if r.PreviousKeyID != "" {
+		if err := b.retireStaticKey(ctx, s, client, r, r.PreviousKeyID, "superseded"); err != nil {
+			b.Logger().Warn("could not deactivate a static role's superseded key yet; the cleanup pass will", "role", r.Name, "key_id", r.PreviousKeyID, "error", err)
+		}
+	}
 	*r = next
 	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID)
 	return nil
