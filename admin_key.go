@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -58,6 +59,21 @@ func (b *heronBackend) keysToSee(ctx context.Context, s logical.Storage, cfg *he
 	}
 	for _, rk := range cfg.RetiredKeys {
 		ids = append(ids, rk.KeyID)
+	}
+	// A static role's keys, even where a failed write left no record.
+	statics, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range statics {
+		if r.Environment != cfg.Environment {
+			continue
+		}
+		for _, id := range []string{r.KeyID, r.PreviousKeyID} {
+			if id != "" && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
 	}
 	if cfg.AdminKeyByEngine && cfg.AdminKeyID != "" {
 		ids = append(ids, cfg.AdminKeyID)

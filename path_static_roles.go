@@ -347,13 +347,19 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 	r.KeyID, r.KeyName, r.TokenPrefix, r.Token = k.ID, k.Name, k.TokenPrefix, apiKey
 	r.KeySetAt, r.Adopted = now, true
 	if err := putStaticRole(ctx, s, r); err != nil {
-		// Not adopted after all: the key stays the customer's, untouched.
-		// (Should the record's removal fail too, the cleanup pass retires
-		// the key as a static key no role holds.)
-		if derr := deleteTrackedKey(ctx, s, rec); derr != nil {
-			b.Logger().Warn("could not remove the record of a key whose adoption failed", "key_id", k.ID, "error", derr)
+		// A write that reports an error may have been stored: then the
+		// adoption happened, and the record must stay with it.
+		if stored, rerr := getStaticRole(ctx, s, r.Name); rerr == nil && stored != nil && stored.KeyID == k.ID {
+			b.Logger().Warn("storing the static role reported an error but it was stored", "role", r.Name, "error", err)
+		} else {
+			// Not adopted after all: the key stays the customer's,
+			// untouched. (Should the record's removal fail too, the cleanup
+			// pass retires the key as a static key no role holds.)
+			if derr := deleteTrackedKey(ctx, s, rec); derr != nil {
+				b.Logger().Warn("could not remove the record of a key whose adoption failed", "key_id", k.ID, "error", derr)
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	b.Logger().Info("static role adopted a key", "role", r.Name, "environment", r.Environment, "key_id", k.ID, "token_prefix", k.TokenPrefix)
 	return nil, nil
