@@ -49,12 +49,16 @@ func TestLeaseRenew(t *testing.T) {
 	// the read itself can take a second on a loaded machine.
 	start := v.leaseIssueTime(c.LeaseID)
 
+	// The 3s lease first, well before its end: on a loaded machine one CLI
+	// call can take a second, and a renewal that lands after the end finds
+	// the lease gone.
+	sleepUntil(start.Add(1500 * time.Millisecond))
+	if r := v.renew(revoked.LeaseID, "-increment=10s"); r.LeaseDuration != 10 {
+		t.Fatalf("renew -increment=10s of a 3s lease (max_ttl 30s): lease_duration %d, want 10", r.LeaseDuration)
+	}
 	sleepUntil(start.Add(2 * time.Second))
 	if r := v.renew(c.LeaseID); r.LeaseDuration != 4 {
 		t.Fatalf("renew 2s into a 4s lease (max_ttl 8s): lease_duration %d, want 4", r.LeaseDuration)
-	}
-	if r := v.renew(revoked.LeaseID, "-increment=10s"); r.LeaseDuration != 10 {
-		t.Fatalf("renew -increment=10s of a 3s lease (max_ttl 30s): lease_duration %d, want 10", r.LeaseDuration)
 	}
 
 	// Past the original ends (4s and 3s): only the renewals keep the keys alive.
