@@ -80,6 +80,14 @@ func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env st
 	return keys, now, nil
 }
 
+// forgetLists drops every cached list: what follows judges from Heron's
+// lists as they are now.
+func (b *heronBackend) forgetLists() {
+	b.lists.mu.Lock()
+	b.lists.lists = nil
+	b.lists.mu.Unlock()
+}
+
 // forgetList drops env's cached list (its admin key or base URL changed).
 func (b *heronBackend) forgetList(env string) {
 	b.lists.mu.Lock()

@@ -337,9 +337,7 @@ func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Reque
 	}
 	// An operator's tidy or config delete judges from Heron's list as it is
 	// now; each environment is then listed once for all its records.
-	b.lists.mu.Lock()
-	b.lists.lists = nil
-	b.lists.mu.Unlock()
+	b.forgetLists()
 	sort.Strings(ids)
 	var errs []error
 	for _, id := range ids {

@@ -3,9 +3,7 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,26 +33,9 @@ type staticCreds struct {
 // readStaticCreds reads heron/static-creds/<name> once as token over plain
 // net/http (safe from any goroutine).
 func (v *vault) readStaticCreds(token, name string) (staticCreds, error) {
-	req, err := http.NewRequest(http.MethodGet, v.addr+"/v1/heron/static-creds/"+name, nil)
-	if err != nil {
-		return staticCreds{}, err
-	}
-	req.Header.Set("X-Vault-Token", token)
-	resp, err := v.http.Do(req)
-	if err != nil {
-		return staticCreds{}, fmt.Errorf("read heron/static-creds/%s: %w", name, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return staticCreds{}, fmt.Errorf("read heron/static-creds/%s: %w", name, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return staticCreds{}, fmt.Errorf("read heron/static-creds/%s: %d %s", name, resp.StatusCode, strings.TrimSpace(string(body)))
-	}
 	var c staticCreds
-	if err := json.Unmarshal(body, &c); err != nil {
-		return staticCreds{}, fmt.Errorf("read heron/static-creds/%s: decoding the answer: %w", name, err)
+	if err := v.readJSON(token, "heron/static-creds/"+name, &c); err != nil {
+		return staticCreds{}, err
 	}
 	if c.Data.APIKey == "" || c.Data.KeyID == "" {
 		return staticCreds{}, fmt.Errorf("read heron/static-creds/%s: incomplete answer (key_id %q, api_key set: %t)", name, c.Data.KeyID, c.Data.APIKey != "")

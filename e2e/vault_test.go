@@ -364,26 +364,9 @@ func (v *vault) issue(token, role string) (lease, error) {
 	if token == "" {
 		token = v.token
 	}
-	req, err := http.NewRequest(http.MethodGet, v.addr+"/v1/heron/creds/"+role, nil)
-	if err != nil {
-		return lease{}, err
-	}
-	req.Header.Set("X-Vault-Token", token)
-	resp, err := v.http.Do(req)
-	if err != nil {
-		return lease{}, fmt.Errorf("read heron/creds/%s: %w", role, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return lease{}, fmt.Errorf("read heron/creds/%s: %w", role, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return lease{}, fmt.Errorf("read heron/creds/%s: %d %s", role, resp.StatusCode, bytes.TrimSpace(body))
-	}
 	var l lease
-	if err := json.Unmarshal(body, &l); err != nil {
-		return lease{}, fmt.Errorf("read heron/creds/%s: decoding the answer: %w", role, err)
+	if err := v.readJSON(token, "heron/creds/"+role, &l); err != nil {
+		return lease{}, err
 	}
 	if l.LeaseID == "" || l.Data.KeyID == "" || l.Data.KeyName == "" || l.Data.APIKey == "" {
 		// No api_key in the message: test output ends up in CI logs.
@@ -391,6 +374,32 @@ func (v *vault) issue(token, role string) (lease, error) {
 			role, l.LeaseID, l.Data.KeyID, l.Data.KeyName, l.Data.APIKey != "")
 	}
 	return l, nil
+}
+
+// readJSON is one GET of path (under /v1/) with token, over the shared
+// plain HTTP client (no retries), decoded into out; safe from any goroutine.
+func (v *vault) readJSON(token, path string, out any) error {
+	req, err := http.NewRequest(http.MethodGet, v.addr+"/v1/"+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Vault-Token", token)
+	resp, err := v.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("read %s: %d %s", path, resp.StatusCode, bytes.TrimSpace(body))
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("read %s: decoding the answer: %w", path, err)
+	}
+	return nil
 }
 
 // mustIssue is issue that fails the test instead of returning an error; call
