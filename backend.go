@@ -4,6 +4,7 @@ package heron
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -33,6 +34,15 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 		return nil, err
 	}
 	return b, nil
+}
+
+// Setup is the framework's, keeping the storage view for clean.
+func (b *heronBackend) Setup(ctx context.Context, conf *logical.BackendConfig) error {
+	if err := b.Backend.Setup(ctx, conf); err != nil {
+		return err
+	}
+	b.storage = conf.StorageView
+	return nil
 }
 
 // heronBackend is the engine. One instance per mount; the Heron rate limiters are
@@ -75,8 +85,13 @@ type heronBackend struct {
 	// key that another creation of the same name has made but not recorded.
 	nameLocks []*locksutil.LockEntry
 
-	// id names this backend instance as a holder of shared rate limiters.
+	// id names this backend instance as a holder of shared rate limiters
+	// and as the writer of its creation records.
 	id string
+	// slots are this instance's creation slots (wal_slots.go).
+	slots *slotPool
+	// storage is the mount's storage view, for the clean-up at shutdown.
+	storage logical.Storage
 
 	// now is the clock; tests move it to exercise retention and rotation.
 	now func() time.Time
@@ -95,13 +110,15 @@ type heronBackend struct {
 }
 
 func backend() *heronBackend {
+	id := newBackendID()
 	b := &heronBackend{
 		clients:     make(map[string]*cachedClient),
 		roles:       make(map[string]*heronRole),
 		roleLocks:   locksutil.CreateLocks(),
 		configLocks: locksutil.CreateLocks(),
 		nameLocks:   locksutil.CreateLocks(),
-		id:          newBackendID(),
+		id:          id,
+		slots:       newSlotPool(id),
 		now:         time.Now,
 		wallNow:     time.Now,
 		windowNow:   time.Now,
@@ -122,6 +139,7 @@ func backend() *heronBackend {
 			// of replication so only the node that wrote one rolls it back.
 			LocalStorage: []string{
 				framework.WALPrefix,
+				creatingStoragePrefix,
 			},
 		},
 		Paths: framework.PathAppend(
@@ -160,7 +178,10 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 }
 
 // clean runs when the mount is unmounted or the plugin reloaded.
-func (b *heronBackend) clean(context.Context) {
+func (b *heronBackend) clean(ctx context.Context) {
+	if b.storage != nil {
+		b.dropFreeCreations(ctx, b.storage)
+	}
 	b.clientsLock.Lock()
 	// Requests still running after this build one-off clients that claim no
 	// budget: a claim made now would never be released.
@@ -330,10 +351,22 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 	if _, err := b.rotateDue(ctx, req.Storage); err != nil {
 		b.Logger().Warn("scheduled admin key rotation failed", "error", err)
 	}
-	if _, err := b.cleanup(ctx, req.Storage, false); err != nil {
-		return fmt.Errorf("cleanup pass: %w", err)
+	// Creations that another instance left (a restart, a reload, a
+	// failover) or that this one gave up on, once old enough that no
+	// request can still be running them; `immediate` is Vault's own word
+	// for "do not wait" on a rollback request.
+	minAge := walRollbackMinAge
+	if _, ok := req.Data["immediate"]; ok {
+		minAge = 0
 	}
-	return nil
+	_, _, slotErr := b.settleCreations(ctx, req.Storage, "", minAge)
+	if slotErr != nil {
+		slotErr = fmt.Errorf("settling creation records: %w", slotErr)
+	}
+	if _, err := b.cleanup(ctx, req.Storage, false); err != nil {
+		return errors.Join(slotErr, fmt.Errorf("cleanup pass: %w", err))
+	}
+	return slotErr
 }
 
 // writesHere reports whether background work may run on this node, as

@@ -20,8 +20,10 @@ import (
 // the root package's tests, benchmarks and fuzz targets (newTestEnv). The
 // model-based test builds its own, since rapid's T is not a testing.TB.
 type testEnv struct {
-	t        testing.TB
-	b        *heronBackend
+	t testing.TB
+	b *heronBackend
+	// start builds another backend on the same storage (see restart).
+	start    func() *heronBackend
 	s        logical.Storage
 	srv      *herontest.Server
 	adminKey map[string]string // environment -> seeded admin key
@@ -108,17 +110,20 @@ func newTestEnv(tb testing.TB, opts ...testOption) *testEnv {
 		DefaultLeaseTTLVal: testDefaultLeaseTTL,
 		MaxLeaseTTLVal:     testMaxLeaseTTL,
 	}
-	b := backend()
-	b.retryWaitMin = 5 * time.Millisecond
-	if setup.unlimited {
-		b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
-			return heronapi.New(b.clientConfig(cfg, heronapi.NewLimiter(math.MaxInt32)))
+	start := func() *heronBackend {
+		b := backend()
+		b.retryWaitMin = 5 * time.Millisecond
+		if setup.unlimited {
+			b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
+				return heronapi.New(b.clientConfig(cfg, heronapi.NewLimiter(math.MaxInt32)))
+			}
 		}
+		require.NoError(tb, b.Setup(context.Background(), conf))
+		return b
 	}
-	require.NoError(tb, b.Setup(context.Background(), conf))
 
 	e := &testEnv{
-		t: tb, b: b, s: storage, srv: srv,
+		t: tb, b: start(), start: start, s: storage, srv: srv,
 		adminKey:  map[string]string{"development": dev, "production": prod},
 		allowLive: map[string]bool{},
 		foreign:   map[string]bool{},
@@ -200,6 +205,16 @@ func (e *testEnv) checkNoLeftovers() {
 			t.Errorf("leftover: key %s (%q) is still active at the end of the test", k.ID, k.Name)
 		}
 	}
+}
+
+// restart replaces the backend with a new instance on the same storage, as
+// a plugin reload does (Vault cleans the old one up) or, with crash, as a
+// plugin process killed mid-flight leaves it.
+func (e *testEnv) restart(crash bool) {
+	if !crash {
+		e.b.Cleanup(context.Background())
+	}
+	e.b = e.start()
 }
 
 func (e *testEnv) do(op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {

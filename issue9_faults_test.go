@@ -106,14 +106,14 @@ func TestIssue9_Case1_LookupRateLimitedKeepsTheRecord(t *testing.T) {
 	require.Error(t, err)
 	require.ErrorIs(t, err, heronapi.ErrOutcomeUnknown)
 	require.Len(t, liveIssued(e), 1, "Heron made the key; its token is lost")
-	require.Equal(t, 1, walCount(t, e.s), "the write-ahead record still names it")
+	require.Equal(t, 1, walCount(t, e.b, e.s), "the write-ahead record still names it")
 
 	api.list = nil
 	rollback(t, e)
 	require.Empty(t, liveIssued(e), "the rollback deleted it")
 	closeWindow(e)
 	rollback(t, e)
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 }
 
 // Case 2 (invariant 3): a role whose name_template renders the same name for
@@ -146,7 +146,7 @@ func TestIssue9_Case2_DuplicateNamesRecoveryTouchesOnlyItsOwnKey(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, lost, "exactly the key of the lost answer was deleted")
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 
 	// Concurrent issuances of the same name never delete each other's keys.
 	var wg sync.WaitGroup
@@ -274,7 +274,7 @@ func TestIssue9_Case7_FailedTrackingWithFailedUndoIsRolledBack(t *testing.T) {
 			require.Zero(t, n, "the failed issuance does not count against max_active_keys")
 			closeWindow(e)
 			rollback(t, e)
-			require.Zero(t, walCount(t, fs))
+			require.Zero(t, walCount(t, e.b, fs))
 		})
 	}
 }
@@ -322,20 +322,20 @@ func TestIssue9_Case8_ConfigDeleteSettlesPendingCreations(t *testing.T) {
 	e.badRequest(logical.DeleteOperation, "config/development", nil, "unknown outcome")
 	k, _ := e.srv.Key(orphan)
 	require.True(t, k.Deleted, "the delete already rolled back what it could")
-	require.Equal(t, 1, walCount(t, e.s), "a late key may still appear: the record and the config stay")
+	require.Equal(t, 1, walCount(t, e.b, e.s), "a late key may still appear: the record and the config stay")
 
 	closeWindow(e)
 	e.ok(logical.DeleteOperation, "config/development", nil)
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 
 	// A record whose config is gone anyway is kept, not dropped.
 	_, err = framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: "x", Since: time.Now()})
 	require.NoError(t, err)
 	rollback(t, e)
-	require.Equal(t, 1, walCount(t, e.s), "without an admin key the record cannot be settled, so it stays")
+	require.Equal(t, 1, walCount(t, e.b, e.s), "without an admin key the record cannot be settled, so it stays")
 	e.configure("development")
 	rollback(t, e)
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 }
 
 // Case 10 (invariant 1): the POST times out (a gateway answers 504) while
@@ -349,7 +349,7 @@ func TestIssue9_Case10_LateKeyAfterTheLookupIsRolledBack(t *testing.T) {
 	e.srv.FailNextLate("POST", "/api/credentials/keys", 1, http.StatusGatewayTimeout, time.Hour)
 
 	lease := e.issue("r")
-	require.Equal(t, 1, walCount(t, e.s), "the first POST's outcome is unknown: its record stays")
+	require.Equal(t, 1, walCount(t, e.b, e.s), "the first POST's outcome is unknown: its record stays")
 	require.Equal(t, 1, e.srv.FlushLate(), "Heron finishes the first POST after the engine moved on")
 	var late string
 	for _, k := range e.srv.KeysIn("development") {
@@ -368,7 +368,7 @@ func TestIssue9_Case10_LateKeyAfterTheLookupIsRolledBack(t *testing.T) {
 
 	closeWindow(e)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 	require.NoError(t, e.revoke(lease))
 }
 

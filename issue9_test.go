@@ -531,7 +531,7 @@ func TestIssue9_Case11_RotationCommittedButFailedWrite(t *testing.T) {
 		require.True(t, ok)
 		require.False(t, newRec.Deleted, "the engine must not delete the key storage holds")
 		require.True(t, e.authenticates(cfg.AdminAPIKey), "the stored admin key works")
-		require.Zero(t, walCount(t, fs), "the write-ahead record is settled")
+		require.Zero(t, walCount(t, e.b, fs), "the write-ahead record is settled")
 
 		lease := e.issue(func() string { e.role("r", map[string]interface{}{}); return "r" }())
 		require.NoError(t, e.revoke(lease))
@@ -572,7 +572,7 @@ func TestIssue9_Case11_RotationCommittedButFailedWrite(t *testing.T) {
 				require.True(t, k.Deleted, "the new key %s is deleted", k.ID)
 			}
 		}
-		require.Zero(t, walCount(t, fs))
+		require.Zero(t, walCount(t, e.b, fs))
 		e.role("r", map[string]interface{}{})
 		require.NoError(t, e.revoke(e.issue("r")))
 	})
@@ -655,6 +655,7 @@ func TestIssue9_SDK_WALIsLocalStorage(t *testing.T) {
 	b := backend()
 	require.NotNil(t, b.PathsSpecial)
 	require.Contains(t, b.PathsSpecial.LocalStorage, framework.WALPrefix)
+	require.Contains(t, b.PathsSpecial.LocalStorage, creatingStoragePrefix)
 }
 
 // TestIssue9_SDK_RevokeWithoutKeyIDIsBareErrUnrecoverable: pre-fix the error
@@ -819,7 +820,7 @@ func TestIssue9_ErrorMapping_Issuance401NamesConfig(t *testing.T) {
 	require.Error(t, err, "resp %v", resp)
 	require.Contains(t, err.Error(), "config/development")
 	require.Contains(t, err.Error(), "401")
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 	require.Empty(t, liveIssued(e))
 }
 

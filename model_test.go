@@ -70,7 +70,7 @@ package heron
 //	                                          contains one of these (known bugs), to look past them
 //
 // Groups: core (issue renew revoke revokeAsync vaultRetry advance tidy rollback
-// restart), config (configUpdate configNewKey configOtherUser configRotate
+// restart crash), config (configUpdate configNewKey configOtherUser configRotate
 // configDelete configCreate), roles (roleWrite roleDelete), customer
 // (customerKey), heron-faults (heronFault heron429 force429 latency),
 // storage-faults (storageFault), static (staticCreate staticAdopt staticRead
@@ -120,7 +120,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"pgregory.net/rapid"
 
@@ -151,7 +150,7 @@ var mRoleNames = []string{"app", "ci"}
 // Actions and their selection
 
 var mActionGroups = map[string][]string{
-	"core":           {"issue", "renew", "revoke", "revokeAsync", "vaultRetry", "advance", "tidy", "rollback", "restart"},
+	"core":           {"issue", "renew", "revoke", "revokeAsync", "vaultRetry", "advance", "tidy", "rollback", "restart", "crash"},
 	"config":         {"configUpdate", "configNewKey", "configOtherUser", "configRotate", "configDelete", "configCreate"},
 	"roles":          {"roleWrite", "roleDelete"},
 	"customer":       {"customerKey"},
@@ -839,6 +838,15 @@ func (m *model) actRestart() {
 	m.logStep("plugin restart")
 }
 
+// actCrash is the plugin process killed between requests: Vault never cleans
+// the old instance up, so what it kept only in memory (which of its creation
+// records are finished) is lost.
+func (m *model) actCrash() {
+	m.tick()
+	m.startBackend()
+	m.logStep("plugin crash")
+}
+
 // configWrite writes config/<env>; a changed admin key is checked against
 // invariant f.
 func (m *model) configWrite(what string, data map[string]interface{}) {
@@ -951,17 +959,10 @@ const mCreatedSkew = 2 * time.Millisecond
 
 // walNames is the key names of pending write-ahead records.
 func (m *model) walNames() map[string]bool {
-	ctx := context.Background()
 	out := map[string]bool{}
-	ids, _ := framework.ListWAL(ctx, m.st.inner)
-	for _, id := range ids {
-		if e, err := framework.GetWAL(ctx, m.st.inner, id); err == nil && e != nil {
-			if d, ok := e.Data.(map[string]interface{}); ok {
-				if n, ok := d["key_name"].(string); ok {
-					out[n] = true
-				}
-			}
-		}
+	entries, _ := m.b.pendingCreations(context.Background(), m.st.inner)
+	for _, e := range entries {
+		out[e.KeyName] = true
 	}
 	return out
 }
@@ -1046,6 +1047,7 @@ func (m *model) rapidActions(selected map[string]bool) map[string]func(*rapid.T)
 		"tidy":            func(t *rapid.T) { m.actTidy() },
 		"rollback":        func(t *rapid.T) { m.actRollback() },
 		"restart":         func(t *rapid.T) { m.actRestart() },
+		"crash":           func(t *rapid.T) { m.actCrash() },
 		"configUpdate":    func(t *rapid.T) { m.actConfigUpdate(rapid.IntRange(0, 3).Draw(t, "max_retries")) },
 		"configNewKey":    func(t *rapid.T) { m.actConfigNewKey() },
 		"configOtherUser": func(t *rapid.T) { m.actConfigOtherUser() },
@@ -1078,7 +1080,7 @@ func (m *model) rapidActions(selected map[string]bool) map[string]func(*rapid.T)
 		"storageFault": func(t *rapid.T) {
 			m.actStorageFault(storageFault{
 				op:     rapid.SampledFrom([]string{"put", "delete", ""}).Draw(t, "op"),
-				prefix: rapid.SampledFrom([]string{keyStoragePrefix, roleKeyStoragePrefix, retainedKeyStoragePrefix, configStoragePrefix, roleStoragePrefix, framework.WALPrefix, staticRoleStoragePrefix}).Draw(t, "prefix"),
+				prefix: rapid.SampledFrom([]string{keyStoragePrefix, roleKeyStoragePrefix, retainedKeyStoragePrefix, configStoragePrefix, roleStoragePrefix, creatingStoragePrefix, staticRoleStoragePrefix}).Draw(t, "prefix"),
 				mode:   rapid.SampledFrom([]storageFaultMode{storageFailBefore, storageFailAfter}).Draw(t, "mode"),
 				left:   rapid.IntRange(1, 2).Draw(t, "n"),
 			})
@@ -1122,20 +1124,12 @@ func (m *model) snapshot() *world {
 	for _, r := range recs {
 		w.tracked[r.KeyID] = r
 	}
-	ids, err := framework.ListWAL(ctx, m.st.inner)
+	pending, err := m.b.pendingCreations(ctx, m.st.inner)
 	if err != nil {
-		m.t.Fatalf("model: listing WAL: %v", err)
+		m.t.Fatalf("model: listing write-ahead records: %v", err)
 	}
-	for _, id := range ids {
-		e, err := framework.GetWAL(ctx, m.st.inner, id)
-		if err != nil || e == nil {
-			continue
-		}
-		if d, ok := e.Data.(map[string]interface{}); ok {
-			if n, ok := d["key_name"].(string); ok {
-				w.walName[n] = true
-			}
-		}
+	for _, e := range pending {
+		w.walName[e.KeyName] = true
 	}
 	w.cfg, err = getConfig(ctx, m.st.inner, mEnv)
 	if err != nil {
@@ -1515,7 +1509,7 @@ func TestModelRegressions(t *testing.T) {
 			script: func(m *model, step func(func())) {
 				step(func() { m.actCustomerKey(mConstantKeyName) })
 				step(func() {
-					m.actStorageFault(storageFault{op: "put", prefix: framework.WALPrefix, mode: storageFailAfter, left: 1})
+					m.actStorageFault(storageFault{op: "put", prefix: creatingStoragePrefix, mode: storageFailAfter, left: 1})
 				})
 				step(func() { m.actIssue("ci") })
 				step(func() { m.actRollback() })

@@ -108,7 +108,7 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 
 	now := b.now()
 	name := fmt.Sprintf("vault-admin-%s-%d", env, now.Unix())
-	newKey, guard, err := b.createUnderWAL(ctx, s, oldClient, walKindAdminKey, &walKeyEntry{Environment: env, KeyName: name}, true)
+	newKey, guard, err := b.createUnderWAL(ctx, s, oldClient, walKindAdminKey, &walKeyEntry{Environment: env, KeyName: name}, false)
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return nil, "", fmt.Errorf("%w: Heron rejected the current admin key of config %q (401), so it cannot create its successor: write a working admin_api_key to config/%s", errRotateUser, env, env)
 	}

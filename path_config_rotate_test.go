@@ -74,14 +74,25 @@ func TestRotate_FailureBetweenCreateAndStore(t *testing.T) {
 			require.True(t, k.Deleted, "the new key %s was rolled back", k.ID)
 		}
 	}
-	require.Zero(t, walCount(t, fs))
+	require.Zero(t, walCount(t, e.b, fs))
 }
 
 func TestRotate_NewKeyFailsVerification(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
-	// The first GET after the POST is the new key's verification.
-	e.srv.FailNext("GET", "/api/credentials/keys", 50, herontest.FaultStatus500)
+	// The first GET after the POST is the new key's verification (the one
+	// before it looks for keys that already have the name).
+	real := e.b.newClient
+	e.b.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+		c, err := real(cfg, lim)
+		if err != nil {
+			return nil, err
+		}
+		return &scriptedAPI{API: c, creating: func() {
+			e.srv.FailNext("GET", "/api/credentials/keys", 50, herontest.FaultStatus500)
+		}}, nil
+	}
+	e.b.resetClient("development")
 	_, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "verifying the new admin key")

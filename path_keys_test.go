@@ -293,8 +293,7 @@ func TestCreds_RateLimitedAfterRetriesIs502(t *testing.T) {
 	require.ErrorAs(t, err, &coded, "the 502 must survive the plugin's gRPC boundary")
 	require.Equal(t, 502, coded.Code())
 	require.Empty(t, liveIssued(e))
-	wals, _ := e.s.List(context.Background(), "wal/")
-	require.Empty(t, wals, "a 429 was not processed: no write-ahead record is left")
+	require.Zero(t, walCount(t, e.b, e.s), "a 429 was not processed: no write-ahead record is left")
 }
 
 func TestCreds_LostPOSTResponseCreatesNoDuplicate(t *testing.T) {
@@ -316,19 +315,19 @@ func TestCreds_LostPOSTResponseCreatesNoDuplicate(t *testing.T) {
 			require.Equal(t, lease.Data["key_id"], live[0].ID)
 			require.True(t, e.authenticates(lease.Data["api_key"].(string)))
 			require.NoError(t, e.revoke(lease))
-			wals, _ := e.s.List(context.Background(), "wal/")
+			wals := walCount(t, e.b, e.s)
 			if mode == herontest.FaultStatus502 {
 				// The lookup found nothing: Heron may still make the key
 				// (a gateway answered before Heron did), so the record stays
 				// until its window closes.
-				require.Len(t, wals, 1)
+				require.Equal(t, 1, wals)
 				e.b.windowNow = func() time.Time { return time.Now().Add(lateKeyWindow + time.Minute) }
 				defer func() { e.b.windowNow = time.Now }()
 				resp := e.ok(logical.UpdateOperation, "tidy", nil)
 				require.Equal(t, 1, resp.Data["rolled_back_wal"])
-				wals, _ = e.s.List(context.Background(), "wal/")
+				wals = walCount(t, e.b, e.s)
 			}
-			require.Empty(t, wals)
+			require.Zero(t, wals)
 		})
 	}
 }

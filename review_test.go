@@ -93,7 +93,7 @@ func TestReview_R2_HeronClockBehindLeaksLostKey(t *testing.T) {
 
 	e.b.wallNow = func() time.Time { return time.Now().Add(30*time.Second + lateKeyWindow + time.Minute) }
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	require.Zero(t, walCount(t, e.s), "the record was settled")
+	require.Zero(t, walCount(t, e.b, e.s), "the record was settled")
 	require.Empty(t, liveIssued(e), "BUG: the key of the lost answer is live and nothing names it")
 }
 
@@ -162,7 +162,7 @@ func TestReview_R5_ForcedConfigWriteAbandonsPendingCreation(t *testing.T) {
 	e.role("r", map[string]interface{}{})
 	e.srv.FailNextLate("POST", "/api/credentials/keys", 1, http.StatusGatewayTimeout, time.Hour)
 	lease := e.issue("r")
-	require.Equal(t, 1, walCount(t, e.s))
+	require.Equal(t, 1, walCount(t, e.b, e.s))
 	require.NoError(t, e.revoke(lease))
 
 	foreign := e.srv.AddUser("development")
@@ -174,7 +174,7 @@ func TestReview_R5_ForcedConfigWriteAbandonsPendingCreation(t *testing.T) {
 
 	closeWindow(e)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	require.Zero(t, walCount(t, e.s))
+	require.Zero(t, walCount(t, e.b, e.s))
 	assert.Empty(t, liveIssued(e), "the late key was deleted with the admin key that sees it")
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
 }

@@ -51,7 +51,9 @@ const (
 type walKeyEntry struct {
 	Environment string `json:"environment"`
 	Role        string `json:"role,omitempty"`
-	KeyName     string `json:"key_name"`
+	// Static: the key is for a static role (Role), not a lease.
+	Static  bool   `json:"static,omitempty"`
+	KeyName string `json:"key_name"`
 	// Since is the engine's wall clock just before the first POST: Heron
 	// cannot have made a key for this record earlier. Records written before
 	// the window existed have it zero and match by name alone.
@@ -104,12 +106,18 @@ func (b *heronBackend) nameLock(env, name string) *locksutil.LockEntry {
 type walGuard struct {
 	b     *heronBackend
 	s     logical.Storage
-	id    string
+	slot  string
 	entry *walKeyEntry
 	lock  *locksutil.LockEntry
 	// unresolved counts POSTs whose outcome stayed unknown: their key may
 	// still appear, so the record must stay for the rollback.
 	unresolved int
+	// keep: the record stays in its slot once the creation is over, for the
+	// slot's next creation to overwrite (see wal_slots.go). Only for names
+	// with a random part: a record that outlives its creation is settled by
+	// name if its instance crashes, and a name nobody else can have is the
+	// only one for which that never touches another key.
+	keep bool
 }
 
 // createUnderWAL creates a key named entry.KeyName in Heron under a
@@ -121,7 +129,9 @@ type walGuard struct {
 //
 // uniqueName says the name cannot repeat (a random part); otherwise Heron is
 // listed first so that keys which already had the name are never taken for
-// this creation's (one more request, for such roles only).
+// this creation's (one more request, for such roles and for the engine's own
+// timestamped names, which a customer could pick too), and the record is
+// deleted as soon as the creation is over (one more write).
 func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, client heronapi.API, kind string, entry *walKeyEntry, uniqueName bool) (*heronapi.Key, *walGuard, error) {
 	lock := b.nameLock(entry.Environment, entry.KeyName)
 	lock.Lock()
@@ -140,12 +150,15 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 	}
 	entry.Offset, entry.OffsetKnown = b.clockOffset(entry.Environment)
 	entry.Since = b.wallNow()
-	id, err := framework.PutWAL(ctx, s, kind, entry)
-	if err != nil {
+	slot := b.slots.take()
+	if err := putCreation(ctx, s, slot, kind, entry); err != nil {
+		// No key was made: whatever the write left in the slot names a
+		// creation that never happened, and the slot's next one overwrites it.
+		b.slots.finish(slot, false)
 		lock.Unlock()
 		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)
 	}
-	g := &walGuard{b: b, s: s, id: id, entry: entry, lock: lock}
+	g := &walGuard{b: b, s: s, slot: slot, entry: entry, lock: lock, keep: uniqueName}
 	for lookups := 0; ; lookups++ {
 		key, err := client.CreateKey(ctx, entry.KeyName)
 		b.noteClock(entry.Environment, client)
@@ -177,16 +190,25 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 // done ends the guard once the caller's own record holds the key.
 func (g *walGuard) done(ctx context.Context) { g.end(ctx) }
 
-// end releases the name lock, removing the write-ahead record unless a key
-// of an unknown outcome may still appear: that one the rollback deletes.
+// end releases the name lock and the slot, whose record the slot's next
+// creation overwrites (or which goes now, see keep); unless a key of an
+// unknown outcome may still appear: then the slot is held and the rollback
+// deletes that key.
 func (g *walGuard) end(ctx context.Context) {
 	defer g.lock.Unlock()
 	if g.unresolved > 0 {
 		g.b.Logger().Warn("a key creation's outcome is still unknown: its write-ahead record stays and the rollback deletes the key if it appears",
-			"key_name", g.entry.KeyName, "environment", g.entry.Environment, "wal_id", g.id)
+			"key_name", g.entry.KeyName, "environment", g.entry.Environment, "record", g.slot)
+		g.b.slots.finish(g.slot, true)
 		return
 	}
-	g.b.deleteWAL(ctx, g.s, g.id)
+	if !g.keep {
+		if err := g.s.Delete(ctx, g.slot); err != nil {
+			g.b.Logger().Warn("could not delete a finished creation's record; the slot's next creation overwrites it",
+				"record", g.slot, "error", err)
+		}
+	}
+	g.b.slots.finish(g.slot, false)
 }
 
 // undo deletes the created key because nothing will track it. If Heron
@@ -197,15 +219,6 @@ func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) 
 		g.unresolved++
 	}
 	g.end(ctx)
-}
-
-// deleteWAL removes a write-ahead record once its key is tracked or known not
-// to exist. A failure only means the rollback will look for the key later
-// and, finding it tracked, leave it alone.
-func (b *heronBackend) deleteWAL(ctx context.Context, s logical.Storage, id string) {
-	if err := framework.DeleteWAL(ctx, s, id); err != nil {
-		b.Logger().Warn("could not delete write-ahead record; rollback will settle it", "wal_id", id, "error", err)
-	}
 }
 
 var (
@@ -219,6 +232,8 @@ var (
 // walRollback is Vault's rollback of an interrupted key creation: delete the
 // keys this record may have made that nothing tracks. It returns nil only
 // once no such key can exist any more, so Vault keeps the record until then.
+// Creations now write their records into slots (wal_slots.go); Vault's
+// write-ahead records are those an earlier version left behind.
 func (b *heronBackend) walRollback(ctx context.Context, req *logical.Request, kind string, data interface{}) error {
 	switch kind {
 	case walKindKey, walKindAdminKey:
@@ -301,23 +316,32 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 		if !entry.owns(k, offset, b.createdSkew) || (cfg != nil && cfg.accountsFor(k)) {
 			continue
 		}
-		rec, err := getTrackedKey(ctx, s, k.ID)
+		rec, err := getKeyRecord(ctx, s, k.ID)
 		if err != nil {
 			return deleted, time.Time{}, err
 		}
-		if rec != nil {
+		if rec != nil && rec.State != keyStateDeleted {
 			continue
 		}
 		if err := deleteIfPresent(ctx, client, k.ID); err != nil {
 			return deleted, time.Time{}, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
+		}
+		if rec != nil {
+			// Already gone by the engine's record (a list a few seconds old
+			// still showed it): its tombstone keeps the real reason, and it
+			// is no key of this record's.
+			continue
 		}
 		deleted++
 		// Its only record: a tombstone saying when and why (the rare path of
 		// an interrupted creation, so its one write is worth the history).
 		tomb := &trackedKey{KeyID: k.ID, KeyName: k.Name, TokenPrefix: k.TokenPrefix, Environment: entry.Environment,
 			Role: entry.Role, State: keyStateActive, Issued: k.Created}
-		if kind == walKindAdminKey {
+		switch {
+		case kind == walKindAdminKey:
 			tomb.Kind = keyKindAdmin
+		case entry.Static:
+			tomb.Kind = keyKindStatic
 		}
 		if err := b.forgetKey(ctx, s, tomb, reasonRollback); err != nil {
 			b.Logger().Warn("could not record the tombstone of a rolled-back key", "key_id", k.ID, "error", err)
@@ -327,9 +351,10 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 	return deleted, listedAt, nil
 }
 
-// rollbackStaleWALs settles every write-ahead record not in flight here (the
-// tidy path; Vault's own rollback waits walRollbackMinAge). With env set, only
-// that environment's records, by a caller holding its config lock.
+// rollbackStaleWALs settles every write-ahead record and creation record not
+// in flight here (the tidy path; Vault's own rollback and the periodic pass
+// wait walRollbackMinAge). With env set, only that environment's records, by
+// a caller holding its config lock.
 func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Request, env string) (settled, pending int, err error) {
 	ids, err := framework.ListWAL(ctx, req.Storage)
 	if err != nil {
@@ -338,8 +363,9 @@ func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Reque
 	// An operator's tidy or config delete judges from Heron's list as it is
 	// now; each environment is then listed once for all its records.
 	b.forgetLists()
+	settled, pending, slotErr := b.settleCreations(ctx, req.Storage, env, 0)
+	errs := []error{slotErr}
 	sort.Strings(ids)
-	var errs []error
 	for _, id := range ids {
 		entry, err := framework.GetWAL(ctx, req.Storage, id)
 		if err != nil {
