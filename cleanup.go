@@ -244,12 +244,16 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		live, err := client.ListKeys(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("listing keys: %w", err))
+			// max_overlap is a promise that needs no list.
+			if err := b.settleOverlaps(ctx, s, client, env, nil, false); err != nil {
+				errs = append(errs, err)
+			}
 		} else {
 			for _, k := range live {
 				seen.live[k.ID] = true
 			}
 			seen.at[env] = listedAt
-			if err := b.settleOverlaps(ctx, s, client, env, live); err != nil {
+			if err := b.settleOverlaps(ctx, s, client, env, live, true); err != nil {
 				errs = append(errs, err)
 			}
 			// A retained key Heron no longer has needs no call: reconcile
@@ -334,7 +338,12 @@ func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, cli
 	if err := putTrackedKey(ctx, s, k); err != nil {
 		return err
 	}
-	b.recordChange(eventKeyExpire, changeOf(k), "deferred", true, "delete_after", k.DeleteAfter.UTC().Format(time.RFC3339))
+	event := eventKeyExpire
+	if k.kind() == keyKindStatic {
+		// A static key no role holds any more, retired late: not a lease.
+		event = eventStaticDeactivate
+	}
+	b.recordChange(event, changeOf(k), "deferred", true, "delete_after", k.DeleteAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 

@@ -445,13 +445,24 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	// Without the admin key no lease of this environment could be revoked, so
 	// keys with live leases would be orphaned in Heron.
 	active, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {
-		return k.Environment == env && k.State == keyStateActive && k.Pending == ""
+		return k.Environment == env && k.State == keyStateActive && k.Pending == "" && k.kind() != keyKindStatic
 	})
 	if err != nil {
 		return nil, err
 	}
 	if active > 0 {
 		return logical.ErrorResponse("config %q still has %d active keys with live leases: revoke them first (vault lease revoke -prefix)", env, active), nil
+	}
+	// A static key no role holds (a role delete whose deactivation failed)
+	// has no lease to revoke: tidy retires it.
+	orphans, err := countKeys(ctx, req.Storage, func(k *trackedKey) bool {
+		return k.Environment == env && k.State == keyStateActive && k.Pending == "" && k.kind() == keyKindStatic
+	})
+	if err != nil {
+		return nil, err
+	}
+	if orphans > 0 {
+		return logical.ErrorResponse("config %q still has %d active keys of deleted static roles: run `vault write -f heron/tidy` (it deactivates them), then delete the config", env, orphans), nil
 	}
 
 	// A key the admin key cannot see (accepted with force=true) could not be

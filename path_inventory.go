@@ -179,6 +179,8 @@ type inventoryClassifier struct {
 	// unknown the single active key with the admin key's prefix.
 	adminID string
 	retired map[string]bool
+	// otherAdmin: current admin keys of the other configs.
+	otherAdmin map[string]bool
 	// static maps a static role's current and previous key to the role.
 	static map[string]string
 }
@@ -200,6 +202,31 @@ func (b *heronBackend) inventoryClassifier(ctx context.Context, s logical.Storag
 	}
 	for _, rk := range cfg.RetiredKeys {
 		c.retired[rk.KeyID] = true
+	}
+	// Admin keys of other configs that share the Heron user are the
+	// engine's too.
+	envs, err := s.List(ctx, configStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing configs: %w", err)
+	}
+	c.otherAdmin = map[string]bool{}
+	for _, other := range envs {
+		if other == env {
+			continue
+		}
+		oc, err := getConfig(ctx, s, other)
+		if err != nil {
+			return nil, err
+		}
+		if oc == nil {
+			continue
+		}
+		if oc.AdminKeyID != "" {
+			c.otherAdmin[oc.AdminKeyID] = true
+		}
+		for _, rk := range oc.RetiredKeys {
+			c.retired[rk.KeyID] = true
+		}
 	}
 	roles, err := listStaticRoles(ctx, s)
 	if err != nil {
@@ -224,17 +251,16 @@ func (b *heronBackend) inventoryClassifier(ctx context.Context, s logical.Storag
 // environment's keys, not every key the engine tracks.
 func (c *inventoryClassifier) classify(ctx context.Context, k heronapi.Key) (string, string, error) {
 	switch {
-	case c.adminID != "" && k.ID == c.adminID:
+	case c.adminID != "" && k.ID == c.adminID, c.otherAdmin[k.ID]:
 		return inventoryAdmin, "", nil
 	case c.retired[k.ID]:
 		return inventoryRetiredAdmin, "", nil
 	}
+	// A record of another environment still makes the key this engine's:
+	// configs of several environments may hold keys of one Heron user.
 	rec, err := getTrackedKey(ctx, c.s, k.ID)
 	if err != nil {
 		return "", "", err
-	}
-	if rec != nil && rec.Environment != c.env {
-		rec = nil
 	}
 	// A record that says the key is deactivated or owes a deletion wins
 	// over a static role that still names it (a retirement between its two

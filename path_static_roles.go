@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -197,19 +198,107 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 // pathStaticRolesWrite handles CREATE and UPDATE static-roles/<name>.
 func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	// The environment decides which config lock to take (the config's lock
+	// comes before the role's); the role is read again under both, so that a
+	// rotation that lands meanwhile is never written over.
 	existing, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
+	env := strings.TrimSpace(d.Get("environment").(string))
+	if existing != nil {
+		env = existing.Environment
+	}
+	cfgLock := b.configLock(env)
+	cfgLock.RLock()
+	defer cfgLock.RUnlock()
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	if existing, err = getStaticRole(ctx, req.Storage, name); err != nil {
+		return nil, err
+	}
+	r, bad := staticRoleFromRequest(d, name, existing)
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
+	}
+	if r.Environment != env {
+		return nil, fmt.Errorf("static role %q was created or deleted while this write waited: write it again", name)
+	}
+	create := existing == nil
+	apiKey := strings.TrimSpace(d.Get("api_key").(string))
+	cfg, err := getConfig(ctx, req.Storage, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("environment %q has no config: write config/%s first", r.Environment, r.Environment), nil
+	}
+	if cfg.Deleting {
+		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
+	}
+	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged)
+	if gap := r.rotationGap(b.now()); gap > 0 && r.Overlap > gap {
+		// Accepted, as Vault accepts a ttl above the mount's max: but each
+		// rotation deactivates the key two generations old, so say what the
+		// overlap will really be.
+		warnings = append(warnings, fmt.Sprintf("overlap (%s) is longer than the time between rotations (%s): each rotation deactivates the previous key, so it stays active for %s, not %s", r.Overlap, gap, gap, r.Overlap))
+	}
+	var resp *logical.Response
+	if len(warnings) > 0 {
+		resp = &logical.Response{Warnings: warnings}
+	}
+	if !create {
+		if err := putStaticRole(ctx, req.Storage, r); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
+
+	client, err := b.creatingClient(ctx, req.Storage, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	if apiKey != "" {
+		if resp, err := b.adoptStaticKey(ctx, req.Storage, client, cfg, r, apiKey); resp != nil || err != nil {
+			return resp, err
+		}
+		if r.SkipImportRotation {
+			return resp, nil
+		}
+	}
+	if err := b.rotateStaticLocked(ctx, req.Storage, client, r); err != nil {
+		if apiKey == "" {
+			return nil, err
+		}
+		// The adopted key is stored and tracked: the role exists, and the
+		// next pass retries the rotation.
+		if resp == nil {
+			resp = &logical.Response{}
+		}
+		r.RetryRotation = true
+		if perr := putStaticRole(ctx, req.Storage, r); perr != nil {
+			resp.AddWarning(fmt.Sprintf("the key was adopted, but rotating it failed, and so did recording that a rotation is owed (rotate it with static-roles/%s/rotate): %v; %v", name, err, perr))
+		} else {
+			resp.AddWarning(fmt.Sprintf("the key was adopted, but rotating it failed (the next pass retries): %v", err))
+		}
+	}
+	return resp, nil
+}
+
+// staticRoleFromRequest applies the request's fields to existing (nil: a new
+// role) and checks them; a non-empty string is the 400 to answer.
+func staticRoleFromRequest(d *framework.FieldData, name string, existing *staticRole) (*staticRole, string) {
 	create := existing == nil
 	r := &staticRole{Name: name}
 	if !create {
-		r = existing
+		c := *existing
+		r = &c
 	}
 	if v, ok := d.GetOk("environment"); ok {
 		env := strings.TrimSpace(v.(string))
 		if !create && env != r.Environment {
-			return logical.ErrorResponse("environment of static role %q is %q and cannot change: delete the role and create it again", name, r.Environment), nil
+			return nil, fmt.Sprintf("environment of static role %q is %q and cannot change: delete the role and create it again", name, r.Environment)
 		}
 		r.Environment = env
 	}
@@ -237,64 +326,15 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	boolField(d, "skip_import_rotation", create, &r.SkipImportRotation)
 	apiKey := strings.TrimSpace(d.Get("api_key").(string))
 	if apiKey != "" && !create {
-		return logical.ErrorResponse("api_key adopts a key when a static role is created; static role %q exists: rotate it instead (static-roles/%s/rotate)", name, name), nil
+		return nil, fmt.Sprintf("api_key adopts a key when a static role is created; static role %q exists: rotate it instead (static-roles/%s/rotate)", name, name)
 	}
 	if apiKey != "" && !heronapi.TokenPattern.MatchString(apiKey) {
-		return logical.ErrorResponse("api_key is malformed: it must be \"key_\" followed by 48 lowercase hex characters"), nil
+		return nil, "api_key is malformed: it must be \"key_\" followed by 48 lowercase hex characters"
 	}
 	if err := r.validate(); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
+		return nil, err.Error()
 	}
-
-	cfgLock := b.configLock(r.Environment)
-	cfgLock.RLock()
-	defer cfgLock.RUnlock()
-	lock := b.staticRoleLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-	cfg, err := getConfig(ctx, req.Storage, r.Environment)
-	if err != nil {
-		return nil, err
-	}
-	if cfg == nil {
-		return logical.ErrorResponse("environment %q has no config: write config/%s first", r.Environment, r.Environment), nil
-	}
-	if cfg.Deleting {
-		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
-	}
-	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged)
-	var resp *logical.Response
-	if len(warnings) > 0 {
-		resp = &logical.Response{Warnings: warnings}
-	}
-	if !create {
-		if err := putStaticRole(ctx, req.Storage, r); err != nil {
-			return nil, err
-		}
-		return resp, nil
-	}
-
-	client, err := b.creatingClient(ctx, req.Storage, r.Environment)
-	if err != nil {
-		return nil, err
-	}
-	if apiKey != "" {
-		if resp, err := b.adoptStaticKey(ctx, req.Storage, client, cfg, r, apiKey); resp != nil || err != nil {
-			return resp, err
-		}
-		if r.SkipImportRotation {
-			return nil, nil
-		}
-	}
-	if err := b.rotateStaticLocked(ctx, req.Storage, client, r); err != nil {
-		if apiKey != "" {
-			// The adopted key is stored and tracked: the role exists, and the
-			// next pass retries the rotation.
-			return &logical.Response{Warnings: []string{fmt.Sprintf("the key was adopted, but rotating it failed (the next pass retries): %v", err)}}, nil
-		}
-		return nil, err
-	}
-	return nil, nil
+	return r, ""
 }
 
 // adoptStaticKey makes apiKey the role's current key: found in Heron's list
@@ -320,24 +360,49 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 		return logical.ErrorResponse("api_key: %d keys share the prefix %s in environment %q, so the key to adopt cannot be told apart", len(found), prefix, r.Environment), nil
 	}
 	k := found[0]
-	if cfg.accountsFor(k) {
-		return logical.ErrorResponse("api_key is an admin key of config %q; adopt an application's key", r.Environment), nil
+	// Any config's admin key, current or rotated out: configs of other
+	// environments may hold keys of the same Heron user.
+	envs, err := s.List(ctx, configStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing configs: %w", err)
+	}
+	for _, env := range envs {
+		other, err := getConfig(ctx, s, env)
+		if err != nil {
+			return nil, err
+		}
+		if other != nil && other.accountsFor(k) {
+			return logical.ErrorResponse("api_key is an admin key of config %q; adopt an application's key", env), nil
+		}
 	}
 	if rec, err := getTrackedKey(ctx, s, k.ID); err != nil || rec != nil {
 		if err != nil {
 			return nil, err
 		}
-		return logical.ErrorResponse("api_key is key %s, which this engine already manages (%s of role %q)", k.ID, rec.kind(), rec.Role), nil
+		// The record of an adoption of this very role that failed before
+		// the role was stored (a crash between the two writes): adopting
+		// again takes it over. The role does not exist, so nothing holds it.
+		if !(rec.kind() == keyKindStatic && rec.Role == r.Name && rec.State == keyStateActive && rec.Pending == "") {
+			return logical.ErrorResponse("api_key is key %s, which this engine already manages (%s of role %q)", k.ID, rec.kind(), rec.Role), nil
+		}
 	}
+	// The key must authenticate, and be the one listed: a token of another
+	// Heron user can share the 8-character prefix. Its own list shows its
+	// user's keys; if k is among them, the token is k (the only key of that
+	// user with this prefix).
 	probe, err := b.checkClient(cfg, apiKey)
+	var own []heronapi.Key
 	if err == nil {
-		err = probe.Hello(ctx)
+		own, err = probe.ListKeys(ctx)
 	}
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return logical.ErrorResponse("api_key: Heron does not accept this key (401): it is deactivated or not the key listed as %s", k.ID), nil
 	}
 	if err != nil {
 		return nil, upstreamError("checking that the key to adopt authenticates", err)
+	}
+	if !slices.ContainsFunc(own, func(o heronapi.Key) bool { return o.ID == k.ID }) {
+		return logical.ErrorResponse("api_key belongs to another Heron user than the admin key of config %q: it is not key %s, which only shares its prefix %s", r.Environment, k.ID, prefix), nil
 	}
 	now := b.now()
 	rec := staticKeyRecord(r, k.ID, k.Name, k.TokenPrefix, now)
@@ -380,6 +445,11 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 	lock := b.staticRoleLock(name)
 	lock.Lock()
 	defer lock.Unlock()
+	// Read again under the lock: a rotation that landed meanwhile changed
+	// which keys the role holds.
+	if r, err = getStaticRole(ctx, req.Storage, name); err != nil || r == nil {
+		return nil, err
+	}
 	client, err := b.getClient(ctx, req.Storage, r.Environment)
 	if err != nil {
 		return nil, err
@@ -399,10 +469,12 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 			errs = append(errs, fmt.Errorf("key %s: %w", id, err))
 		}
 	}
+	// The role is gone whatever happened to its keys: so is its job.
+	warnings := b.deregisterRotationJob(ctx, req.MountPoint, staticRoleStoragePrefix+name, r.RotationManaged)
 	if len(errs) > 0 {
-		return &logical.Response{Warnings: []string{fmt.Sprintf("static role %q is deleted, but deactivating its keys failed (the cleanup pass retires them): %v", name, errors.Join(errs...))}}, nil
+		warnings = append(warnings, fmt.Sprintf("static role %q is deleted, but deactivating its keys failed (the cleanup pass retires them): %v", name, errors.Join(errs...)))
 	}
-	if warnings := b.deregisterRotationJob(ctx, req.MountPoint, staticRoleStoragePrefix+name, r.RotationManaged); len(warnings) > 0 {
+	if len(warnings) > 0 {
 		return &logical.Response{Warnings: warnings}, nil
 	}
 	return nil, nil

@@ -53,10 +53,16 @@ type rotationSchedule struct {
 	Disabled bool
 	Managed  bool
 	KeySetAt time.Time
+	// Retry: a rotation the engine owes now (one that failed where nothing
+	// else would retry it soon), whoever runs the schedule.
+	Retry bool
 }
 
 // next is when the engine's own scheduler rotates next (zero: never).
 func (r rotationSchedule) next() time.Time {
+	if r.Retry && !r.Disabled {
+		return r.KeySetAt
+	}
 	if r.Disabled || r.Managed {
 		return time.Time{}
 	}

@@ -60,6 +60,10 @@ type staticRole struct {
 	// adoption time.
 	KeySetAt time.Time `json:"key_set_at"`
 	Adopted  bool      `json:"adopted,omitempty"`
+	// RetryRotation: the rotation right after an adoption failed; the next
+	// pass rotates (an adopted key counts from its adoption, so the
+	// schedule alone would wait a whole period).
+	RetryRotation bool `json:"retry_rotation,omitempty"`
 
 	// The previous key while its overlap runs (empty once deactivated).
 	PreviousKeyID string    `json:"previous_key_id,omitempty"`
@@ -74,9 +78,23 @@ func (r *staticRole) previousDeactivatesAt() time.Time {
 	return r.PreviousSince.Add(r.MaxOverlap)
 }
 
+// rotationGap is the time between two scheduled rotations: the period, or
+// the first gap of the cron schedule after now (zero when unknown).
+func (r *staticRole) rotationGap(now time.Time) time.Duration {
+	if r.RotationPeriod > 0 {
+		return r.RotationPeriod
+	}
+	sched, err := rotation.DefaultScheduler.Parse(r.RotationSchedule)
+	if err != nil || r.RotationSchedule == "" {
+		return 0
+	}
+	first := sched.Next(now)
+	return sched.Next(first).Sub(first)
+}
+
 // rotationSchedule is the static role's schedule.
 func (r *staticRole) rotationSchedule() rotationSchedule {
-	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt}
+	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt, Retry: r.RetryRotation}
 }
 
 // validate checks the role's own fields and names the first that is wrong.
@@ -149,6 +167,9 @@ func staticKeyRecord(r *staticRole, id, name, prefix string, now time.Time) *tra
 		Environment: r.Environment, Role: r.Name, Kind: keyKindStatic,
 		State: keyStateActive, Issued: now,
 		ExpiredKeyRetention: r.RetiredKeyRetention,
+		// role-keys/ counts a lease role's active keys for max_active_keys;
+		// a static role of the same name must not count there.
+		NoIndex: true,
 	}
 }
 
@@ -192,32 +213,53 @@ func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name
 func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole) error {
 	now := b.now()
 	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
-	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName}, true)
-	if err != nil {
+	failed := func(err error) error {
 		b.recordChange(eventStaticRotateFail, keyChange{KeyID: r.KeyID, KeyName: r.KeyName, TokenPrefix: r.TokenPrefix,
 			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error())
-		return upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err)
+		return err
+	}
+	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName, Static: true}, false)
+	if err != nil {
+		return failed(upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err))
 	}
 	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
-	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
+	// undo deletes the new key that the role will not hold; its record (if
+	// the write got through) becomes a tombstone saying so.
+	undo := func(err error) error {
 		guard.undo(ctx, client, key.ID)
-		_ = deleteTrackedKey(ctx, s, rec)
-		return err
+		if ferr := b.forgetKey(ctx, s, rec, reasonRollback); ferr != nil {
+			b.Logger().Warn("could not record the end of a static key whose rotation failed", "key_id", key.ID, "error", ferr)
+		}
+		return failed(fmt.Errorf("storing the next key of static role %q: %w", r.Name, err))
+	}
+	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
+		return undo(err)
 	}
 	next := *r
 	next.KeyID, next.KeyName, next.TokenPrefix, next.Token = key.ID, keyName, key.TokenPrefix, key.Token
-	next.LastRotated, next.KeySetAt, next.Adopted = now, now, false
+	next.LastRotated, next.KeySetAt, next.Adopted, next.RetryRotation = now, now, false, false
+	// The current key becomes the previous one, with an overlap of its own;
+	// unless it is gone already (static-creds replacing a key deleted by
+	// hand): then the previous key, the only other one that works, keeps
+	// its overlap.
+	superseded := r.PreviousKeyID
 	if r.KeyID != "" {
-		next.PreviousKeyID, next.PreviousSince = r.KeyID, now
+		cur, err := getTrackedKey(ctx, s, r.KeyID)
+		if err != nil {
+			return undo(err)
+		}
+		if cur != nil && cur.State == keyStateActive {
+			next.PreviousKeyID, next.PreviousSince = r.KeyID, now
+		} else {
+			superseded = ""
+		}
 	}
 	if err := putStaticRole(ctx, s, &next); err != nil {
 		// A failed write may still have been stored: only undo once storage
 		// shows the old key current.
 		stored, rerr := getStaticRole(ctx, s, r.Name)
 		if rerr != nil || stored == nil || stored.KeyID != key.ID {
-			guard.undo(ctx, client, key.ID)
-			_ = deleteTrackedKey(ctx, s, rec)
-			return err
+			return undo(err)
 		}
 	}
 	guard.done(ctx)
@@ -225,9 +267,9 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	// now that this one has landed (never before: a failed rotation must
 	// leave both working keys working), so it goes; if Heron cannot be
 	// reached, the orphan sweep of the cleanup pass retires it later.
-	if r.PreviousKeyID != "" {
-		if err := b.retireStaticKey(ctx, s, client, r, r.PreviousKeyID, "superseded"); err != nil {
-			b.Logger().Warn("could not deactivate a static role's superseded key yet; the cleanup pass will", "role", r.Name, "key_id", r.PreviousKeyID, "error", err)
+	if superseded != "" {
+		if err := b.retireStaticKey(ctx, s, client, r, superseded, "superseded"); err != nil {
+			b.Logger().Warn("could not deactivate a static role's superseded key yet; the cleanup pass will", "role", r.Name, "key_id", superseded, "error", err)
 		}
 	}
 	*r = next
@@ -238,10 +280,21 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 // retireStaticKey deactivates a static role's key now; its record is kept
 // and the cleanup pass deletes it after the role's retired_key_retention.
 func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole, id, why string) error {
-	err := client.DeactivateKey(ctx, id)
-	rec, rerr := getTrackedKey(ctx, s, id)
-	if rerr != nil {
-		return rerr
+	rec, err := getTrackedKey(ctx, s, id)
+	if err != nil {
+		return err
+	}
+	if rec != nil && rec.State == keyStateDeactivated {
+		// Retired already (a retry after the role's own write failed): one
+		// change, one event, and its deletion date stays.
+		return nil
+	}
+	err = client.DeactivateKey(ctx, id)
+	if errors.Is(err, heronapi.ErrNotFound) && rec != nil && rec.Unreachable {
+		// The admin key cannot see this key (accepted with force=true): a
+		// 404 proves nothing, so the key is never forgotten on one.
+		return fmt.Errorf("deactivating key %s of static role %q: it is unreachable with the current admin key of config %q (accepted with force=true), so Heron's 404 does not prove it gone; write config/%s with an admin key that can see it",
+			id, r.Name, r.Environment, r.Environment)
 	}
 	if errors.Is(err, heronapi.ErrNotFound) {
 		if rec != nil {
@@ -273,8 +326,9 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 // settleOverlaps retires the previous keys of env's static roles whose
 // overlap is over: as soon as Heron's last_used shows the key unused for
 // unused_for (never used: unused since it stopped being current), at
-// max_overlap regardless. live is Heron's list, just asked.
-func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, live []heronapi.Key) error {
+// max_overlap regardless. live is Heron's list, just asked; when Heron could
+// not be listed (listed false), only max_overlap, which needs no list.
+func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, live []heronapi.Key, listed bool) error {
 	roles, err := listStaticRoles(ctx, s)
 	if err != nil {
 		return err
@@ -289,7 +343,27 @@ func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, cl
 		if r.Environment != env || r.PreviousKeyID == "" || now.Before(r.PreviousSince.Add(r.Overlap)) {
 			continue
 		}
+		if !listed {
+			if !now.Before(r.previousDeactivatesAt()) {
+				if err := b.finishOverlap(ctx, s, client, r.Name, r.PreviousKeyID, "max_overlap"); err != nil {
+					errs = append(errs, fmt.Errorf("static role %q: %w", r.Name, err))
+				}
+			}
+			continue
+		}
 		k, inHeron := byID[r.PreviousKeyID]
+		if !inHeron {
+			// Absent from the list proves the key gone only if the admin key
+			// can see it (see Unreachable); otherwise only max_overlap ends it.
+			rec, err := getTrackedKey(ctx, s, r.PreviousKeyID)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if rec != nil && rec.Unreachable && now.Before(r.previousDeactivatesAt()) {
+				continue
+			}
+		}
 		idle := now.Sub(r.PreviousSince)
 		if inHeron && k.LastUsed != nil && k.LastUsed.After(r.PreviousSince) {
 			idle = now.Sub(*k.LastUsed)

@@ -2,6 +2,7 @@ package heron
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -256,4 +257,23 @@ func TestStaticRoles_ConfigDeleteRefused(t *testing.T) {
 	e.badRequest(logical.UpdateOperation, "static-roles/app", map[string]interface{}{"environment": "production"}, "cannot change")
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
 	e.ok(logical.DeleteOperation, "config/development", nil)
+}
+
+// An overlap longer than the time between rotations is accepted with a
+// warning that says what the overlap will really be (the next rotation
+// deactivates the previous key).
+func TestStaticRole_OverlapLongerThanPeriodWarns(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	resp := e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "rotation_period": "1h"})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, " "), "overlap (24h0m0s) is longer than the time between rotations (1h0m0s)")
+	resp = e.ok(logical.UpdateOperation, "static-roles/app", map[string]interface{}{"rotation_schedule": "0 * * * *", "overlap": "2h", "max_overlap": "2h"})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, " "), "overlap (2h0m0s) is longer than the time between rotations (1h0m0s)")
+	resp = e.ok(logical.UpdateOperation, "static-roles/app", map[string]interface{}{"overlap": "30m"})
+	if resp != nil {
+		require.Empty(t, resp.Warnings)
+	}
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
 }
