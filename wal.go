@@ -152,8 +152,13 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 	entry.Since = b.wallNow()
 	slot := b.slots.take()
 	if err := putCreation(ctx, s, slot, kind, entry); err != nil {
-		// No key was made: whatever the write left in the slot names a
-		// creation that never happened, and the slot's next one overwrites it.
+		// No key was made, but a write that reports an error may have been
+		// stored: a record of a creation that never happened would, after a
+		// crash, be settled by name and could take someone else's key of
+		// that name for its own. Take it back out.
+		if derr := s.Delete(ctx, slot); derr != nil {
+			b.Logger().Warn("could not delete the record of a creation that never started", "record", slot, "error", derr)
+		}
 		b.slots.finish(slot, false)
 		lock.Unlock()
 		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)

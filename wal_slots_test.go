@@ -196,3 +196,25 @@ func TestSlots_HeldSlotIsNotReused(t *testing.T) {
 	require.NoError(t, e.revoke(a))
 	require.NoError(t, e.revoke(b))
 }
+
+// Invariant 3 (found by the model test): a write-ahead record whose write
+// reported an error but was stored names a creation that never happened.
+// After a crash it would be settled by name and take a customer's key of
+// the role's constant name, created a moment later, for its own.
+func TestSlots_FailedRecordWriteLeavesNothingToSettle(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("ci", map[string]interface{}{"name_template": "ci-{{.RoleName}}"})
+	fs := &commitFailStorage{Storage: e.s, prefix: creatingStoragePrefix, commit: true}
+	e.s = fs
+	_, err := e.do(logical.ReadOperation, "creds/ci", nil)
+	require.Error(t, err)
+	fs.off()
+	customer := createDirect(t, e, "ci-ci")
+	e.foreign[customer] = true
+	e.restart(true)
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	k, _ := e.srv.Key(customer)
+	require.True(t, k.IsActive && !k.Deleted, "the customer's key of the same name is untouched")
+	require.Empty(t, creationRecords(t, e.s))
+}
