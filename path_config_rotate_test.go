@@ -287,8 +287,10 @@ func (v *rotationManagerView) DeregisterRotationJob(_ context.Context, req *rota
 	return nil
 }
 
-func TestRotate_RotationManager(t *testing.T) {
-	e := getTestBackend(t)
+// useRotationManager replaces e's backend by one on a server with Vault
+// Enterprise's rotation manager, returned for the test to inspect.
+func useRotationManager(t *testing.T, e *testEnv) *rotationManagerView {
+	t.Helper()
 	view := &rotationManagerView{
 		StaticSystemView: logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL},
 		jobs:             map[string]*rotation.RotationJobConfigureRequest{},
@@ -300,6 +302,21 @@ func TestRotate_RotationManager(t *testing.T) {
 	conf.System = view
 	require.NoError(t, b.Setup(context.Background(), conf))
 	e.b = b
+	return view
+}
+
+// hasJob reports whether the rotation manager holds a job for path.
+func (v *rotationManagerView) hasJob(path string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.jobs[path]
+	return ok
+}
+
+func TestRotate_RotationManager(t *testing.T) {
+	e := getTestBackend(t)
+	view := useRotationManager(t, e)
+	b := e.b
 	e.configure("development")
 
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * SAT", "rotation_window": "1h"})

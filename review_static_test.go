@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/rotation"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -481,8 +480,7 @@ func TestReviewStatic_OrphanStaticDeactivationWrongEvent(t *testing.T) {
 	got := eventsFor(events, id)
 	assert.Equal(t, 1, countOf(got, eventStaticDeactivate), "BUG: events of the static key: %v", got)
 	assert.Zero(t, countOf(got, eventKeyExpire), "BUG: a static key announced as a lease expiry: %v", got)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
 
 // Events ("heron/static-rotate-fail"): a static rotation that fails after
@@ -521,6 +519,13 @@ func TestReviewStatic_RotationFailingOnStorageSendsNoFailEvent(t *testing.T) {
 // The review's read-only findings (RO2-RO7), each turned into a test when it
 // was fixed.
 
+// tidyAfterRetention runs tidy once every retention of the test is over, so
+// that retired keys are deleted before the leftover check.
+func tidyAfterRetention(e *testEnv) {
+	e.atTime(time.Now().Add(100 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+}
+
 // directClient is a client with the environment's seeded admin key, for
 // what a person does in Heron's dashboard behind the engine's back.
 func directClient(t *testing.T, e *testEnv) heronapi.API {
@@ -552,40 +557,24 @@ func TestReviewStatic_RO2_ReplacingAVanishedKeyKeepsThePreviousOverlap(t *testin
 	require.Equal(t, a, creds["previous_key_id"], "the previous key keeps its overlap")
 	require.True(t, heronKey(e, a).IsActive, "the previous key still works")
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
 
 // RO3: a static role delete whose key deactivation fails still removes the
 // role's job from Vault's rotation manager (the role is gone either way).
 func TestReviewStatic_RO3_DeleteWithFailedDeactivationDeregistersTheJob(t *testing.T) {
 	e := getTestBackend(t)
-	view := &rotationManagerView{
-		StaticSystemView: logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL},
-		jobs:             map[string]*rotation.RotationJobConfigureRequest{},
-	}
-	b := backend()
-	b.retryWaitMin = 5 * time.Millisecond
-	conf := logical.TestBackendConfig()
-	conf.StorageView = e.s
-	conf.System = view
-	require.NoError(t, b.Setup(context.Background(), conf))
-	e.b = b
+	view := useRotationManager(t, e)
 	e.configure("development")
 	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
-	view.mu.Lock()
-	require.Contains(t, view.jobs, "static-roles/app", "precondition: the rotation manager runs the role's job")
-	view.mu.Unlock()
+	require.True(t, view.hasJob("static-roles/app"), "precondition: the rotation manager runs the role's job")
 	e.srv.FailNext("PUT", "/api/credentials/keys/", 20, herontest.FaultStatus503)
 	resp := e.ok(logical.DeleteOperation, "static-roles/app", nil)
 	require.NotEmpty(t, resp.Warnings)
 	e.srv.ResetFaults()
-	view.mu.Lock()
-	require.NotContains(t, view.jobs, "static-roles/app", "the deleted role's job is gone")
-	view.mu.Unlock()
+	require.False(t, view.hasJob("static-roles/app"), "the deleted role's job is gone")
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
 
 // RO4: an adoption that stored the key's record but not the role (a crash
@@ -605,8 +594,7 @@ func TestReviewStatic_RO4_AdoptionRetriedAfterHalfDoneAdoption(t *testing.T) {
 	})
 	require.Equal(t, k.ID, staticCreds(e, "app")["key_id"])
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
 
 // RO5: a static key's record never counts against max_active_keys of a
@@ -625,8 +613,7 @@ func TestReviewStatic_RO5_StaticKeyNotCountedForALeaseRoleOfTheSameName(t *testi
 	require.Zero(t, n, "a static key is no lease of role app")
 	e.srv.ResetFaults()
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
 
 // RO6 (static-roles "max_overlap": deactivated regardless): while Heron's
@@ -661,6 +648,5 @@ func TestReviewStatic_RO7_ConfigDeleteNamesTidyForOrphanStaticKeys(t *testing.T)
 	e.srv.ResetFaults()
 	e.badRequest(logical.DeleteOperation, "config/development", nil, "vault write -f heron/tidy")
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	e.atTime(time.Now().Add(100 * time.Hour))
-	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }
