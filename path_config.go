@@ -347,6 +347,10 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			dead := errors.Is(err, heronapi.ErrUnauthorized)
 			if !force || !dead {
 				msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); only the current admin key is sure to see it, so the key cannot change until they are settled. Retry in a few minutes", env, pending, lateKeyWindow)
+				if dead {
+					// Waiting cannot help a key Heron refuses.
+					msg = fmt.Sprintf("config %q: %d key creations in this environment are not settled yet, and Heron refuses the current admin key (401), so they cannot be: reactivate that key in Heron's dashboard and write again, or write the new key with force=true (then look for a key they may have made with inventory/%s, class unmanaged)", env, pending, env)
+				}
 				if err != nil {
 					msg += fmt.Sprintf(" (settling them failed: %v)", err)
 				}
@@ -379,6 +383,21 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			cfg.AdminKeyID = id
 		}
 		unreachable = missingFrom(tracked, live)
+		if keyChanged && len(unreachable) > 0 && len(unreachable) < len(tracked) {
+			// Heron lists every key of the key's user. The new key sees some
+			// of the keys this engine tracks, so it is their user's; if none
+			// is marked unreachable already, every tracked key is that user's
+			// too, and the ones it does not see are gone, not hidden: the
+			// cleanup pass drops them (after a snapshot restore, say).
+			marked, err := b.unreachableKeys(ctx, req.Storage, env)
+			if err != nil {
+				return nil, err
+			}
+			if len(marked) == 0 {
+				warnings = append(warnings, fmt.Sprintf("%d tracked keys are no longer in Heron (the new admin key belongs to the same Heron user, which sees all its keys): the cleanup pass drops them from tracking", len(unreachable)))
+				unreachable = nil
+			}
+		}
 	case keyChanged && len(tracked) > 0 && !force:
 		return logical.ErrorResponse("config %q: verify=false cannot check that the new admin_api_key or base_url sees the %d keys this engine tracks in the environment; write it with verify=true, or with force=true to accept it unchecked", env, len(tracked)), nil
 	case keyChanged:

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -649,4 +650,60 @@ func TestReviewStatic_RO7_ConfigDeleteNamesTidyForOrphanStaticKeys(t *testing.T)
 	e.badRequest(logical.DeleteOperation, "config/development", nil, "vault write -f heron/tidy")
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	tidyAfterRetention(e)
+}
+
+// Found running the guide's restore on Raft: after a snapshot restore some
+// tracked keys are gone from Heron. A new admin key of the same Heron user
+// (it sees the others: Heron lists all of a user's keys) proves them gone,
+// not hidden: the write needs no force and marks nothing unreachable, so
+// their leases still revoke and the config can still be deleted.
+func TestRestore_SameUserKeyProvesMissingKeysGone(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	kept, gone := e.issue("r"), e.issue("r")
+	require.NoError(t, directClient(t, e).DeleteKey(context.Background(), gone.Data["key_id"].(string)))
+
+	hand := e.srv.AddAdminKey("development")
+	e.adminKey["hand"] = hand
+	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, " "), "1 tracked keys are no longer in Heron")
+	marked, err := e.b.unreachableKeys(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.Empty(t, marked)
+	require.NoError(t, e.revoke(gone), "Heron's 404 for a key of the same user means gone")
+	require.NoError(t, e.revoke(kept))
+
+	// Another user's key still sees none of them: refused without force.
+	e.issue("r")
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign"] = foreign
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign}, "cannot see 1 of the")
+	for _, k := range liveIssued(e) {
+		require.NoError(t, directClient(t, e).DeleteKey(context.Background(), k.ID))
+	}
+}
+
+// A config write blocked by unsettled creations while Heron refuses the
+// current admin key (a snapshot restored from before a rotation) says what
+// helps: waiting does not.
+func TestRestore_DeadAdminKeyBlockingMessageSaysWhatHelps(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: "x", Since: time.Now()})
+	require.NoError(t, err)
+	require.NoError(t, directClient(t, e).DeactivateKey(context.Background(), heronKeyByToken(t, e, e.adminKey["development"]).ID))
+	hand := e.srv.AddAdminKey("development")
+	e.adminKey["hand"] = hand
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand, "verify": false, "force": false},
+		"Heron refuses the current admin key (401), so they cannot be: reactivate that key in Heron's dashboard and write again, or write the new key with force=true")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand, "force": true})
+}
+
+func heronKeyByToken(t *testing.T, e *testEnv, token string) herontest.KeyRecord {
+	t.Helper()
+	k, ok := e.srv.KeyByToken(token)
+	require.True(t, ok)
+	return k
 }
