@@ -25,13 +25,36 @@ type raftCluster struct {
 	nodes []*vault
 	// dead marks the nodes the test killed.
 	dead map[*vault]bool
+	// pluginDirs holds each node's plugin_directory, in node order.
+	pluginDirs []string
+}
+
+// raftOptions adjusts startRaftClusterAt.
+type raftOptions struct {
+	// ownPluginDirs gives every node its own, empty plugin_directory (as
+	// separate machines have) instead of the suite's shared one, and leaves
+	// the plugin unregistered and heron/ unmounted: the caller installs it.
+	ownPluginDirs bool
 }
 
 // startRaftCluster starts n Raft nodes, inits and unseals them, waits for
 // every node to be a voter, and registers and mounts the plugin through the
 // active node (the catalog and the mount table replicate through Raft).
+// The nodes log at debug, to explain failures.
 func startRaftCluster(t *testing.T, n int) *raftCluster {
 	t.Helper()
+	return startRaftClusterAt(t, n, "debug")
+}
+
+// startRaftClusterAt is startRaftCluster with the nodes at logLevel: the
+// benchmark runs at info, as a production cluster would, since per-request
+// debug lines (the plugin's included) cost CPU on every node.
+func startRaftClusterAt(t *testing.T, n int, logLevel string, opts ...raftOptions) *raftCluster {
+	t.Helper()
+	var opt raftOptions
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
 	c := &raftCluster{t: t, dead: map[*vault]bool{}}
 	for range n {
 		v := newVault(t)
@@ -45,6 +68,14 @@ func startRaftCluster(t *testing.T, n int) *raftCluster {
 		if err := os.MkdirAll(raftDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
+		plugins := pluginDir
+		if opt.ownPluginDirs {
+			plugins = filepath.Join(v.dir, "plugins")
+			if err := os.MkdirAll(plugins, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.pluginDirs = append(c.pluginDirs, plugins)
 		join := ""
 		if i > 0 {
 			join = fmt.Sprintf(`
@@ -69,8 +100,8 @@ api_addr         = "http://127.0.0.1:%d"
 cluster_addr     = "https://127.0.0.1:%d"
 plugin_directory = %q
 disable_mlock    = true
-log_level        = "debug"
-`, raftDir, i+1, join, v.port, v.port+1, v.port, v.port+1, pluginDir)
+log_level        = %q
+`, raftDir, i+1, join, v.port, v.port+1, v.port, v.port+1, plugins, logLevel)
 		if err := os.WriteFile(v.configPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +147,9 @@ log_level        = "debug"
 		}
 		return nil
 	})
-	leader.enableHeron()
+	if !opt.ownPluginDirs {
+		leader.enableHeron()
+	}
 	return c
 }
 

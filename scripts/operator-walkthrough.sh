@@ -9,7 +9,8 @@
 # `vault` on PATH). The commands live only in the guide: this script holds
 # the scaffolding (servers, restart, backup/restore) and the checks between
 # steps. It fails when
-#   - the guide has a ```sh block marked neither walkthrough nor "not run",
+#   - the guide has a ```sh block marked neither walkthrough (or walkthrough-raft)
+#     nor "not run",
 #   - a guide block fails, or one is never run, or they are run out of order,
 #   - a check fails (policies, TTLs, upgrade without failed requests, restart,
 #     restore, audit log), or
@@ -83,18 +84,26 @@ tar -C "$ROOT" --exclude=./bin --exclude=./dist --exclude=./.git -cf - . | tar -
 
 # --- the guide's blocks -----------------------------------------------------
 # Every ```sh block must be either directly preceded by <!-- walkthrough: NAME -->
-# or directly followed by <!-- not run: REASON -->. Walkthrough blocks are
-# written to $WORK/blocks/NN-NAME.sh and listed, in order, in $WORK/blocks/index.
+# or <!-- walkthrough-raft: NAME --> (run by e2e/operator_ha_test.go on a Raft
+# cluster, skipped here), or directly followed by <!-- not run: REASON -->.
+# Walkthrough blocks are written to $WORK/blocks/NN-NAME.sh and listed, in
+# order, in $WORK/blocks/index.
 awk -v dir="$WORK/blocks" '
 	function bad(msg) { printf "docs/operations.md:%d: %s\n", NR, msg > "/dev/stderr"; err = 1 }
 	/^<!-- walkthrough: [a-z0-9-]+ -->$/ {
 		name = $3; marked = NR; next
 	}
+	/^<!-- walkthrough-raft: [a-z0-9-]+ -->$/ {
+		if ($3 in seen) bad("walkthrough block " $3 " named twice")
+		seen[$3] = 1; raft = NR; next
+	}
 	/^```/ && !inblock {
 		lang = substr($0, 4)
 		inblock = 1; start = NR
 		if (lang == "sh") {
-			if (marked == NR - 1) {
+			if (raft == NR - 1) {
+				run = 0
+			} else if (marked == NR - 1) {
 				if (name in seen) bad("walkthrough block " name " named twice")
 				seen[name] = 1; n++
 				file = sprintf("%s/%02d-%s.sh", dir, n, name)
@@ -103,7 +112,7 @@ awk -v dir="$WORK/blocks" '
 			} else {
 				run = 0; pending = 1
 			}
-		} else if (marked == NR - 1) {
+		} else if (marked == NR - 1 || raft == NR - 1) {
 			bad("a walkthrough marker must precede a ```sh block")
 		}
 		next
