@@ -104,9 +104,10 @@ type heronBackend struct {
 	// createdSkew is how far Heron's clock may lag the engine's (see wal.go).
 	createdSkew time.Duration
 
-	// lastSweep is when the periodic pass last looked for overdue keys.
-	sweepLock sync.Mutex
-	lastSweep time.Time
+	// sweepCursor is the last key id the rolling sweep read (see
+	// sweepShare); empty: the next pass starts from the first.
+	sweepLock   sync.Mutex
+	sweepCursor string
 }
 
 func backend() *heronBackend {
@@ -380,19 +381,6 @@ func (b *heronBackend) writesHere() bool {
 		return false
 	}
 	return !state.HasState(consts.ReplicationPerformanceSecondary) || sys.LocalMount()
-}
-
-// sweepDue reports whether the periodic pass should look for overdue keys
-// now, and if so counts it as done.
-func (b *heronBackend) sweepDue() bool {
-	b.sweepLock.Lock()
-	defer b.sweepLock.Unlock()
-	now := b.now()
-	if !b.lastSweep.IsZero() && now.Sub(b.lastSweep) < overdueSweepEvery && !now.Before(b.lastSweep) {
-		return false
-	}
-	b.lastSweep = now
-	return true
 }
 
 // newBackendID names one backend instance (one mount in this process).

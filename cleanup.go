@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -35,9 +37,12 @@ const (
 	// active later was never held by a lease Vault knows (Vault lost the
 	// issuance's answer, or gave the lease up as irrevocable).
 	overdueGrace = time.Hour
-	// overdueSweepEvery is how often the periodic pass reads every record
-	// to find such keys (tidy always does).
-	overdueSweepEvery = time.Hour
+	// sweepSharesPerCycle: the periodic pass (every minute) reads one such
+	// share of the records each time, so all of them within the hour (the
+	// bound on a key outliving its lease, with overdueGrace); minSweepShare:
+	// below this many records, all of them every pass.
+	sweepSharesPerCycle = 50
+	minSweepShare       = 1000
 )
 
 // retireOrphanStatic hands to the cleanup pass a static key that no static
@@ -62,6 +67,36 @@ func (b *heronBackend) retireOrphanStatic(ctx context.Context, s logical.Storage
 	}
 	b.Logger().Warn("static key that no static role holds: retiring it", "key_id", k.KeyID, "role", k.Role, "environment", k.Environment)
 	return true, nil
+}
+
+// sweepShare returns the key ids whose records this pass reads: every id
+// for tidy (all), else the next share after where the last pass stopped, so
+// that each record is read at least once an hour while no pass
+// reads more than a fiftieth of them (at least minSweepShare): the periodic
+// pass runs every minute and must stay short on a mount with 100,000 keys.
+func (b *heronBackend) sweepShare(ids []string, all bool) []string {
+	if all {
+		return ids
+	}
+	sort.Strings(ids)
+	n := max(minSweepShare, (len(ids)+sweepSharesPerCycle-1)/sweepSharesPerCycle)
+	b.sweepLock.Lock()
+	defer b.sweepLock.Unlock()
+	start, _ := slices.BinarySearch(ids, b.sweepCursor)
+	if b.sweepCursor != "" && start < len(ids) && ids[start] == b.sweepCursor {
+		start++
+	}
+	if start >= len(ids) {
+		start = 0 // past the last record (deleted meanwhile): start over
+	}
+	end := min(start+n, len(ids))
+	share := ids[start:end]
+	if end == len(ids) {
+		b.sweepCursor = "" // the next pass starts over
+	} else {
+		b.sweepCursor = ids[end-1]
+	}
+	return share
 }
 
 // sweepOverdue drops tombstones past their history_retention and hands to
@@ -147,10 +182,11 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	if err != nil {
 		return counts, fmt.Errorf("listing key records: %w", err)
 	}
+	// The records read this pass: all of them for tidy, else the next share
+	// of a rolling sweep (see sweepShare).
+	share := b.sweepShare(ids, sweep)
 	var sweepErr error
-	if sweep || b.sweepDue() {
-		counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, ids)
-	}
+	counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, share)
 	retained, err := retainedKeys(ctx, s)
 	if err != nil {
 		return counts, err
@@ -176,7 +212,7 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 		counts.EnvironmentsSkipped++
 		b.Logger().Warn("retained keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
 	}
-	if err := b.reconcile(ctx, s, ids, &seen, counts); err != nil {
+	if err := b.reconcile(ctx, s, share, &seen, counts); err != nil {
 		errs = append(errs, err)
 	}
 	return counts, errors.Join(append(errs, sweepErr)...)
@@ -194,6 +230,11 @@ type listing struct {
 // finishing meanwhile is never mistaken for a vanished key; heron ids are
 // unique, so one set serves every environment.
 func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []string, seen *listing, counts *cleanupCounts) error {
+	if len(seen.at) == 0 {
+		// No environment was listed: nothing can be judged, and reading
+		// every record to find that out is what a large mount cannot afford.
+		return nil
+	}
 	var errs []error
 	for _, id := range ids {
 		if seen.live[id] {
