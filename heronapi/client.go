@@ -29,13 +29,18 @@ const (
 	defaultUserAgent    = "vault-plugin-secrets-heron"
 	backgroundSuffix    = " (background)"
 
-	// maxResponseBytes bounds what one answer may make us buffer; a list of every key
-	// of a user is far below this.
+	// maxResponseBytes bounds what one answer may make us buffer (errors, a
+	// created key); the list of keys is read as a stream, under maxListBytes.
 	maxResponseBytes = 16 << 20
 
 	keysPath  = "/api/credentials/keys"
 	helloPath = "/api/hello_world/authenticated"
 )
+
+// maxListBytes bounds the list of keys, which Heron does not page: about
+// 170 bytes a key, so a million keys fit. It is decoded a key at a time, so
+// the answer itself is never held whole. A variable so tests can shrink it.
+var maxListBytes int64 = 256 << 20
 
 // Client talks to one Heron environment with one admin key. It is safe for
 // concurrent use.
@@ -179,7 +184,7 @@ func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heron: encoding key name: %w", err)
 	}
-	status, respBody, err := c.roundTrip(ctx, c.rcCreate, http.MethodPost, keysPath, body)
+	status, respBody, err := c.roundTrip(ctx, c.rcCreate, http.MethodPost, keysPath, body, nil)
 	if err != nil {
 		var apiErr *APIError
 		switch {
@@ -232,16 +237,74 @@ func unknownOutcome(err error) error {
 
 // ListKeys implements API.
 func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
-	var out struct {
-		Keys []Key `json:"keys"`
-	}
-	if err := c.call(ctx, http.MethodGet, keysPath, &out, http.StatusOK); err != nil {
+	keys := []Key{}
+	status, _, err := c.roundTrip(ctx, c.rc, http.MethodGet, keysPath, nil, func(r io.Reader) error {
+		var err error
+		keys, err = decodeKeyList(r, keys)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	if out.Keys == nil {
-		out.Keys = []Key{}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("heron: GET %s: unexpected status %d", keysPath, status)
 	}
-	return out.Keys, nil
+	return keys, nil
+}
+
+// decodeKeyList reads {"keys": [...]} one key at a time, appending to keys:
+// at 100,000 keys the answer is some 17 MB, which need not be held whole
+// beside the keys decoded from it. Other fields are skipped.
+func decodeKeyList(r io.Reader, keys []Key) ([]Key, error) {
+	dec := json.NewDecoder(r)
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	for dec.More() {
+		name, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		// As json.Unmarshal matches it: without regard to case, the last
+		// occurrence winning.
+		if n, _ := name.(string); !strings.EqualFold(n, "keys") {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		keys = keys[:0]
+		if tok, err := dec.Token(); err != nil {
+			return nil, err
+		} else if tok == nil {
+			continue // "keys": null
+		} else if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return nil, fmt.Errorf("keys is not a list")
+		}
+		for dec.More() {
+			var k Key
+			if err := dec.Decode(&k); err != nil {
+				return nil, err
+			}
+			keys = append(keys, k)
+		}
+		if err := expectDelim(dec, ']'); err != nil {
+			return nil, err
+		}
+	}
+	return keys, expectDelim(dec, '}')
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("expected %q, got %v", want, tok)
+	}
+	return nil
 }
 
 // DeactivateKey implements API.
@@ -286,7 +349,7 @@ func keyPath(id, suffix string) (string, error) {
 
 // call is one idempotent request with retries; out (if non-nil) receives the JSON answer.
 func (c *Client) call(ctx context.Context, method, path string, out any, ok ...int) error {
-	status, body, err := c.roundTrip(ctx, c.rc, method, path, nil)
+	status, body, err := c.roundTrip(ctx, c.rc, method, path, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -302,8 +365,9 @@ func (c *Client) call(ctx context.Context, method, path string, out any, ok ...i
 }
 
 // roundTrip sends a request through rc (retries, limiter, per-attempt timeout) and
-// reads the whole answer. A non-2xx answer comes back as *APIError.
-func (c *Client) roundTrip(ctx context.Context, rc *retryablehttp.Client, method, path string, body []byte) (int, []byte, error) {
+// reads the whole answer, or with stream set hands a 2xx answer's body to it
+// (under maxListBytes) instead. A non-2xx answer comes back as *APIError.
+func (c *Client) roundTrip(ctx context.Context, rc *retryablehttp.Client, method, path string, body []byte, stream func(io.Reader) error) (int, []byte, error) {
 	var raw any
 	if body != nil {
 		raw = body
@@ -331,6 +395,16 @@ func (c *Client) roundTrip(ctx context.Context, rc *retryablehttp.Client, method
 		return 0, nil, fmt.Errorf("heron: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
+	if stream != nil && resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		lr := &io.LimitedReader{R: resp.Body, N: maxListBytes + 1}
+		if err := stream(lr); err != nil {
+			if lr.N <= 0 {
+				return 0, nil, fmt.Errorf("heron: %s %s: answer larger than %d bytes", method, path, maxListBytes)
+			}
+			return 0, nil, fmt.Errorf("heron: %s %s: decoding the answer: %w", method, path, err)
+		}
+		return resp.StatusCode, nil, nil
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
 	if err != nil {
 		return 0, nil, fmt.Errorf("heron: %s %s: reading the answer: %w", method, path, err)

@@ -1,0 +1,91 @@
+package heronapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// listServer answers GET /api/credentials/keys with n keys, written as a
+// stream (the answer is never built whole on this side either).
+func listServer(t *testing.T, n int) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"keys": [`)
+		for i := range n {
+			if i > 0 {
+				io.WriteString(w, ",")
+			}
+			fmt.Fprintf(w, `{"heron_id": "id-%07d", "name": "vault-app-token-%07d", "token_prefix": "key_ab12", "created": "2026-12-05T03:00:00Z", "is_active": true, "last_used": null}`, i, i)
+		}
+		io.WriteString(w, `], "next": null}`)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// 120,000 keys make an answer of about 20 MB, more than the 16 MiB the
+// client once buffered whole: the list is read a key at a time.
+func TestListKeys_LargeAnswerIsStreamed(t *testing.T) {
+	srv := listServer(t, 120000)
+	c, err := New(Config{BaseURL: srv.URL, APIKey: "key_" + strings.Repeat("a", 48), Limiter: NewLimiter(1000)})
+	require.NoError(t, err)
+	keys, err := c.ListKeys(context.Background())
+	require.NoError(t, err)
+	require.Len(t, keys, 120000)
+	require.Equal(t, "id-0119999", keys[119999].ID)
+	require.Nil(t, keys[0].LastUsed)
+	require.Equal(t, time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC), keys[0].Created)
+}
+
+func TestListKeys_AnswerOverTheBoundFails(t *testing.T) {
+	defer func(old int64) { maxListBytes = old }(maxListBytes)
+	maxListBytes = 1 << 20
+	srv := listServer(t, 20000) // about 3 MB
+	c, err := New(Config{BaseURL: srv.URL, APIKey: "key_" + strings.Repeat("a", 48), Limiter: NewLimiter(1000)})
+	require.NoError(t, err)
+	_, err = c.ListKeys(context.Background())
+	require.ErrorContains(t, err, "answer larger than 1048576 bytes")
+}
+
+// decodeKeyList answers what json.Unmarshal answers for every input both
+// accept, and fails where Unmarshal fails on the keys.
+func FuzzDecodeKeyList(f *testing.F) {
+	f.Add([]byte(`{"keys": []}`))
+	f.Add([]byte(`{"keys": null}`))
+	f.Add([]byte(`{"other": {"a": [1, 2]}, "keys": [{"heron_id": "x", "name": "n", "created": "2026-01-01T00:00:00Z", "last_used": "2026-01-02T00:00:00Z"}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": 1}]}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := decodeKeyList(bytes.NewReader(data), []Key{})
+		var want struct {
+			Keys []Key `json:"keys"`
+		}
+		werr := json.Unmarshal(data, &want)
+		if werr != nil {
+			// The stream may stop before a flaw that Unmarshal sees anywhere;
+			// only a success where the keys themselves are malformed is wrong.
+			return
+		}
+		if err != nil {
+			t.Fatalf("decodeKeyList failed where json.Unmarshal did not: %v", err)
+		}
+		if want.Keys == nil {
+			want.Keys = []Key{}
+		}
+		if !reflect.DeepEqual(got, want.Keys) {
+			t.Fatalf("decodeKeyList = %+v, json.Unmarshal = %+v", got, want.Keys)
+		}
+	})
+}
