@@ -80,6 +80,12 @@ type heronBackend struct {
 	// tolerate a few seconds of staleness (see list_cache.go).
 	lists listCache
 
+	// keyIDsCache is the latest sorted list of key record ids, for the
+	// next pages of a paged keys/ listing (see keyIDs).
+	keyIDsLock  sync.Mutex
+	keyIDsCache []string
+	keyIDsAt    time.Time
+
 	// nameLocks serialise creation and rollback of keys of one name in one
 	// environment (see nameLock), so that recovery by name never deletes a
 	// key that another creation of the same name has made but not recorded.

@@ -61,7 +61,10 @@ func readPage(d *framework.FieldData) (pageRequest, string) {
 
 // names returns the sorted names after p.after, at most p.limit of them.
 func (p pageRequest) names(all []string) []string {
-	sort.Strings(all)
+	// Read-only when sorted already: keys/ hands a list shared by pages.
+	if !sort.StringsAreSorted(all) {
+		sort.Strings(all)
+	}
 	i := sort.SearchStrings(all, p.after)
 	if p.after != "" && i < len(all) && all[i] == p.after {
 		i++

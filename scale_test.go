@@ -100,3 +100,40 @@ func TestPeriodicPass_ReadsAShareOfTheRecords(t *testing.T) {
 		require.NoError(t, deleteTrackedKey(context.Background(), e.s, &trackedKey{KeyID: id, NoIndex: true}))
 	}
 }
+
+// Paging through keys/ lists the records' ids once for the whole listing,
+// not once per page, and still returns every key exactly once.
+func TestKeysPaging_ListsTheIDsOncePerListing(t *testing.T) {
+	var bs *benchStorage
+	e := newTestEnv(t, withStorage(func(s logical.Storage) logical.Storage {
+		bs = &benchStorage{Storage: s}
+		return bs
+	}))
+	ids := seedRecords(t, e.s, 2500, time.Now().Add(time.Hour))
+	bs.reset()
+	seen := map[string]bool{}
+	after, pages := "", 0
+	for {
+		data := map[string]interface{}{"limit": 1000}
+		if after != "" {
+			data["after"] = after
+		}
+		resp := e.ok(logical.ListOperation, "keys/", data)
+		keys, _ := resp.Data["keys"].([]string)
+		if len(keys) == 0 {
+			break
+		}
+		pages++
+		for _, k := range keys {
+			require.False(t, seen[k], "key %s listed twice", k)
+			seen[k] = true
+		}
+		after = keys[len(keys)-1]
+	}
+	require.Equal(t, 3, pages)
+	require.Len(t, seen, len(ids))
+	require.EqualValues(t, 1, bs.lists.Load(), "one storage list for the whole listing")
+	for _, id := range ids {
+		require.NoError(t, deleteTrackedKey(context.Background(), e.s, &trackedKey{KeyID: id, NoIndex: true}))
+	}
+}
