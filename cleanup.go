@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -201,7 +202,10 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	}
 
 	var errs []error
-	seen := listing{live: map[string]bool{}, at: map[string]time.Time{}}
+	seen := listing{want: make(map[string]bool, len(share)), live: map[string]bool{}, at: map[string]time.Time{}}
+	for _, id := range share {
+		seen.want[id] = true
+	}
 	for _, env := range envs {
 		if err := b.cleanupEnvironment(ctx, s, env, len(ids) > 0, byEnv[env], &seen, counts); err != nil {
 			errs = append(errs, fmt.Errorf("environment %q: %w", env, err))
@@ -218,9 +222,11 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	return counts, errors.Join(append(errs, sweepErr)...)
 }
 
-// listing is what the pass learnt from Heron: the ids of every key it holds
-// in the environments it listed, and when each was listed.
+// listing is what the pass learnt from Heron: which of the keys it wants to
+// judge (want: the sweep's share) Heron still holds in the environments it
+// listed, and when each was listed.
 type listing struct {
+	want map[string]bool
 	live map[string]bool
 	at   map[string]time.Time
 }
@@ -281,8 +287,28 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	var errs []error
 
 	if list {
+		// Of Heron's keys (100,000 on a large mount) only these matter
+		// here: the sweep's share and the retained keys, for reconcile, and
+		// static roles' previous keys, for their overlap. The list is
+		// walked, never held.
+		want := maps.Clone(seen.want)
+		for _, k := range keys {
+			want[k.KeyID] = true
+		}
+		prev, err := staticPreviousKeys(ctx, s, env)
+		if err != nil {
+			return err
+		}
+		var live []heronapi.Key
 		listedAt := b.now()
-		live, err := client.ListKeys(ctx)
+		err = heronapi.EachKey(ctx, client, func(k heronapi.Key) {
+			if want[k.ID] {
+				seen.live[k.ID] = true
+			}
+			if prev[k.ID] {
+				live = append(live, k)
+			}
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("listing keys: %w", err))
 			// max_overlap is a promise that needs no list.
@@ -290,9 +316,6 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 				errs = append(errs, err)
 			}
 		} else {
-			for _, k := range live {
-				seen.live[k.ID] = true
-			}
 			seen.at[env] = listedAt
 			if err := b.settleOverlaps(ctx, s, client, env, live, true); err != nil {
 				errs = append(errs, err)

@@ -402,6 +402,21 @@ func (b *heronBackend) finishOverlap(ctx context.Context, s logical.Storage, cli
 	return putStaticRole(ctx, s, r)
 }
 
+// staticPreviousKeys is the set of env's static roles' previous keys.
+func staticPreviousKeys(ctx context.Context, s logical.Storage, env string) (map[string]bool, error) {
+	roles, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, r := range roles {
+		if r.Environment == env && r.PreviousKeyID != "" {
+			out[r.PreviousKeyID] = true
+		}
+	}
+	return out, nil
+}
+
 // staticRolesUsingEnvironment names the static roles of env.
 func staticRolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) ([]string, error) {
 	roles, err := listStaticRoles(ctx, s)

@@ -66,4 +66,29 @@ type API interface {
 	ServerDate() time.Time
 }
 
-var _ API = (*Client)(nil)
+// KeyWalker is an API that can hand the list of keys over one key at a time
+// (Client does), for callers that need a few of 100,000 keys, not all.
+type KeyWalker interface {
+	EachKey(ctx context.Context, fn func(Key)) error
+}
+
+// EachKey hands every key of api's list to fn: streamed where api is a
+// KeyWalker, else from ListKeys.
+func EachKey(ctx context.Context, api API, fn func(Key)) error {
+	if w, ok := api.(KeyWalker); ok {
+		return w.EachKey(ctx, fn)
+	}
+	keys, err := api.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		fn(k)
+	}
+	return nil
+}
+
+var (
+	_ API       = (*Client)(nil)
+	_ KeyWalker = (*Client)(nil)
+)

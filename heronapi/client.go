@@ -238,62 +238,75 @@ func unknownOutcome(err error) error {
 // ListKeys implements API.
 func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
 	keys := []Key{}
-	status, _, err := c.roundTrip(ctx, c.rc, http.MethodGet, keysPath, nil, func(r io.Reader) error {
-		var err error
-		keys, err = decodeKeyList(r, keys)
-		return err
-	})
+	err := c.walkKeys(ctx, func(k Key) { keys = append(keys, k) }, func() { keys = keys[:0] })
 	if err != nil {
 		return nil, err
-	}
-	if status != http.StatusOK {
-		return nil, fmt.Errorf("heron: GET %s: unexpected status %d", keysPath, status)
 	}
 	return keys, nil
 }
 
-// decodeKeyList reads {"keys": [...]} one key at a time, appending to keys:
-// at 100,000 keys the answer is some 17 MB, which need not be held whole
-// beside the keys decoded from it. Other fields are skipped.
-func decodeKeyList(r io.Reader, keys []Key) ([]Key, error) {
+// EachKey implements KeyWalker: the list of keys handed to fn one key at a
+// time, never held whole (at 100,000 keys, tens of MiB).
+func (c *Client) EachKey(ctx context.Context, fn func(Key)) error {
+	return c.walkKeys(ctx, fn, func() {})
+}
+
+func (c *Client) walkKeys(ctx context.Context, fn func(Key), reset func()) error {
+	status, _, err := c.roundTrip(ctx, c.rc, http.MethodGet, keysPath, nil, func(r io.Reader) error {
+		return decodeKeyList(r, fn, reset)
+	})
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("heron: GET %s: unexpected status %d", keysPath, status)
+	}
+	return nil
+}
+
+// decodeKeyList reads {"keys": [...]} one key at a time, handing each to
+// fn: at 100,000 keys the answer is some 17 MB, which need not be held whole.
+// Other fields are skipped; reset runs where json.Unmarshal would start the
+// list over (a second "keys" field).
+func decodeKeyList(r io.Reader, fn func(Key), reset func()) error {
 	dec := json.NewDecoder(r)
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, err
+		return err
 	}
 	for dec.More() {
 		name, err := dec.Token()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		// As json.Unmarshal matches it: without regard to case, the last
 		// occurrence winning.
 		if n, _ := name.(string); !strings.EqualFold(n, "keys") {
 			var skip json.RawMessage
 			if err := dec.Decode(&skip); err != nil {
-				return nil, err
+				return err
 			}
 			continue
 		}
-		keys = keys[:0]
+		reset()
 		if tok, err := dec.Token(); err != nil {
-			return nil, err
+			return err
 		} else if tok == nil {
 			continue // "keys": null
 		} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-			return nil, fmt.Errorf("keys is not a list")
+			return fmt.Errorf("keys is not a list")
 		}
 		for dec.More() {
 			var k Key
 			if err := dec.Decode(&k); err != nil {
-				return nil, err
+				return err
 			}
-			keys = append(keys, k)
+			fn(k)
 		}
 		if err := expectDelim(dec, ']'); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return keys, expectDelim(dec, '}')
+	return expectDelim(dec, '}')
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {

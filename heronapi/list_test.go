@@ -68,7 +68,8 @@ func FuzzDecodeKeyList(f *testing.F) {
 	f.Add([]byte(`{"keys": [{"heron_id": 1}]}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := decodeKeyList(bytes.NewReader(data), []Key{})
+		got := []Key{}
+		err := decodeKeyList(bytes.NewReader(data), func(k Key) { got = append(got, k) }, func() { got = got[:0] })
 		var want struct {
 			Keys []Key `json:"keys"`
 		}
