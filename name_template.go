@@ -192,12 +192,21 @@ func (r *heronRole) uniqueNames() bool {
 	if err != nil {
 		return false
 	}
+	calls := false
 	for _, tree := range trees {
 		if tree.Root != nil && callsAny(tree.Root, "random", "uuid") {
-			return true
+			calls = true
 		}
 	}
-	return false
+	if !calls {
+		return false
+	}
+	// A call that cannot reach the name ({{if false}}{{random 8}}{{end}})
+	// makes no name unique: two renderings of one request must differ.
+	data := nameTemplateData{RoleName: r.Name, DisplayName: "token", Environment: r.Environment}
+	a, errA := r.renderKeyName(data)
+	b, errB := r.renderKeyName(data)
+	return errA == nil && errB == nil && a != b
 }
 
 // callsAny reports whether the template below node calls one of names.

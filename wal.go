@@ -150,16 +150,18 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 	}
 	entry.Offset, entry.OffsetKnown = b.clockOffset(entry.Environment)
 	entry.Since = b.wallNow()
-	slot := b.slots.take()
+	slot := b.slots.take(entry.Environment, entry.Since)
 	if err := putCreation(ctx, s, slot, kind, entry); err != nil {
 		// No key was made, but a write that reports an error may have been
 		// stored: a record of a creation that never happened would, after a
 		// crash, be settled by name and could take someone else's key of
-		// that name for its own. Take it back out.
+		// that name for its own. Take it back out, or have the pass do it.
 		if derr := s.Delete(ctx, slot); derr != nil {
-			b.Logger().Warn("could not delete the record of a creation that never started", "record", slot, "error", derr)
+			b.Logger().Warn("could not delete the record of a creation that never started; the periodic pass will", "record", slot, "error", derr)
+			b.slots.stale(slot)
+		} else {
+			b.slots.finish(slot, false)
 		}
-		b.slots.finish(slot, false)
 		lock.Unlock()
 		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)
 	}
@@ -209,8 +211,12 @@ func (g *walGuard) end(ctx context.Context) {
 	}
 	if !g.keep {
 		if err := g.s.Delete(ctx, g.slot); err != nil {
-			g.b.Logger().Warn("could not delete a finished creation's record; the slot's next creation overwrites it",
+			// Left as it is, a crash would have the record settled by name:
+			// the periodic pass deletes it instead.
+			g.b.Logger().Warn("could not delete a finished creation's record; the periodic pass will",
 				"record", g.slot, "error", err)
+			g.b.slots.stale(g.slot)
+			return
 		}
 	}
 	g.b.slots.finish(g.slot, false)
@@ -357,9 +363,9 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 }
 
 // rollbackStaleWALs settles every write-ahead record and creation record not
-// in flight here (the tidy path; Vault's own rollback and the periodic pass
-// wait walRollbackMinAge). With env set, only that environment's records, by
-// a caller holding its config lock.
+// in flight (the tidy path): Vault's records and this instance's at once,
+// another instance's once walRollbackMinAge old. With env set, only that
+// environment's records, by a caller holding its config lock.
 func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Request, env string) (settled, pending int, err error) {
 	ids, err := framework.ListWAL(ctx, req.Storage)
 	if err != nil {
@@ -368,7 +374,7 @@ func (b *heronBackend) rollbackStaleWALs(ctx context.Context, req *logical.Reque
 	// An operator's tidy or config delete judges from Heron's list as it is
 	// now; each environment is then listed once for all its records.
 	b.forgetLists()
-	settled, pending, slotErr := b.settleCreations(ctx, req.Storage, env, 0)
+	settled, pending, slotErr := b.settleCreations(ctx, req.Storage, env, walRollbackMinAge)
 	errs := []error{slotErr}
 	sort.Strings(ids)
 	for _, id := range ids {

@@ -30,6 +30,10 @@ import (
 // write-ahead records: by name, within the record's window, then deleted.
 const creatingStoragePrefix = "creating/"
 
+// slotReuseWithin is how young a free slot's record must be for the slot to
+// be reused: well under walRollbackMinAge (see slotPool.take).
+const slotReuseWithin = walRollbackMinAge / 2
+
 // creationRecord is what a slot holds: the creation's kind (walKindKey or
 // walKindAdminKey) and its write-ahead entry.
 type creationRecord struct {
@@ -50,6 +54,10 @@ const (
 	slotHeld
 	// slotSettling: a rollback is working on a held slot.
 	slotSettling
+	// slotStale: the record names no key that could be unrecorded (no POST
+	// was sent, or the creation finished and only deleting its record
+	// failed): the pass deletes it, without any lookup by name.
+	slotStale
 )
 
 // slotPool is one backend instance's creation slots. It grows to the most
@@ -60,61 +68,106 @@ type slotPool struct {
 	next  int
 	free  []string
 	state map[string]slotState
+	// env is the environment of each slot's last creation, since when it
+	// started (its record's Since).
+	env   map[string]string
+	since map[string]time.Time
+	// closed: the instance was cleaned up (a reload); from then on no slot
+	// is reused, because the next instance settles this one's records and
+	// deletes them, which must never hit a record written after it read it.
+	closed bool
 }
 
 func newSlotPool(owner string) *slotPool {
-	return &slotPool{owner: owner, state: map[string]slotState{}}
+	return &slotPool{owner: owner, state: map[string]slotState{}, env: map[string]string{}, since: map[string]time.Time{}}
 }
 
-// take returns a slot for a new creation.
-func (p *slotPool) take() string {
+// take returns a slot for a new creation in env starting at now. A free
+// slot is reused only while its record is younger than slotReuseWithin:
+// another instance settles (and deletes) a record only once it is
+// walRollbackMinAge old, so it can never delete a record rewritten after it
+// read it. An older free slot is retired instead (stale: the pass deletes
+// its record), and a new one made.
+func (p *slotPool) take(env string, now time.Time) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var path string
-	if n := len(p.free); n > 0 {
-		path = p.free[n-1]
-		p.free = p.free[:n-1]
-	} else {
+	path := ""
+	for len(p.free) > 0 && !p.closed && path == "" {
+		last := p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+		if now.Sub(p.since[last]) < slotReuseWithin {
+			path = last
+		} else {
+			p.state[last] = slotStale
+		}
+	}
+	if path == "" {
 		path = fmt.Sprintf("%s%s.%d", creatingStoragePrefix, p.owner, p.next)
 		p.next++
 	}
 	p.state[path] = slotBusy
+	p.env[path] = env
+	p.since[path] = now
 	return path
 }
 
 // finish ends the creation in path: the slot is free again, or held for the
-// rollback when a key of an unknown outcome may still appear.
+// rollback when a key of an unknown outcome may still appear. After the
+// pool closed, a finished slot is forgotten: its record is the next
+// instance's to settle.
 func (p *slotPool) finish(path string, unresolved bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if unresolved {
+	switch {
+	case unresolved:
 		p.state[path] = slotHeld
-		return
+	case p.closed:
+		p.forgetLocked(path)
+	default:
+		p.state[path] = slotFree
+		p.free = append(p.free, path)
 	}
-	p.state[path] = slotFree
-	p.free = append(p.free, path)
 }
 
-// claim says whether the record at path is the rollback's to settle: a
-// record of another instance, or a slot of this one held for the rollback
-// (then marked as being settled, so that no other caller settles it at the
-// same time). Free and busy slots of this instance are not.
-func (p *slotPool) claim(path string) bool {
+// stale ends a creation whose record is left to delete (see slotStale).
+func (p *slotPool) stale(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.state[path] = slotStale
+}
+
+// claimKind is what a settle pass may do with a record (see claim).
+type claimKind int
+
+const (
+	claimNone    claimKind = iota // this instance's, free or busy: not to touch
+	claimForeign                  // another instance's: settle once old enough
+	claimHeld                     // this instance's, held: settle (its creation is over)
+	claimStale                    // this instance's, stale: only delete
+)
+
+// claim says what the settle pass may do with the record at path; a held or
+// stale slot of this instance is marked as being settled, so that no other
+// caller settles it at the same time.
+func (p *slotPool) claim(path string) claimKind {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch p.state[path] {
 	case 0:
-		return true
+		return claimForeign
 	case slotHeld:
 		p.state[path] = slotSettling
-		return true
+		return claimHeld
+	case slotStale:
+		p.state[path] = slotSettling
+		return claimStale
 	default:
-		return false
+		return claimNone
 	}
 }
 
-// release ends a claim: a settled held slot is forgotten (its record is
-// gone; the pool makes new slots), an unsettled one is held again.
+// release ends a claim: a settled slot is forgotten (its record is gone;
+// the pool makes new slots), an unsettled one is held again.
 func (p *slotPool) release(path string, settled bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -122,32 +175,67 @@ func (p *slotPool) release(path string, settled bool) {
 		return
 	}
 	if settled {
-		delete(p.state, path)
+		p.forgetLocked(path)
 	} else {
 		p.state[path] = slotHeld
 	}
 }
 
-// drain takes the free slots out of the pool for good and returns them: a
-// backend being shut down deletes their records (nothing is left to settle),
-// and no creation can take one of them meanwhile.
+// drain takes the free and stale slots out of the pool for good and returns
+// them, and closes the pool: a backend being shut down deletes their records
+// (nothing is left to settle), and no creation can take one of them
+// meanwhile.
 func (p *slotPool) drain() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := p.free
-	p.free = nil
-	for _, path := range out {
-		delete(p.state, path)
+	p.closed = true
+	out := p.takeFreeLocked(func(string) bool { return true })
+	for path, st := range p.state {
+		if st == slotStale {
+			out = append(out, path)
+			p.forgetLocked(path)
+		}
 	}
 	return out
 }
 
+// drainEnv takes the free slots whose last creation was in env out of the
+// pool and returns them: their records are finished, and a config being
+// deleted must not leave them behind (the next instance could not settle a
+// record whose config is gone).
+func (p *slotPool) drainEnv(env string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.takeFreeLocked(func(path string) bool { return p.env[path] == env })
+}
+
+func (p *slotPool) forgetLocked(path string) {
+	delete(p.state, path)
+	delete(p.env, path)
+	delete(p.since, path)
+}
+
+func (p *slotPool) takeFreeLocked(match func(string) bool) []string {
+	var out, keep []string
+	for _, path := range p.free {
+		if match(path) {
+			out = append(out, path)
+			p.forgetLocked(path)
+		} else {
+			keep = append(keep, path)
+		}
+	}
+	p.free = keep
+	return out
+}
+
 // pending reports whether the record at path may still name an unrecorded
-// key: any record but those of this instance's free slots.
+// key: any record but those of this instance's free and stale slots.
 func (p *slotPool) pending(path string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.state[path] != slotFree
+	st := p.state[path]
+	return st != slotFree && st != slotStale
 }
 
 // putCreation writes the write-ahead record of a creation into slot path.
@@ -160,20 +248,40 @@ func putCreation(ctx context.Context, s logical.Storage, path, kind string, entr
 }
 
 // settleCreations settles the creation records that are the rollback's
-// (see slotPool.claim): those of env (all with env empty) whose window has
-// passed minAge. It returns how many it settled and how many remain.
+// (see slotPool.claim): those of env (all with env empty); another
+// instance's only once minAge old, for its request may still be running
+// there (a reload's old instance), and its slot be reused until then. It
+// returns how many it settled and how many remain.
 func (b *heronBackend) settleCreations(ctx context.Context, s logical.Storage, env string, minAge time.Duration) (settled, pending int, err error) {
 	paths, err := s.List(ctx, creatingStoragePrefix)
 	if err != nil {
 		return 0, 0, fmt.Errorf("listing creation records: %w", err)
 	}
 	var errs []error
+	if env != "" {
+		// A config being deleted or given a new key: this instance's
+		// finished records of it go now (see drainEnv).
+		b.dropCreations(ctx, s, b.slots.drainEnv(env))
+	}
 	for _, name := range paths {
 		path := creatingStoragePrefix + name
-		if strings.HasSuffix(name, "/") || !b.slots.claim(path) {
+		if strings.HasSuffix(name, "/") {
 			continue
 		}
-		ok, err := b.settleCreation(ctx, s, path, env, minAge)
+		var ok bool
+		switch b.slots.claim(path) {
+		case claimNone:
+			continue
+		case claimStale:
+			// No key can be unrecorded: the record only has to go.
+			err = s.Delete(ctx, path)
+			ok = err == nil
+		case claimHeld:
+			// Over in this instance: nothing of it is still running.
+			ok, err = b.settleCreation(ctx, s, path, env, 0)
+		case claimForeign:
+			ok, err = b.settleCreation(ctx, s, path, env, minAge)
+		}
 		b.slots.release(path, ok)
 		switch {
 		case ok:
@@ -218,6 +326,16 @@ func (b *heronBackend) settleCreation(ctx context.Context, s logical.Storage, pa
 	}
 	if err != nil {
 		return false, err
+	}
+	// Storage has no compare-and-delete: read the record again, and leave
+	// it if its writer put a new creation there meanwhile (a reload's old
+	// instance finishing a request); that one is settled on its own.
+	again, err := getJSON[creationRecord](ctx, s, path, "creation record "+path)
+	if err != nil {
+		return false, err
+	}
+	if again != nil && (!again.Entry.Since.Equal(e.Since) || again.Entry.KeyName != e.KeyName) {
+		return false, nil
 	}
 	if err := s.Delete(ctx, path); err != nil {
 		return false, fmt.Errorf("deleting settled creation record %s: %w", path, err)
@@ -272,7 +390,13 @@ func (b *heronBackend) pendingCreations(ctx context.Context, s logical.Storage) 
 // creations finished, so a backend shutting down leaves nothing for the next
 // one to settle (a failure only leaves them to its rollback).
 func (b *heronBackend) dropFreeCreations(ctx context.Context, s logical.Storage) {
-	for _, path := range b.slots.drain() {
+	b.dropCreations(ctx, s, b.slots.drain())
+}
+
+// dropCreations deletes the records of finished creations taken out of the
+// pool.
+func (b *heronBackend) dropCreations(ctx context.Context, s logical.Storage, paths []string) {
+	for _, path := range paths {
 		if err := s.Delete(ctx, path); err != nil {
 			b.Logger().Debug("could not delete a finished creation record; the rollback will", "path", path, "error", err)
 		}

@@ -218,3 +218,26 @@ func TestSlots_FailedRecordWriteLeavesNothingToSettle(t *testing.T) {
 	require.True(t, k.IsActive && !k.Deleted, "the customer's key of the same name is untouched")
 	require.Empty(t, creationRecords(t, e.s))
 }
+
+// A slot idle for longer than slotReuseWithin is retired rather than reused
+// (another instance may be settling its record), and the next pass deletes
+// its record: records do not pile up, and none is rewritten under a settle.
+func TestSlots_IdleSlotIsRetiredAndItsRecordDeleted(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	a := e.issue("r")
+	first := creationRecords(t, e.s)
+	require.Len(t, first, 1)
+	later := time.Now().Add(slotReuseWithin + time.Second)
+	e.b.wallNow = func() time.Time { return later }
+	b := e.issue("r")
+	recs := creationRecords(t, e.s)
+	require.Len(t, recs, 2, "the idle slot was not reused")
+	periodic(t, e)
+	recs = creationRecords(t, e.s)
+	require.Len(t, recs, 1)
+	require.NotEqual(t, first[0], recs[0], "the retired slot's record is gone; the new one stays for reuse")
+	require.NoError(t, e.revoke(a))
+	require.NoError(t, e.revoke(b))
+}
