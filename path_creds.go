@@ -142,7 +142,7 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 		State:               keyStateActive,
 		ExpiredKeyRetention: role.ExpiredKeyRetention,
 		NoIndex:             role.MaxActiveKeys == 0,
-	}, leaseTTL, role.uniqueNames())
+	}, leaseTTL, role.unique)
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return nil, fmt.Errorf("creating a key for role %q: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w",
 			roleName, role.Environment, role.Environment, err)

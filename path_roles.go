@@ -33,6 +33,9 @@ type heronRole struct {
 	Description         string        `json:"description"`
 	MaxActiveKeys       int           `json:"max_active_keys"`
 	ExpiredKeyRetention time.Duration `json:"expired_key_retention"`
+
+	// unique is uniqueNames(), set when the role enters the cache.
+	unique bool
 }
 
 // nameTemplateData is what a name_template can use.
@@ -215,6 +218,9 @@ func (b *heronBackend) role(ctx context.Context, s logical.Storage, name string)
 	if err != nil || r == nil {
 		return r, err
 	}
+	// Decided once per cached role, not per issuance (it renders the
+	// template twice).
+	r.unique = r.uniqueNames()
 	b.rolesLock.Lock()
 	b.roles[name] = r
 	b.rolesLock.Unlock()
