@@ -21,7 +21,8 @@ import (
 // decommissioning, failing if a guide command fails or a key the engine
 // created is left live in Heron.
 func TestOperatorGuideWalkthrough(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its Vault servers (and builds) would starve the
+	// short-lease tests of CPU on a 2-core machine; Go runs it before them.
 	vault, err := filepath.Abs(vaultBin)
 	if err != nil {
 		t.Fatal(err)

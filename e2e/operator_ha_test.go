@@ -52,7 +52,8 @@ var raftGuideBlocks = []string{
 //
 // Every guide command's failure fails the test.
 func TestOperatorGuideHA(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its Vault servers (and builds) would starve the
+	// short-lease tests of CPU on a 2-core machine; Go runs it before them.
 	g := newGuideRun(t)
 	e := startEmulator(t)
 	g.env["HERON_BASE_URL"] = e.URL

@@ -27,7 +27,8 @@ import (
 // point only the active node runs the plugin, so the periodic pass (and any
 // other engine work) never runs on a standby.
 func TestRaftFailover(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its Vault servers (and builds) would starve the
+	// short-lease tests of CPU on a 2-core machine; Go runs it before them.
 	const (
 		background = userAgent + " (background)"
 		shortTTL   = 30 * time.Second

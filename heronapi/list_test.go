@@ -39,7 +39,9 @@ func listServer(t *testing.T, n int) *httptest.Server {
 // client once buffered whole: the list is read a key at a time.
 func TestListKeys_LargeAnswerIsStreamed(t *testing.T) {
 	srv := listServer(t, 120000)
-	c, err := New(Config{BaseURL: srv.URL, APIKey: "key_" + strings.Repeat("a", 48), Limiter: NewLimiter(1000)})
+	// The per-attempt timeout covers reading the answer: under -race on a
+	// loaded machine, decoding 120,000 keys can take longer than 30 s.
+	c, err := New(Config{BaseURL: srv.URL, APIKey: "key_" + strings.Repeat("a", 48), Limiter: NewLimiter(1000), Timeout: 5 * time.Minute})
 	require.NoError(t, err)
 	keys, err := c.ListKeys(context.Background())
 	require.NoError(t, err)
