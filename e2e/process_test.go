@@ -161,6 +161,10 @@ func baseEnv(home string) []string {
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	// Quick at first, then every few seconds: a long wait polled ten times
+	// a second (a CLI process each time, for some checks) takes the CPU
+	// that the short-lease tests running beside it need on 2 cores.
+	pause := 100 * time.Millisecond
 	for {
 		err := f()
 		if err == nil {
@@ -169,6 +173,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not done after %s: %v", what, timeout, err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, 3*time.Second)
 	}
 }
