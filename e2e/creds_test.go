@@ -95,6 +95,9 @@ func TestLeaseExpiryDeactivatesThenTidyDeletes(t *testing.T) {
 	// Before the retention has passed, tidy must leave the key alone. Judged
 	// only if tidy finished in time: a loaded machine may make it late.
 	counts := v.tidy()
+	// Whichever tidy deletes the key reports it: on a loaded machine the
+	// first one may already run past the retention.
+	reported := fmt.Sprint(counts["expired_keys_deleted"]) == "1"
 	if time.Now().Before(k.DeactivatedAt.Add(retention)) {
 		if got := stateOf(e.key(t, c.Data.KeyID)); got != stateDeactivated {
 			t.Fatalf("tidy within expired_key_retention left the key %s, want deactivated (tidy said %v)", got, counts)
@@ -104,7 +107,11 @@ func TestLeaseExpiryDeactivatesThenTidyDeletes(t *testing.T) {
 	}
 
 	eventually(t, 20*time.Second, "tidy deleting the expired key", func() error {
+		if got := stateOf(e.key(t, c.Data.KeyID)); got == stateDeleted {
+			return nil
+		}
 		counts = v.tidy()
+		reported = reported || fmt.Sprint(counts["expired_keys_deleted"]) == "1"
 		if got := stateOf(e.key(t, c.Data.KeyID)); got != stateDeleted {
 			return fmt.Errorf("key is %s (tidy said %v)", got, counts)
 		}
@@ -114,8 +121,8 @@ func TestLeaseExpiryDeactivatesThenTidyDeletes(t *testing.T) {
 	if kept := k.DeletedAt.Sub(k.DeactivatedAt); kept < retention-100*time.Millisecond {
 		t.Errorf("key deleted %s after deactivation, want at least expired_key_retention (%s)", kept, retention)
 	}
-	if fmt.Sprint(counts["expired_keys_deleted"]) != "1" {
-		t.Errorf("tidy reported expired_keys_deleted=%v, want 1", counts["expired_keys_deleted"])
+	if !reported {
+		t.Errorf("no tidy reported expired_keys_deleted=1 (the last said %v)", counts["expired_keys_deleted"])
 	}
 	if _, ok := v.trackedKeys()[c.Data.KeyID]; ok {
 		t.Errorf("keys/ still lists the deleted key")

@@ -150,7 +150,9 @@ func TestHistoryThroughVault(t *testing.T) {
 	e := startEmulator(t)
 	v := startDevVault(t)
 	v.configureBoth(e)
-	v.writeRole("hist", "environment=development", "ttl=3s", "max_ttl=1m", "expired_key_retention=2s")
+	// 6s: issuing both leases and reading the fresh key must fit in the
+	// first lease's life on a loaded 2-core machine (3s did not, in CI).
+	v.writeRole("hist", "environment=development", "ttl=6s", "max_ttl=1m", "expired_key_retention=2s")
 	// The lease revoked by hand must not run out first, whatever the load:
 	// a revoke that lands after the lease's end is an expiry.
 	v.writeRole("hist-long", "environment=development", "ttl=1h", "expired_key_retention=2s")
@@ -167,9 +169,9 @@ func TestHistoryThroughVault(t *testing.T) {
 		t.Fatalf("fresh key %s: %+v, want active, issued set, in Heron, no later history", id, rec)
 	}
 
-	sleepUntil(start.Add(1500 * time.Millisecond))
-	if r := v.renew(expiring.LeaseID); r.LeaseDuration != 3 {
-		t.Fatalf("renew: lease_duration %d, want 3", r.LeaseDuration)
+	sleepUntil(start.Add(3 * time.Second))
+	if r := v.renew(expiring.LeaseID); r.LeaseDuration != 6 {
+		t.Fatalf("renew: lease_duration %d, want 6", r.LeaseDuration)
 	}
 	if rec = v.readKey(id, tokens...); rec.LastRenewed == "" {
 		t.Fatalf("after a renewal: last_renewed is empty: %+v", rec)
