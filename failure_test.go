@@ -154,12 +154,7 @@ func TestFailure_TidySkipsInflightIssuance(t *testing.T) {
 // createDirect creates a key in Heron behind the engine's back.
 func createDirect(t *testing.T, e *testEnv, name string) string {
 	t.Helper()
-	c, err := e.b.newClient(&heronConfig{
-		Environment: "development", AdminAPIKey: e.adminKey["development"], BaseURL: e.srv.URL,
-		RequestTimeout: 5 * time.Second, RateLimitPerMinute: 100000,
-	}, nil)
-	require.NoError(t, err)
-	k, err := c.CreateKey(context.Background(), name)
+	k, err := handClient(t, e, e.adminKey["development"]).CreateKey(context.Background(), name)
 	require.NoError(t, err)
 	return k.ID
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
@@ -527,18 +526,6 @@ func tidyAfterRetention(e *testEnv) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 }
 
-// directClient is a client with the environment's seeded admin key, for
-// what a person does in Heron's dashboard behind the engine's back.
-func directClient(t *testing.T, e *testEnv) heronapi.API {
-	t.Helper()
-	c, err := e.b.newClient(&heronConfig{
-		Environment: "development", AdminAPIKey: e.adminKey["development"], BaseURL: e.srv.URL,
-		RequestTimeout: 5 * time.Second, RateLimitPerMinute: 100000,
-	}, nil)
-	require.NoError(t, err)
-	return c
-}
-
 // RO2 (static-roles "overlap"): the current key is deleted by hand during an
 // overlap; static-creds replaces it by a rotation. The previous key, the only
 // other one that works, keeps its overlap: it must not be deactivated for a
@@ -550,7 +537,7 @@ func TestReviewStatic_RO2_ReplacingAVanishedKeyKeepsThePreviousOverlap(t *testin
 	a := staticCreds(e, "app")["key_id"].(string)
 	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
 	b := staticCreds(e, "app")["key_id"].(string)
-	require.NoError(t, directClient(t, e).DeleteKey(context.Background(), b))
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), b))
 	e.ok(logical.UpdateOperation, "tidy", nil) // reconcile: b is gone from Heron
 
 	creds := staticCreds(e, "app")
@@ -583,7 +570,7 @@ func TestReviewStatic_RO3_DeleteWithFailedDeactivationDeregistersTheJob(t *testi
 func TestReviewStatic_RO4_AdoptionRetriedAfterHalfDoneAdoption(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
-	c := directClient(t, e)
+	c := handClient(t, e, e.adminKey["development"])
 	k, err := c.CreateKey(context.Background(), "customer-app-key")
 	require.NoError(t, err)
 	// What the crashed adoption left: the record, no role.
@@ -662,7 +649,7 @@ func TestRestore_SameUserKeyProvesMissingKeysGone(t *testing.T) {
 	e.configure("development")
 	e.role("r", map[string]interface{}{})
 	kept, gone := e.issue("r"), e.issue("r")
-	require.NoError(t, directClient(t, e).DeleteKey(context.Background(), gone.Data["key_id"].(string)))
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), gone.Data["key_id"].(string)))
 
 	hand := e.srv.AddAdminKey("development")
 	e.adminKey["hand"] = hand
@@ -681,7 +668,7 @@ func TestRestore_SameUserKeyProvesMissingKeysGone(t *testing.T) {
 	e.adminKey["foreign"] = foreign
 	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign}, "cannot see 1 of the")
 	for _, k := range liveIssued(e) {
-		require.NoError(t, directClient(t, e).DeleteKey(context.Background(), k.ID))
+		require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), k.ID))
 	}
 }
 
@@ -693,7 +680,7 @@ func TestRestore_DeadAdminKeyBlockingMessageSaysWhatHelps(t *testing.T) {
 	e.configure("development")
 	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: "x", Since: time.Now()})
 	require.NoError(t, err)
-	require.NoError(t, directClient(t, e).DeactivateKey(context.Background(), heronKeyByToken(t, e, e.adminKey["development"]).ID))
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeactivateKey(context.Background(), heronKeyByToken(t, e, e.adminKey["development"]).ID))
 	hand := e.srv.AddAdminKey("development")
 	e.adminKey["hand"] = hand
 	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand, "verify": false, "force": false},
