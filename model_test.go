@@ -272,17 +272,35 @@ func TestModel(t *testing.T) {
 	mPrintStats(t)
 }
 
-// mSetChecks applies HERON_MODEL_CHECKS, or a CI-sized default, unless
-// -rapid.checks (or RAPID_CHECKS) was given.
+// mDefaultSeed is the seed of the 40 sequences every plain `go test` runs.
+// That run is a gate (CI lands or blocks work on it), so it replays the kept
+// failfiles and the same 40 sequences every time: a gate that passed or
+// failed by what a random search happened to reach would land or block work
+// by chance. The search itself is HERON_MODEL_CHECKS=N (a new seed each run,
+// printed by rapid), run before a stop, its findings kept in testdata/rapid.
+const mDefaultSeed = "20261206"
+
+// mSetChecks applies HERON_MODEL_CHECKS (an exploratory run: random seed), or
+// the gate's default (40 sequences from mDefaultSeed), unless -rapid.checks
+// (or RAPID_CHECKS) or -rapid.seed (RAPID_SEED) was given.
 func mSetChecks(t *testing.T) {
 	explicit := os.Getenv("RAPID_CHECKS") != ""
-	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "rapid.checks" })
+	seeded := os.Getenv("RAPID_SEED") != ""
+	flag.Visit(func(f *flag.Flag) {
+		explicit = explicit || f.Name == "rapid.checks"
+		seeded = seeded || f.Name == "rapid.seed"
+	})
 	want := "40"
 	if v := os.Getenv("HERON_MODEL_CHECKS"); v != "" {
 		if _, err := strconv.Atoi(v); err != nil {
 			t.Fatalf("HERON_MODEL_CHECKS=%q: %v", v, err)
 		}
-		want, explicit = v, false
+		want, explicit, seeded = v, false, true
+	}
+	if !seeded && !explicit {
+		if f := flag.Lookup("rapid.seed"); f != nil {
+			_ = f.Value.Set(mDefaultSeed)
+		}
 	}
 	if explicit {
 		return

@@ -212,20 +212,25 @@ func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
 		// Created for sure, but the token is unreadable: as good as a lost response.
 		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: decoding the answer: %w", keysPath, err))
 	}
-	if k.ID == "" || !tokenRe.MatchString(k.Token) {
+	if k.Name != name {
+		// Not the answer to this POST (a caching gateway replaying another
+		// creation's 201): its key may be another lease's, so it is neither
+		// handed out nor deleted here. Whether this POST created a key is
+		// unknown; the caller settles that by the name it asked for.
+		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: the answer is for another key (name %.140q, asked for %q)", keysPath, k.Name, name))
+	}
+	if !ValidKeyID(k.ID) || !tokenRe.MatchString(k.Token) {
 		// A key we cannot use: delete it now when we know its id, rather than
 		// leave it to the caller's write-ahead cleanup.
-		if k.ID != "" && c.DeleteKey(ctx, k.ID) == nil {
+		if ValidKeyID(k.ID) && c.DeleteKey(ctx, k.ID) == nil {
 			return nil, fmt.Errorf("heron: POST %s: the answer has no valid token; deleted key %s again", keysPath, k.ID)
 		}
 		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: the answer has no valid heron_id or token", keysPath))
 	}
-	if k.TokenPrefix == "" {
-		k.TokenPrefix = k.Token[:TokenPrefixLength]
+	if k.TokenPrefix != "" && k.TokenPrefix != TokenPrefix(k.Token) {
+		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: the answer's token_prefix is not its token's", keysPath))
 	}
-	if k.Name == "" {
-		k.Name = name
-	}
+	k.TokenPrefix = TokenPrefix(k.Token)
 	c.logger.Debug("created key", "key_id", k.ID, "key_name", k.Name, "token_prefix", k.TokenPrefix)
 	return &k, nil
 }
@@ -268,11 +273,19 @@ func (c *Client) walkKeys(ctx context.Context, fn func(Key), reset func()) error
 // fn: at 100,000 keys the answer is some 17 MB, which need not be held whole.
 // Other fields are skipped; reset runs where json.Unmarshal would start the
 // list over (a second "keys" field).
+//
+// Only Heron's documented answer is a list: a body that is not an object, an
+// object without a "keys" array ("keys": null, a gateway's maintenance page
+// answered with 200), or a key without a valid heron_id is an error, never
+// "Heron has no keys" (the engine would drop what it tracks). Refusing keys
+// without an id also bounds what an answer can make the caller hold: the
+// smallest key accepted is some 15 bytes on the wire.
 func decodeKeyList(r io.Reader, fn func(Key), reset func()) error {
 	dec := json.NewDecoder(r)
 	if err := expectDelim(dec, '{'); err != nil {
-		return err
+		return fmt.Errorf("the answer is not a list of keys: %w", err)
 	}
+	sawList := false
 	for dec.More() {
 		name, err := dec.Token()
 		if err != nil {
@@ -290,23 +303,43 @@ func decodeKeyList(r io.Reader, fn func(Key), reset func()) error {
 		reset()
 		if tok, err := dec.Token(); err != nil {
 			return err
-		} else if tok == nil {
-			continue // "keys": null
 		} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-			return fmt.Errorf("keys is not a list")
+			return fmt.Errorf("the answer's keys is not a list (%v)", tok)
 		}
-		for dec.More() {
+		for i := 0; dec.More(); i++ {
 			var k Key
 			if err := dec.Decode(&k); err != nil {
 				return err
+			}
+			if !ValidKeyID(k.ID) {
+				return fmt.Errorf("the answer's key %d has no valid heron_id (%s)", i, describeID(k.ID))
 			}
 			fn(k)
 		}
 		if err := expectDelim(dec, ']'); err != nil {
 			return err
 		}
+		sawList = true
 	}
-	return expectDelim(dec, '}')
+	if err := expectDelim(dec, '}'); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("the answer has data after its object")
+	}
+	if !sawList {
+		return errors.New("the answer has no keys list")
+	}
+	return nil
+}
+
+// describeID says what is wrong with an id without echoing more than a
+// short, printable part of it into logs and errors.
+func describeID(id string) string {
+	if id == "" {
+		return "missing or empty"
+	}
+	return fmt.Sprintf("%.40q is not a plain path segment", id)
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {

@@ -19,6 +19,17 @@ const (
 	MaxKeyNameLength = 128
 )
 
+// keyIDPattern is what the engine accepts as a Heron id: a plain path
+// segment of printable ASCII (Heron's and the emulator's are UUIDs).
+var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_~:@+=-][A-Za-z0-9._~:@+=-]{0,127}$`)
+
+// ValidKeyID reports whether id can be used as Heron's id of a key: 1..128
+// characters of letters, digits and "._~:@+=-", not starting with a dot (so
+// never "." or ".."), no slash, space or control character. An id outside
+// this rule never becomes part of a URL or a storage key: the answer that
+// carries it is an error.
+func ValidKeyID(id string) bool { return keyIDPattern.MatchString(id) }
+
 // TokenPattern is a full Heron API key: "key_" followed by 48 lowercase hex.
 var TokenPattern = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
 

@@ -78,34 +78,57 @@ func TestListKeys_AnswerOverTheBoundFails(t *testing.T) {
 	require.ErrorContains(t, err, "answer larger than 1048576 bytes")
 }
 
-// decodeKeyList answers what json.Unmarshal answers for every input both
-// accept, and fails where Unmarshal fails on the keys.
+// decodeKeyList accepts exactly the answers Heron documents, {"keys": [...]}
+// with a heron_id on every key that is a plain path segment, and then answers
+// what json.Unmarshal answers. Everything else is an error, never an empty
+// list (spec, Invariants 9: an empty or missing list is not "no keys"): a
+// body of null, an object without a keys array, "keys": null, a key without
+// a usable id.
 func FuzzDecodeKeyList(f *testing.F) {
 	f.Add([]byte(`{"keys": []}`))
 	f.Add([]byte(`{"keys": null}`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"keys": [{}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": ".."}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": "a/b"}]}`))
 	f.Add([]byte(`{"other": {"a": [1, 2]}, "keys": [{"heron_id": "x", "name": "n", "created": "2026-01-01T00:00:00Z", "last_used": "2026-01-02T00:00:00Z"}]}`))
 	f.Add([]byte(`{"keys": [{"heron_id": 1}]}`))
+	f.Add([]byte(`{"keys": [], "KEYS": [{"heron_id": "x"}]}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got := []Key{}
 		err := decodeKeyList(bytes.NewReader(data), func(k Key) { got = append(got, k) }, func() { got = got[:0] })
 		var want struct {
-			Keys []Key `json:"keys"`
+			Keys *[]Key `json:"keys"`
 		}
-		werr := json.Unmarshal(data, &want)
-		if werr != nil {
+		if werr := json.Unmarshal(data, &want); werr != nil {
 			// The stream may stop before a flaw that Unmarshal sees anywhere;
 			// only a success where the keys themselves are malformed is wrong.
+			if err == nil && !json.Valid(data) {
+				t.Fatalf("decodeKeyList accepted invalid JSON %q", data)
+			}
+			return
+		}
+		documented := want.Keys != nil && *want.Keys != nil
+		if documented {
+			for _, k := range *want.Keys {
+				if !ValidKeyID(k.ID) {
+					documented = false
+				}
+			}
+		}
+		if !documented {
+			if err == nil {
+				t.Fatalf("decodeKeyList accepted %q, which is not a list of keys with ids, as %+v", data, got)
+			}
 			return
 		}
 		if err != nil {
-			t.Fatalf("decodeKeyList failed where json.Unmarshal did not: %v", err)
+			t.Fatalf("decodeKeyList failed on a documented answer: %v", err)
 		}
-		if want.Keys == nil {
-			want.Keys = []Key{}
-		}
-		if !reflect.DeepEqual(got, want.Keys) {
-			t.Fatalf("decodeKeyList = %+v, json.Unmarshal = %+v", got, want.Keys)
+		if !reflect.DeepEqual(got, *want.Keys) {
+			t.Fatalf("decodeKeyList = %+v, json.Unmarshal = %+v", got, *want.Keys)
 		}
 	})
 }
