@@ -68,6 +68,8 @@ type heronConfig struct {
 	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
 	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	RotationManaged          bool          `json:"rotation_managed,omitempty"`
+	// ScheduleSetAt is when RotationSchedule was last set or changed.
+	ScheduleSetAt time.Time `json:"schedule_set_at,omitempty"`
 	// BudgetKey names the rate limiter this config spends: the SHA-256 of the
 	// admin key set by hand, kept across rotations, so that mounts sharing an
 	// admin key share one budget and a rotation does not start a second one.

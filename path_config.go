@@ -312,6 +312,11 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
 	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
 	cfg.RotationSchedule = strings.TrimSpace(cfg.RotationSchedule)
+	if cfg.RotationSchedule != prev.RotationSchedule {
+		// A schedule fires at its first time after it was set, never for
+		// the times it would have fired since the key was set.
+		cfg.ScheduleSetAt = b.now()
+	}
 	durationField(d, "rotation_window", create, &cfg.RotationWindow)
 	boolField(d, "disable_automated_rotation", create, &cfg.DisableAutomatedRotation)
 	// Setting one of the exclusive pair clears the other, as with Vault's

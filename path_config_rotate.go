@@ -69,26 +69,46 @@ func (b *heronBackend) pathConfigRotateWrite(ctx context.Context, req *logical.R
 // record until the config holding it is stored; the switch to the new key and
 // the record of the old one for deletion are one storage write.
 func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, env string) (*heronConfig, string, error) {
-	cfg, warning, err := b.rotateAdminKeyOnce(ctx, s, env)
-	if err != nil && !errors.Is(err, errConfigNotFound) {
-		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error())
-	}
+	cfg, warning, _, err := b.rotateAdminKeyIf(ctx, s, env, nil)
 	return cfg, warning, err
 }
 
-// rotateAdminKeyOnce is one attempt of rotateAdminKey.
-func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage, env string) (*heronConfig, string, error) {
+// rotateAdminKeyIf is rotateAdminKey for a caller that decided to rotate
+// from a read made before the config's lock (the periodic pass found it
+// due): due, asked under the lock of the config as read under it, says
+// whether that still holds; when it does not, nothing is rotated.
+func (b *heronBackend) rotateAdminKeyIf(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
+	cfg, warning, rotated, err := b.rotateAdminKeyOnce(ctx, s, env, due)
+	if err != nil && !errors.Is(err, errConfigNotFound) {
+		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error())
+	}
+	return cfg, warning, rotated, err
+}
+
+// rotateAdminKeyOnce is one attempt of rotateAdminKeyIf.
+func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
 	lock := b.configLock(env)
 	lock.Lock()
 	defer lock.Unlock()
 
 	cfg, err := getConfig(ctx, s, env)
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
 	if cfg == nil {
-		return nil, "", fmt.Errorf("%w: %q", errConfigNotFound, env)
+		return nil, "", false, fmt.Errorf("%w: %q", errConfigNotFound, env)
 	}
+	if due != nil && !due(cfg) {
+		return cfg, "", false, nil
+	}
+	cfg, warning, err := b.rotateAdminKeyLocked(ctx, s, cfg)
+	return cfg, warning, err == nil, err
+}
+
+// rotateAdminKeyLocked rotates cfg's admin key, with the config's lock held
+// and cfg read under it.
+func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Storage, cfg *heronConfig) (*heronConfig, string, error) {
+	env := cfg.Environment
 	oldClient, err := b.creatingClient(ctx, s, env)
 	if err != nil {
 		return nil, "", err
@@ -125,7 +145,7 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 	}
 	if err != nil {
 		// The old key keeps working; take the new one back out.
-		guard.undo(ctx, oldClient, newKey.ID)
+		_ = guard.undo(ctx, oldClient, newKey.ID)
 		return nil, "", fmt.Errorf("verifying the new admin key %s: %w", newKey.ID, err)
 	}
 
@@ -148,7 +168,7 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 		case rerr == nil && stored != nil && stored.AdminKeyID == newKey.ID:
 			b.Logger().Warn("storing the rotated config reported an error but it was stored", "environment", env, "error", err)
 		case rerr == nil && stored != nil && stored.AdminKeyID == cfg.AdminKeyID:
-			guard.undo(ctx, oldClient, newKey.ID)
+			_ = guard.undo(ctx, oldClient, newKey.ID)
 			return nil, "", err
 		default:
 			guard.unresolved++

@@ -208,7 +208,7 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 		// The record may have been written although the write reported an
 		// error: take it back out too, so that a key the undo cannot delete
 		// is untracked and the rollback deletes it.
-		guard.undo(ctx, client, key.ID)
+		_ = guard.undo(ctx, client, key.ID)
 		if derr := deleteTrackedKey(ctx, s, rec); derr != nil {
 			b.Logger().Warn("could not remove the record of a key whose issuance failed", "key_id", rec.KeyID, "error", derr)
 		}

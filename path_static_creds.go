@@ -57,7 +57,12 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 	}
 	if r.KeyID == "" || rec == nil || rec.State != keyStateActive {
 		b.Logger().Warn("static role's current key is gone (deleted in Heron by hand?): rotating now", "role", name, "key_id", r.KeyID)
-		r, err = b.rotateStatic(ctx, req.Storage, name)
+		// Decided from a read outside the role's lock: another reader may be
+		// replacing the same key. Only one replacement happens; the others
+		// serve the key it made.
+		r, _, err = b.rotateStaticIf(ctx, req.Storage, name, func(ctx context.Context, r *staticRole) (bool, error) {
+			return keyGone(ctx, req.Storage, r)
+		})
 		if errors.Is(err, errStaticUser) {
 			return logical.ErrorResponse(err.Error()), nil
 		}

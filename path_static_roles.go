@@ -218,7 +218,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	if existing, err = getStaticRole(ctx, req.Storage, name); err != nil {
 		return nil, err
 	}
-	r, bad := staticRoleFromRequest(d, name, existing)
+	r, bad := staticRoleFromRequest(d, name, existing, b.now())
 	if bad != "" {
 		return logical.ErrorResponse(bad), nil
 	}
@@ -288,7 +288,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 
 // staticRoleFromRequest applies the request's fields to existing (nil: a new
 // role) and checks them; a non-empty string is the 400 to answer.
-func staticRoleFromRequest(d *framework.FieldData, name string, existing *staticRole) (*staticRole, string) {
+func staticRoleFromRequest(d *framework.FieldData, name string, existing *staticRole, now time.Time) (*staticRole, string) {
 	create := existing == nil
 	r := &staticRole{Name: name}
 	if !create {
@@ -314,6 +314,11 @@ func staticRoleFromRequest(d *framework.FieldData, name string, existing *static
 		if _, ok := d.GetOk("rotation_schedule"); !ok {
 			r.RotationSchedule = ""
 		}
+	}
+	if create || r.RotationSchedule != existing.RotationSchedule {
+		// A schedule fires at its first time after it was set, never for
+		// the times it would have fired since the key was set.
+		r.ScheduleSetAt = now
 	}
 	durationField(d, "overlap", create, &r.Overlap)
 	if v, ok := d.GetOk("max_overlap"); ok {

@@ -53,6 +53,9 @@ type rotationSchedule struct {
 	Disabled bool
 	Managed  bool
 	KeySetAt time.Time
+	// ScheduleSetAt is when Schedule was set: a cron schedule fires at its
+	// first time after both the key and the schedule were set.
+	ScheduleSetAt time.Time
 	// Retry: a rotation the engine owes now (one that failed where nothing
 	// else would retry it soon), whoever runs the schedule.
 	Retry bool
@@ -74,7 +77,17 @@ func (r rotationSchedule) next() time.Time {
 		if err != nil {
 			return time.Time{}
 		}
-		return sched.Next(r.KeySetAt)
+		from := r.KeySetAt
+		if r.ScheduleSetAt.After(from) {
+			from = r.ScheduleSetAt
+		}
+		if from.IsZero() {
+			// Nothing to count from (a record older than both fields):
+			// never "due since year 1", which would fire on the first pass.
+			return time.Time{}
+		}
+		// Cron is in UTC, whatever the server's zone.
+		return sched.Next(from.UTC())
 	}
 	return time.Time{}
 }
@@ -86,7 +99,9 @@ type rotationTarget struct {
 	// path names it for logs and for Vault's rotation manager (ReqPath).
 	path     string
 	schedule rotationSchedule
-	rotate   func(ctx context.Context, s logical.Storage) error
+	// rotate rotates if the target is still due under its lock, reporting
+	// whether it did.
+	rotate func(ctx context.Context, s logical.Storage) (bool, error)
 }
 
 // rotationTargets lists everything that rotates on a schedule.
@@ -112,9 +127,11 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 		targets = append(targets, rotationTarget{
 			path:     staticRoleStoragePrefix + name,
 			schedule: r.rotationSchedule(),
-			rotate: func(ctx context.Context, s logical.Storage) error {
-				_, err := b.rotateStatic(ctx, s, name)
-				return err
+			rotate: func(ctx context.Context, s logical.Storage) (bool, error) {
+				// Due by a read outside the role's lock: asked again under it,
+				// so a rotation by hand in between is not repeated.
+				_, rotated, err := b.rotateStaticIf(ctx, s, name, b.dueNow)
+				return rotated, err
 			},
 		})
 	}
@@ -127,9 +144,14 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 	return rotationTarget{
 		path:     configStoragePrefix + env,
 		schedule: cfg.rotationSchedule(),
-		rotate: func(ctx context.Context, s logical.Storage) error {
-			_, _, err := b.rotateAdminKey(ctx, s, env)
-			return err
+		rotate: func(ctx context.Context, s logical.Storage) (bool, error) {
+			// Due by a read outside the config's lock: asked again under
+			// it, so a rotation by hand in between is not repeated.
+			_, _, rotated, err := b.rotateAdminKeyIf(ctx, s, env, func(cfg *heronConfig) bool {
+				due := cfg.rotationSchedule().next()
+				return !due.IsZero() && !b.now().Before(due)
+			})
+			return rotated, err
 		},
 	}
 }
@@ -150,11 +172,14 @@ func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, e
 		if due.IsZero() || now.Before(due) {
 			continue
 		}
-		if err := t.rotate(ctx, s); err != nil {
+		did, err := t.rotate(ctx, s)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t.path, err))
 			continue
 		}
-		rotated++
+		if did {
+			rotated++
+		}
 	}
 	return rotated, errors.Join(errs...)
 }
@@ -247,10 +272,11 @@ func (c *heronConfig) rotationSchedule() rotationSchedule {
 		base = c.LastRotated
 	}
 	return rotationSchedule{
-		Period:   c.RotationPeriod,
-		Schedule: c.RotationSchedule,
-		Disabled: c.DisableAutomatedRotation,
-		Managed:  c.RotationManaged,
-		KeySetAt: base,
+		Period:        c.RotationPeriod,
+		Schedule:      c.RotationSchedule,
+		Disabled:      c.DisableAutomatedRotation,
+		Managed:       c.RotationManaged,
+		KeySetAt:      base,
+		ScheduleSetAt: c.ScheduleSetAt,
 	}
 }

@@ -47,6 +47,8 @@ type staticRole struct {
 	UnusedFor           time.Duration `json:"unused_for"`
 	RetiredKeyRetention time.Duration `json:"retired_key_retention"`
 	SkipImportRotation  bool          `json:"skip_import_rotation,omitempty"`
+	// ScheduleSetAt is when RotationSchedule was last set or changed.
+	ScheduleSetAt time.Time `json:"schedule_set_at,omitempty"`
 	RotationManaged     bool          `json:"rotation_managed,omitempty"`
 
 	// The current key.
@@ -94,7 +96,7 @@ func (r *staticRole) rotationGap(now time.Time) time.Duration {
 
 // rotationSchedule is the static role's schedule.
 func (r *staticRole) rotationSchedule() rotationSchedule {
-	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt, Retry: r.RetryRotation}
+	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
 }
 
 // validate checks the role's own fields and names the first that is wrong.
@@ -181,13 +183,29 @@ var errStaticUser = errors.New("static role")
 // overlap), and deactivates a previous key two generations old. A failure
 // keeps the current key; the next pass tries again.
 func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
+	r, _, err := b.rotateStaticIf(ctx, s, name, nil)
+	return r, err
+}
+
+// stillWanted decides, under the role's lock and from the role as read
+// under it, whether a rotation decided from an earlier read is still wanted
+// (another actor may have rotated in between).
+type stillWanted func(ctx context.Context, r *staticRole) (bool, error)
+
+// rotateStaticIf is rotateStatic for a caller that decided to rotate from a
+// read made before the lock (the periodic pass found the role due,
+// static-creds found its key gone): still, asked under the lock, says
+// whether that reason holds. When it does not, the role is returned as it is,
+// unrotated (rotated false): a second rotation for one reason would retire
+// the previous key before its overlap ended.
+func (b *heronBackend) rotateStaticIf(ctx context.Context, s logical.Storage, name string, still stillWanted) (*staticRole, bool, error) {
 	// Lock order, as everywhere: the config's lock, then the role's.
 	r, err := getStaticRole(ctx, s, name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if r == nil {
-		return nil, fmt.Errorf("%w %q does not exist", errStaticUser, name)
+		return nil, false, fmt.Errorf("%w %q does not exist", errStaticUser, name)
 	}
 	cfgLock := b.configLock(r.Environment)
 	cfgLock.RLock()
@@ -195,17 +213,53 @@ func (b *heronBackend) rotateStatic(ctx context.Context, s logical.Storage, name
 	lock := b.staticRoleLock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	if r, err = getStaticRole(ctx, s, name); err != nil || r == nil {
-		return nil, fmt.Errorf("%w %q does not exist (%v)", errStaticUser, name, err)
+	env := r.Environment
+	if r, err = getStaticRole(ctx, s, name); err != nil {
+		return nil, false, err
+	}
+	if r == nil || r.Environment != env {
+		// Deleted, or moved to another environment (whose config lock this
+		// is not) since the first read.
+		return nil, false, fmt.Errorf("%w %q changed while waiting to rotate it: retry", errStaticUser, name)
+	}
+	if still != nil {
+		ok, err := still(ctx, r)
+		if err != nil || !ok {
+			return r, false, err
+		}
 	}
 	client, err := b.creatingClient(ctx, s, r.Environment)
 	if errors.Is(err, errConfigNotFound) {
-		return nil, fmt.Errorf("%w %q names environment %q, which has no config", errStaticUser, name, r.Environment)
+		return nil, false, fmt.Errorf("%w %q names environment %q, which has no config", errStaticUser, name, r.Environment)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return r, b.rotateStaticLocked(ctx, s, client, r)
+	if err := b.rotateStaticLocked(ctx, s, client, r); err != nil {
+		return r, false, err
+	}
+	return r, true, nil
+}
+
+// dueNow is the periodic pass's reason to rotate: the role's schedule says
+// its time has come.
+func (b *heronBackend) dueNow(_ context.Context, r *staticRole) (bool, error) {
+	due := r.rotationSchedule().next()
+	return !due.IsZero() && !b.now().Before(due), nil
+}
+
+// keyGone is static-creds' reason to rotate: the role's current key is not
+// active by the engine's record (deleted or deactivated in Heron by hand,
+// or quarantined).
+func keyGone(ctx context.Context, s logical.Storage, r *staticRole) (bool, error) {
+	if r.KeyID == "" {
+		return true, nil
+	}
+	rec, err := getTrackedKey(ctx, s, r.KeyID)
+	if err != nil {
+		return false, err
+	}
+	return rec == nil || rec.State != keyStateActive, nil
 }
 
 // rotateStaticLocked is rotateStatic with the role's lock and its config's
@@ -223,12 +277,18 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		return failed(upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err))
 	}
 	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
-	// undo deletes the new key that the role will not hold; its record (if
-	// the write got through) becomes a tombstone saying so.
+	// undo deletes the new key that the role will not hold; once Heron
+	// confirms the deletion its record (if the write got through) becomes a
+	// tombstone saying so, with the event and log line of any deletion.
+	// While the key may still be live its record stays active: the
+	// write-ahead record and the cleanup pass's sweep of static keys no role
+	// holds retire it, and nothing calls a live key deleted meanwhile.
 	undo := func(err error) error {
-		guard.undo(ctx, client, key.ID)
-		if ferr := b.forgetKey(ctx, s, rec, reasonRollback); ferr != nil {
-			b.Logger().Warn("could not record the end of a static key whose rotation failed", "key_id", key.ID, "error", ferr)
+		if guard.undo(ctx, client, key.ID) {
+			if ferr := b.forgetKey(ctx, s, rec, reasonRollback); ferr != nil {
+				b.Logger().Warn("could not record the end of a static key whose rotation failed", "key_id", key.ID, "error", ferr)
+			}
+			b.recordChange(eventKeyDelete, changeOf(rec), "reason", reasonRollback)
 		}
 		return failed(fmt.Errorf("storing the next key of static role %q: %w", r.Name, err))
 	}
@@ -256,9 +316,16 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	}
 	if err := putStaticRole(ctx, s, &next); err != nil {
 		// A failed write may still have been stored: only undo once storage
-		// shows the old key current.
+		// shows the role without the new key. If storage cannot say, the
+		// new key may be the one the role hands out: keep it (its record
+		// tracks it; if the role turns out not to hold it, the cleanup
+		// pass's sweep of static keys no role holds retires it).
 		stored, rerr := getStaticRole(ctx, s, r.Name)
-		if rerr != nil || stored == nil || stored.KeyID != key.ID {
+		switch {
+		case rerr != nil:
+			guard.done(ctx)
+			return failed(fmt.Errorf("storing the next key of static role %q: %w (storage could not say whether it was stored: the new key %s is kept, tracked, and retired by the cleanup pass if the role does not hold it)", r.Name, err, key.ID))
+		case stored == nil || stored.KeyID != key.ID:
 			return undo(err)
 		}
 	}

@@ -170,7 +170,19 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 		key, err := client.CreateKey(ctx, entry.KeyName)
 		b.noteClock(entry.Environment, client)
 		if err == nil {
-			return key, g, nil
+			// A new key has an id nobody tracks: an answer naming a tracked
+			// key is a replay (a caching gateway), whose token is another
+			// holder's. Never handed out; whether this POST made a key is
+			// unknown, and settled by name like any unknown outcome.
+			rec, rerr := getKeyRecord(ctx, s, key.ID)
+			if rerr == nil && rec == nil {
+				return key, g, nil
+			}
+			if rerr != nil {
+				err = fmt.Errorf("%w: checking that key %s is new: %w", heronapi.ErrOutcomeUnknown, key.ID, rerr)
+			} else {
+				err = fmt.Errorf("%w: Heron's answer names key %s, which this engine already tracks (a replayed answer?)", heronapi.ErrOutcomeUnknown, key.ID)
+			}
 		}
 		if !errors.Is(err, heronapi.ErrOutcomeUnknown) {
 			// Heron created nothing this time; earlier unknown attempts decide
@@ -222,14 +234,17 @@ func (g *walGuard) end(ctx context.Context) {
 	g.b.slots.finish(g.slot, false)
 }
 
-// undo deletes the created key because nothing will track it. If Heron
-// cannot be reached the write-ahead record stays and the rollback deletes it.
-func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) {
-	if err := deleteIfPresent(ctx, client, keyID); err != nil {
+// undo deletes the created key because nothing will track it, reporting
+// whether Heron confirmed it gone. If Heron cannot be reached the
+// write-ahead record stays and the rollback deletes it.
+func (g *walGuard) undo(ctx context.Context, client heronapi.API, keyID string) bool {
+	err := deleteIfPresent(ctx, client, keyID)
+	if err != nil {
 		g.b.Logger().Error("could not delete an untracked key; the rollback will", "key_id", keyID, "key_name", g.entry.KeyName, "error", err)
 		g.unresolved++
 	}
 	g.end(ctx)
+	return err == nil
 }
 
 var (
