@@ -48,8 +48,8 @@ type staticRole struct {
 	RetiredKeyRetention time.Duration `json:"retired_key_retention"`
 	SkipImportRotation  bool          `json:"skip_import_rotation,omitempty"`
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
-	ScheduleSetAt time.Time `json:"schedule_set_at,omitempty"`
-	RotationManaged     bool          `json:"rotation_managed,omitempty"`
+	ScheduleSetAt   time.Time `json:"schedule_set_at,omitempty"`
+	RotationManaged bool      `json:"rotation_managed,omitempty"`
 
 	// The current key.
 	KeyID       string    `json:"key_id"`
