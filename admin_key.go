@@ -164,3 +164,50 @@ func (b *heronBackend) retireReplacedAdminKey(prev, cfg *heronConfig) {
 	}
 	cfg.RetiredKeys = kept
 }
+
+// seesAnyRecord reports whether a new admin key sees at least one of the
+// tracked ids that is a key record or a static role's key (not one of
+// prev's admin keys, current or rotated out): unreachable is what it does
+// not see of tracked.
+func seesAnyRecord(tracked, unreachable []string, prev *heronConfig) bool {
+	for _, id := range tracked {
+		if slices.Contains(unreachable, id) || id == prev.AdminKeyID {
+			continue
+		}
+		if slices.ContainsFunc(prev.RetiredKeys, func(rk retiredAdminKey) bool { return rk.KeyID == id }) {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// anyRetiredUnreachable reports whether a rotated-out admin key is marked
+// unreachable.
+func anyRetiredUnreachable(rks []retiredAdminKey) bool {
+	return slices.ContainsFunc(rks, func(rk retiredAdminKey) bool { return rk.Unreachable })
+}
+
+// managedKeyAsAdmin refuses, as a config's admin key, a key that this
+// engine hands out or retires (a static role's key, a lease's key): the
+// engine would deactivate its own admin key at that key's next rotation or
+// revocation. It answers the 400's text, or "".
+func (b *heronBackend) managedKeyAsAdmin(ctx context.Context, s logical.Storage, cfg *heronConfig) (string, error) {
+	statics, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range statics {
+		if r.Token != "" && r.Token == cfg.AdminAPIKey {
+			return fmt.Sprintf("config %q: admin_api_key is the key static role %q hands out (key %s), which the engine rotates and deactivates: an admin key must be a key of its own (create one in Heron's dashboard)", cfg.Environment, r.Name, r.KeyID), nil
+		}
+	}
+	if cfg.AdminKeyID == "" {
+		return "", nil
+	}
+	rec, err := getTrackedKey(ctx, s, cfg.AdminKeyID)
+	if err != nil || rec == nil {
+		return "", err
+	}
+	return fmt.Sprintf("config %q: admin_api_key is key %s, which this engine manages (%s key of role %q, state %s) and will deactivate or delete: an admin key must be a key of its own (create one in Heron's dashboard)", cfg.Environment, rec.KeyID, rec.kind(), rec.Role, rec.State), nil
+}

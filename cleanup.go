@@ -451,13 +451,12 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 			remaining = append(remaining, rk)
 			continue
 		}
-		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
-			errs = append(errs, fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err))
+		if err := b.deleteRetired(ctx, client, cfg, rk, reasonRetention); err != nil {
+			errs = append(errs, err)
 			remaining = append(remaining, rk)
 			continue
 		}
 		deleted++
-		b.Logger().Info("deleted rotated-out admin key after retention", "environment", cfg.Environment, "key_id", rk.KeyID)
 	}
 	if deleted > 0 || dropped > 0 {
 		cfg.RetiredKeys = remaining
@@ -506,10 +505,9 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 		b.recordChange(eventKeyDelete, changeOf(k), "reason", reasonConfigDeleted)
 	}
 	for _, rk := range cfg.RetiredKeys {
-		if err := deleteIfPresent(ctx, client, rk.KeyID); err != nil {
-			return fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err)
+		if err := b.deleteRetired(ctx, client, cfg, rk, reasonConfigDeleted); err != nil {
+			return err
 		}
-		b.Logger().Info("deleted rotated-out admin key with its config", "key_id", rk.KeyID, "environment", env)
 	}
 	if ownAdmin {
 		// Last, since it is the key making these calls.
@@ -518,5 +516,22 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 		}
 		b.Logger().Info("deleted the engine-created admin key with its config", "key_id", cfg.AdminKeyID, "environment", env)
 	}
+	return nil
+}
+
+// deleteRetired deletes a rotated-out admin key in Heron and records the
+// change as every key deletion is recorded (event and log line). A 404 is
+// "gone" only where the current admin key can see the key.
+func (b *heronBackend) deleteRetired(ctx context.Context, client heronapi.API, cfg *heronConfig, rk retiredAdminKey, reason string) error {
+	err := client.DeleteKey(ctx, rk.KeyID)
+	switch {
+	case errors.Is(err, heronapi.ErrNotFound) && rk.Unreachable:
+		return errRetiredUnreachable(cfg.Environment, rk.KeyID)
+	case errors.Is(err, heronapi.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("deleting old admin key %s: %w", rk.KeyID, err)
+	}
+	b.recordChange(eventKeyDelete, keyChange{KeyID: rk.KeyID, TokenPrefix: rk.TokenPrefix, Environment: cfg.Environment,
+		DataPath: configStoragePrefix + cfg.Environment}, "reason", reason, "kind", keyKindAdmin)
 	return nil
 }

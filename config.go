@@ -112,7 +112,19 @@ type retiredAdminKey struct {
 	TokenPrefix string    `json:"token_prefix"`
 	RetiredAt   time.Time `json:"retired_at"`
 	Deactivated bool      `json:"deactivated"`
-	DeleteAfter time.Time `json:"delete_after"`
+	// DeactivatedAt is when Heron confirmed the deactivation; the
+	// retention (DeleteAfter) counts from it.
+	DeactivatedAt time.Time `json:"deactivated_at,omitempty"`
+	DeleteAfter   time.Time `json:"delete_after"`
+	// Unreachable: the current admin key cannot see this key (a forced
+	// write to another Heron user), so Heron's 404 for it proves nothing:
+	// it is never taken for deactivated or deleted on one.
+	Unreachable bool `json:"unreachable,omitempty"`
+}
+
+// errRetiredUnreachable says why a retired admin key cannot be settled.
+func errRetiredUnreachable(env, id string) error {
+	return fmt.Errorf("rotated-out admin key %s is unreachable with the current admin key of config %q (accepted with force=true), so Heron's 404 does not prove it deactivated or gone; write config/%s with an admin key of its Heron user, or deactivate and delete it in Heron's dashboard", id, env, env)
 }
 
 // validate checks every field and names the first one that is wrong.

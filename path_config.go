@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -240,7 +241,11 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 		deactivatedAt := ""
 		if rk.Deactivated {
 			state = keyStateDeactivated
+			// Records from before DeactivatedAt: the rotation's time.
 			deactivatedAt = formatTime(rk.RetiredAt)
+			if !rk.DeactivatedAt.IsZero() {
+				deactivatedAt = formatTime(rk.DeactivatedAt)
+			}
 		}
 		out = append(out, map[string]interface{}{
 			"key_id":         rk.KeyID,
@@ -248,6 +253,7 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 			"state":          state,
 			"deactivated_at": deactivatedAt,
 			"delete_after":   formatTime(rk.DeleteAfter),
+			"unreachable":    rk.Unreachable,
 		})
 	}
 	return out
@@ -369,6 +375,11 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		if tracked, err = b.unreachableKeys(ctx, req.Storage, env); err != nil {
 			return nil, err
 		}
+		for _, rk := range cfg.RetiredKeys {
+			if rk.Unreachable {
+				tracked = append(tracked, rk.KeyID)
+			}
+		}
 	}
 
 	var unreachable []string
@@ -388,17 +399,20 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			cfg.AdminKeyID = id
 		}
 		unreachable = missingFrom(tracked, live)
-		if keyChanged && len(unreachable) > 0 && len(unreachable) < len(tracked) {
+		if keyChanged && len(unreachable) > 0 && seesAnyRecord(tracked, unreachable, &prev) {
 			// Heron lists every key of the key's user. The new key sees some
-			// of the keys this engine tracks, so it is their user's; if none
-			// is marked unreachable already, every tracked key is that user's
-			// too, and the ones it does not see are gone, not hidden: the
-			// cleanup pass drops them (after a snapshot restore, say).
+			// of the key records this engine tracks, so it is their user's;
+			// if none is marked unreachable already, every tracked record is
+			// that user's too, and the ones it does not see are gone, not
+			// hidden: the cleanup pass drops them (after a snapshot restore,
+			// say). Rotated-out admin keys prove nothing here: a forced write
+			// to another user leaves them the old user's while the keys
+			// issued since are the new user's.
 			marked, err := b.unreachableKeys(ctx, req.Storage, env)
 			if err != nil {
 				return nil, err
 			}
-			if len(marked) == 0 {
+			if len(marked) == 0 && !anyRetiredUnreachable(prev.RetiredKeys) {
 				warnings = append(warnings, fmt.Sprintf("%d tracked keys are no longer in Heron (the new admin key belongs to the same Heron user, which sees all its keys): the cleanup pass drops them from tracking", len(unreachable)))
 				unreachable = nil
 			}
@@ -409,6 +423,13 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		// Unchecked (force without verify): as far as the engine knows, the
 		// new key sees none of them.
 		unreachable = tracked
+	}
+	if cfg.AdminAPIKey != prev.AdminAPIKey {
+		if managed, err := b.managedKeyAsAdmin(ctx, req.Storage, cfg); err != nil {
+			return nil, err
+		} else if managed != "" {
+			return logical.ErrorResponse(managed), nil
+		}
 	}
 	if keyChanged && len(unreachable) > 0 && !force {
 		return logical.ErrorResponse("config %q: the new admin_api_key or base_url cannot see %d of the %d keys this engine tracks in the environment (e.g. %s); their revocations would report success while they stay live. Use an admin key of the same Heron user, or write again with force=true to accept and mark them unreachable in keys/",
@@ -428,6 +449,16 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	}
 
 	b.retireReplacedAdminKey(&prev, cfg)
+	if len(tracked) > 0 {
+		// Rotated-out admin keys the new key cannot see are marked like
+		// tracked records: a 404 for them never counts as done.
+		for i := range cfg.RetiredKeys {
+			rk := &cfg.RetiredKeys[i]
+			if slices.Contains(tracked, rk.KeyID) {
+				rk.Unreachable = slices.Contains(unreachable, rk.KeyID)
+			}
+		}
+	}
 	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
@@ -497,8 +528,17 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	if err != nil {
 		return nil, err
 	}
+	if cur, err := getConfig(ctx, req.Storage, env); err != nil {
+		return nil, err
+	} else if cur != nil {
+		for _, rk := range cur.RetiredKeys {
+			if rk.Unreachable {
+				unreachable++
+			}
+		}
+	}
 	if unreachable > 0 {
-		return logical.ErrorResponse("config %q: %d keys this engine tracks are unreachable with the current admin key (see keys/): write config/%s with an admin key that can see them, so they can be deleted, before deleting the config", env, unreachable, env), nil
+		return logical.ErrorResponse("config %q: %d keys this engine tracks are unreachable with the current admin key (see keys/ and retired_keys in config/%s): write config/%s with an admin key that can see them, so they can be deleted, before deleting the config", env, unreachable, env, env), nil
 	}
 
 	// A key creation whose outcome is unknown may still leave a key in

@@ -223,6 +223,17 @@ func (b *heronBackend) inventoryClassifier(ctx context.Context, s logical.Storag
 		}
 		if oc.AdminKeyID != "" {
 			c.otherAdmin[oc.AdminKeyID] = true
+		} else if p := keyPrefix(oc.AdminAPIKey); p != "" {
+			// Its id unknown (written with verify=false, or a prefix shared
+			// when it was verified): every active key with its prefix may be
+			// it. Calling another config's admin key unmanaged would invite
+			// its deletion; calling a customer's key of the same prefix an
+			// admin key invites nothing.
+			for _, k := range live {
+				if k.IsActive && k.TokenPrefix == p {
+					c.otherAdmin[k.ID] = true
+				}
+			}
 		}
 		for _, rk := range oc.RetiredKeys {
 			c.retired[rk.KeyID] = true

@@ -28,11 +28,18 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 			continue
 		}
 		err := client.DeactivateKey(ctx, rk.KeyID)
+		if errors.Is(err, heronapi.ErrNotFound) && rk.Unreachable {
+			errs = append(errs, errRetiredUnreachable(cfg.Environment, rk.KeyID))
+			continue
+		}
 		if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err))
 			continue
 		}
-		rk.Deactivated = true
+		// old_key_retention is how long it stays deactivated: counted from
+		// now, however late the deactivation came after the rotation.
+		now := b.now()
+		rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(cfg.OldKeyRetention)
 		changed = true
 	}
 	if changed {
