@@ -301,6 +301,7 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 		release()
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
+	api = b.patchingClient(env, api)
 	b.clients[env] = &cachedClient{api: api, release: release, historyRetention: cfg.historyRetention()}
 	return api, nil
 }
@@ -311,7 +312,11 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.API, error) {
 	c := *cfg
 	c.AdminAPIKey = apiKey
-	return b.newClient(&c, b.peekLimiter(&c))
+	api, err := b.newClient(&c, b.peekLimiter(&c))
+	if err != nil {
+		return nil, err
+	}
+	return b.patchingClient(cfg.Environment, api), nil
 }
 
 // peekLimiter is the budget cfg spends, without claiming it.

@@ -2,6 +2,8 @@ package heron
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +29,9 @@ type listCache struct {
 	mu      sync.Mutex
 	lists   map[string]*keyList
 	offsets map[string]time.Duration
+	// changed is when the engine last changed a key of the environment: a
+	// list asked before that may not show the change, and is not kept.
+	changed map[string]time.Time
 }
 
 // noteClock records Heron's clock offset from the engine's, as seen on the
@@ -75,7 +80,9 @@ func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env st
 	if b.lists.lists == nil {
 		b.lists.lists = map[string]*keyList{}
 	}
-	b.lists.lists[env] = &keyList{keys: keys, at: now}
+	if !b.lists.changed[env].After(now) {
+		b.lists.lists[env] = &keyList{keys: keys, at: now}
+	}
 	b.lists.mu.Unlock()
 	return keys, now, nil
 }
@@ -93,4 +100,104 @@ func (b *heronBackend) forgetList(env string) {
 	b.lists.mu.Lock()
 	delete(b.lists.lists, env)
 	b.lists.mu.Unlock()
+}
+
+// patchList applies the engine's own change of one key to env's cached list
+// (a copy: readers may hold the old one), so that a read served from the
+// cache never contradicts what the engine itself just did. Patched, not
+// dropped: the rollback of many creations deletes keys one after another,
+// and each would otherwise cost a fresh list.
+func (b *heronBackend) patchList(env string, patch func([]heronapi.Key) []heronapi.Key) {
+	b.lists.mu.Lock()
+	defer b.lists.mu.Unlock()
+	if b.lists.changed == nil {
+		b.lists.changed = map[string]time.Time{}
+	}
+	b.lists.changed[env] = b.wallNow()
+	l := b.lists.lists[env]
+	if l == nil {
+		return
+	}
+	b.lists.lists[env] = &keyList{keys: patch(slices.Clone(l.keys)), at: l.at}
+}
+
+// listPatcher is an environment's client that patches the cached list with
+// every change it makes (see patchList).
+type listPatcher struct {
+	heronapi.API
+	b   *heronBackend
+	env string
+}
+
+var _ heronapi.KeyWalker = (*listPatcher)(nil)
+
+// patchingClient wraps api so that its changes patch env's cached list.
+func (b *heronBackend) patchingClient(env string, api heronapi.API) heronapi.API {
+	return &listPatcher{API: api, b: b, env: env}
+}
+
+func (p *listPatcher) CreateKey(ctx context.Context, name string) (*heronapi.Key, error) {
+	k, err := p.API.CreateKey(ctx, name)
+	if err == nil {
+		listed := *k
+		listed.Token = "" // a list never holds a token, nor does the cache
+		p.b.patchList(p.env, func(keys []heronapi.Key) []heronapi.Key { return append(keys, listed) })
+	}
+	return k, err
+}
+
+func (p *listPatcher) DeactivateKey(ctx context.Context, id string) error {
+	err := p.API.DeactivateKey(ctx, id)
+	p.patchActive(id, false, err)
+	return err
+}
+
+func (p *listPatcher) ActivateKey(ctx context.Context, id string) error {
+	err := p.API.ActivateKey(ctx, id)
+	p.patchActive(id, true, err)
+	return err
+}
+
+func (p *listPatcher) DeleteKey(ctx context.Context, id string) error {
+	err := p.API.DeleteKey(ctx, id)
+	if err == nil || errors.Is(err, heronapi.ErrNotFound) {
+		p.remove(id)
+	}
+	return err
+}
+
+// patchActive sets id's is_active after a PUT that succeeded; a 404 says
+// the key is gone (or not visible to this key): out of the list either way.
+func (p *listPatcher) patchActive(id string, active bool, err error) {
+	switch {
+	case err == nil:
+		p.b.patchList(p.env, func(keys []heronapi.Key) []heronapi.Key {
+			for i := range keys {
+				if keys[i].ID == id {
+					keys[i].IsActive = active
+				}
+			}
+			return keys
+		})
+	case errors.Is(err, heronapi.ErrNotFound):
+		p.remove(id)
+	}
+}
+
+func (p *listPatcher) remove(id string) {
+	p.b.patchList(p.env, func(keys []heronapi.Key) []heronapi.Key {
+		return slices.DeleteFunc(keys, func(k heronapi.Key) bool { return k.ID == id })
+	})
+}
+
+// EachKey keeps the wrapped client's streaming list.
+func (p *listPatcher) EachKey(ctx context.Context, fn func(heronapi.Key)) error {
+	return heronapi.EachKey(ctx, p.API, fn)
+}
+
+// CloseIdleConnections reaches the wrapped client's pool.
+func (p *listPatcher) CloseIdleConnections() {
+	if c, ok := p.API.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }

@@ -177,7 +177,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 			expired = true
 		case pendingDelete:
 		default:
-			expired = rec.State == keyStateActive && !now.Before(rec.Expires.Add(-expiryGrace))
+			expired = rec.State == keyStateActive && !now.Before(vaultLeaseEnd(rec, req.Secret).Add(-expiryGrace))
 		}
 	}
 
@@ -251,6 +251,24 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	}
 	b.recordChange(eventKeyExpire, changeOf(rec), "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
 	return nil, nil
+}
+
+// vaultLeaseEnd is when Vault ends the lease, as far as the engine can
+// tell. The record's end is counted from Heron's answer; Vault counts from
+// when it registered the lease, after the handler returned (after the
+// record's storage write, which a loaded Raft can take seconds over). Until
+// a renewal moves it, Vault's own issue time and TTL, sent with every
+// revoke, say when Vault ends it: the later of the two is taken, so a
+// revocation before Vault's end is never mistaken for an expiry.
+func vaultLeaseEnd(rec *trackedKey, secret *logical.Secret) time.Time {
+	end := rec.Expires
+	if secret == nil || !rec.LastRenewed.IsZero() || secret.IssueTime.IsZero() || secret.TTL <= 0 {
+		return end
+	}
+	if v := secret.IssueTime.Add(secret.TTL); v.After(end) {
+		end = v
+	}
+	return end
 }
 
 // decision names what a revocation does to the key.
