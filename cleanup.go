@@ -436,9 +436,14 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 		counts.AdminKeysDeactivated += before
 	}
 
+	before = len(cfg.RetiredKeys)
+	if _, err := b.pruneRetired(ctx, cfg, client); err != nil {
+		errs = append(errs, err)
+	}
+	pruned := before - len(cfg.RetiredKeys)
 	now := b.now()
 	remaining := cfg.RetiredKeys[:0]
-	deleted, dropped := 0, 0
+	deleted, dropped := pruned, 0
 	for _, rk := range cfg.RetiredKeys {
 		if cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
 			// Written back by hand as the admin key: never delete the key in

@@ -30,6 +30,12 @@ const (
 	defaultOldKeyRetention    = 24 * time.Hour
 	defaultHistoryRetention   = 720 * time.Hour
 
+	// maxRetiredAdminKeys bounds the rotated-out admin keys a config keeps
+	// (they share its storage entry, which integrated storage caps at
+	// 1 MiB): beyond it the oldest deactivated ones are deleted before
+	// their old_key_retention ends (see pruneRetired).
+	maxRetiredAdminKeys = 64
+
 	maxRequestTimeout     = 5 * time.Minute
 	maxMaxRetries         = 20
 	maxRateLimitPerMinute = 100000

@@ -37,6 +37,10 @@ const (
 	reasonRollback      = "rollback"
 	reasonStaticRetired = "static-retired"
 	reasonConfigDeleted = "config-deleted"
+	// reasonRetiredCap: a rotated-out admin key deleted before its
+	// old_key_retention because the config keeps at most
+	// maxRetiredAdminKeys of them.
+	reasonRetiredCap = "retired-cap"
 )
 
 // keyChange is the metadata of one change: ids and names, never a token.

@@ -459,6 +459,18 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			}
 		}
 	}
+	if len(cfg.RetiredKeys) > maxRetiredAdminKeys {
+		// Never refused for this: a fresh admin key is how an incident ends.
+		// What cannot be pruned now waits for the cleanup pass.
+		if client, err := b.checkClient(&prev, prev.AdminAPIKey); err == nil {
+			if _, err := b.pruneRetired(ctx, cfg, client); err != nil {
+				warnings = append(warnings, fmt.Sprintf("could not delete the oldest rotated-out admin keys beyond the %d kept: %v", maxRetiredAdminKeys, err))
+			}
+		}
+	}
+	if w := retiredCapWarning(cfg); w != "" {
+		warnings = append(warnings, w)
+	}
 	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {

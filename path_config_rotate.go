@@ -158,6 +158,11 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		RetiredAt:   now,
 		DeleteAfter: now.Add(cfg.OldKeyRetention),
 	})
+	if ok, perr := b.pruneRetired(ctx, &next, oldClient); !ok {
+		_ = guard.undo(ctx, oldClient, newKey.ID)
+		return nil, "", fmt.Errorf("%w: config %q holds %d rotated-out admin keys that are not deactivated yet (the most it keeps is %d), so it cannot retire another: run tidy, or see retired_keys in config/%s (%v)",
+			errRotateUser, env, len(next.RetiredKeys), maxRetiredAdminKeys, env, perr)
+	}
 	if err := putConfig(ctx, s, &next); err != nil {
 		// A write that reports an error may still have been committed (Raft
 		// and Consul can do that): only undo once storage shows the old

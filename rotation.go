@@ -50,6 +50,44 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 	return errors.Join(errs...)
 }
 
+// pruneRetired keeps cfg's rotated-out admin keys within
+// maxRetiredAdminKeys: the oldest deactivated ones beyond it are deleted in
+// Heron now, ahead of their old_key_retention (each with its heron/key-delete
+// event, reason retired-cap), and dropped from cfg (the caller stores it). A
+// key not deactivated yet, or unreachable, is never deleted here; it reports
+// whether cfg is within the bound afterwards.
+func (b *heronBackend) pruneRetired(ctx context.Context, cfg *heronConfig, client heronapi.API) (bool, error) {
+	over := len(cfg.RetiredKeys) - maxRetiredAdminKeys
+	if over <= 0 {
+		return true, nil
+	}
+	var errs []error
+	kept := make([]retiredAdminKey, 0, len(cfg.RetiredKeys))
+	for _, rk := range cfg.RetiredKeys {
+		if over > 0 && rk.Deactivated && !rk.Unreachable && !cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
+			if err := b.deleteRetired(ctx, client, cfg, rk, reasonRetiredCap); err != nil {
+				errs = append(errs, err)
+			} else {
+				over--
+				continue
+			}
+		}
+		kept = append(kept, rk)
+	}
+	cfg.RetiredKeys = kept
+	return over <= 0, errors.Join(errs...)
+}
+
+// retiredCapWarning says what a config's settings cost in rotated-out admin
+// keys, when they would keep more than the bound.
+func retiredCapWarning(cfg *heronConfig) string {
+	if cfg.RotationPeriod <= 0 || cfg.OldKeyRetention/cfg.RotationPeriod < maxRetiredAdminKeys {
+		return ""
+	}
+	return fmt.Sprintf("old_key_retention %s with rotation_period %s would keep %d rotated-out admin keys; the engine keeps at most %d and deletes the oldest deactivated ones earlier than old_key_retention",
+		cfg.OldKeyRetention, cfg.RotationPeriod, cfg.OldKeyRetention/cfg.RotationPeriod, maxRetiredAdminKeys)
+}
+
 // rotationSchedule is when something that holds a key rotates: every
 // Period, or on a cron Schedule, counted from when its key was set. Managed:
 // Vault's rotation manager runs it, so the engine's own scheduler stays out.
