@@ -202,7 +202,7 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	}
 
 	var errs []error
-	seen := listing{want: make(map[string]bool, len(share)), live: map[string]bool{}, at: map[string]time.Time{}}
+	seen := listing{want: make(map[string]bool, len(share)), live: map[string]bool{}, at: map[string]time.Time{}, inactive: map[string]string{}}
 	for _, id := range share {
 		seen.want[id] = true
 	}
@@ -219,6 +219,13 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	if err := b.reconcile(ctx, s, share, &seen, counts); err != nil {
 		errs = append(errs, err)
 	}
+	// After cleanupEnvironment, whose config read lock a rotation must not
+	// take again (a config write waiting between the two would deadlock).
+	for id, role := range seen.inactive {
+		if err := b.replaceInactiveStatic(ctx, s, role, id); err != nil {
+			errs = append(errs, fmt.Errorf("static role %q: replacing key %s, inactive in Heron: %w", role, id, err))
+		}
+	}
 	return counts, errors.Join(append(errs, sweepErr)...)
 }
 
@@ -229,6 +236,10 @@ type listing struct {
 	want map[string]bool
 	live map[string]bool
 	at   map[string]time.Time
+	// inactive maps static roles' current keys that Heron lists as
+	// inactive (deactivated by hand in the dashboard) to their role: the
+	// application holding one gets 401, so the pass replaces it.
+	inactive map[string]string
 }
 
 // reconcile drops from tracking the keys Heron no longer has. Only records
@@ -299,6 +310,10 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		if err != nil {
 			return err
 		}
+		current, err := staticCurrentKeys(ctx, s, env)
+		if err != nil {
+			return err
+		}
 		var live []heronapi.Key
 		listedAt := b.now()
 		err = heronapi.EachKey(ctx, client, func(k heronapi.Key) {
@@ -307,6 +322,9 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 			}
 			if prev[k.ID] {
 				live = append(live, k)
+			}
+			if role, ok := current[k.ID]; ok && !k.IsActive {
+				seen.inactive[k.ID] = role
 			}
 		})
 		if err != nil {

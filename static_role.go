@@ -484,6 +484,52 @@ func staticPreviousKeys(ctx context.Context, s logical.Storage, env string) (map
 	return out, nil
 }
 
+// staticCurrentKeys maps env's static roles' current keys to their role.
+func staticCurrentKeys(ctx context.Context, s logical.Storage, env string) (map[string]string, error) {
+	roles, err := listStaticRoles(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, r := range roles {
+		if r.Environment == env && r.KeyID != "" {
+			out[r.KeyID] = r.Name
+		}
+	}
+	return out, nil
+}
+
+// replaceInactiveStatic replaces a static role's current key that Heron
+// lists as inactive (deactivated by hand): its record is marked deactivated
+// (deleted after the role's retired_key_retention) and the role rotates, the
+// previous key keeping its overlap as when a current key is deleted by hand.
+// Both steps are decided under the role's lock from the role as read there:
+// a rotation that replaced the key meanwhile is not repeated.
+func (b *heronBackend) replaceInactiveStatic(ctx context.Context, s logical.Storage, name, keyID string) error {
+	_, _, err := b.rotateStaticIf(heronapi.Background(ctx), s, name, func(ctx context.Context, r *staticRole) (bool, error) {
+		if r.KeyID != keyID {
+			return false, nil
+		}
+		rec, err := getTrackedKey(ctx, s, keyID)
+		if err != nil {
+			return false, err
+		}
+		if rec != nil && rec.State == keyStateActive {
+			now := b.now()
+			rec.State, rec.DeactivatedAt = keyStateDeactivated, now
+			rec.DeleteAfter = now.Add(r.RetiredKeyRetention)
+			rec.ExpiredKeyRetention = r.RetiredKeyRetention
+			if err := putTrackedKey(ctx, s, rec); err != nil {
+				return false, err
+			}
+			b.recordChange(eventStaticDeactivate, changeOf(rec), "reason", "inactive in Heron", "delete_after", rec.DeleteAfter.UTC().Format(time.RFC3339))
+		}
+		b.Logger().Warn("static role's current key is inactive in Heron (deactivated by hand?): replacing it", "role", name, "key_id", keyID)
+		return true, nil
+	})
+	return err
+}
+
 // staticRolesUsingEnvironment names the static roles of env.
 func staticRolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) ([]string, error) {
 	roles, err := listStaticRoles(ctx, s)
