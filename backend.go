@@ -71,6 +71,9 @@ type heronBackend struct {
 
 	// configLocks serialise rotation and config writes per environment.
 	configLocks []*locksutil.LockEntry
+	// configEntryLocks serialise the read-modify-write of one config's
+	// storage entry (updateConfig); never held across an upstream call.
+	configEntryLocks []*locksutil.LockEntry
 
 	// roles caches roles for issuance and renewal (see role).
 	rolesLock sync.RWMutex
@@ -119,17 +122,18 @@ type heronBackend struct {
 func backend() *heronBackend {
 	id := newBackendID()
 	b := &heronBackend{
-		clients:     make(map[string]*cachedClient),
-		roles:       make(map[string]*heronRole),
-		roleLocks:   locksutil.CreateLocks(),
-		configLocks: locksutil.CreateLocks(),
-		nameLocks:   locksutil.CreateLocks(),
-		id:          id,
-		slots:       newSlotPool(id),
-		now:         time.Now,
-		wallNow:     time.Now,
-		windowNow:   time.Now,
-		createdSkew: defaultCreatedSkew,
+		clients:          make(map[string]*cachedClient),
+		roles:            make(map[string]*heronRole),
+		roleLocks:        locksutil.CreateLocks(),
+		configLocks:      locksutil.CreateLocks(),
+		configEntryLocks: locksutil.CreateLocks(),
+		nameLocks:        locksutil.CreateLocks(),
+		id:               id,
+		slots:            newSlotPool(id),
+		now:              time.Now,
+		wallNow:          time.Now,
+		windowNow:        time.Now,
+		createdSkew:      defaultCreatedSkew,
 	}
 	b.newClient = b.defaultClient
 

@@ -454,6 +454,7 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 		counts.AdminKeysDeactivated += before
 	}
 
+	all := slices.Clone(cfg.RetiredKeys)
 	before = len(cfg.RetiredKeys)
 	if _, err := b.pruneRetired(ctx, cfg, client); err != nil {
 		errs = append(errs, err)
@@ -482,8 +483,24 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 		deleted++
 	}
 	if deleted > 0 || dropped > 0 {
-		cfg.RetiredKeys = remaining
-		if err := putConfig(ctx, s, cfg); err != nil {
+		// Applied to the config as stored: by key id, what this pass
+		// deleted or found written back as the admin key goes.
+		keep := make(map[string]bool, len(remaining))
+		for _, rk := range remaining {
+			keep[rk.KeyID] = true
+		}
+		gone := map[string]bool{}
+		for _, rk := range all {
+			if !keep[rk.KeyID] {
+				gone[rk.KeyID] = true
+			}
+		}
+		_, err := b.updateConfig(ctx, s, cfg.Environment, func(stored *heronConfig) (bool, error) {
+			n := len(stored.RetiredKeys)
+			stored.RetiredKeys = slices.DeleteFunc(stored.RetiredKeys, func(rk retiredAdminKey) bool { return gone[rk.KeyID] })
+			return len(stored.RetiredKeys) != n, nil
+		})
+		if err != nil {
 			errs = append(errs, err)
 		} else {
 			counts.AdminKeysDeleted += deleted

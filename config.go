@@ -197,6 +197,35 @@ func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig
 	return getJSON[heronConfig](ctx, s, configStoragePrefix+env, fmt.Sprintf("config %q", env))
 }
 
+// updateConfig is the one transition of a config's storage entry: under
+// the entry's own lock, it reads the config as stored, lets change decide
+// and apply what it changes to that read (reporting whether anything did),
+// and writes it back. The lock is held only for the read and the write,
+// never across an upstream call, so that every writer (a config write, a
+// rotation, the cleanup pass settling rotated-out admin keys) applies its
+// change to what the others stored instead of writing back an older copy.
+// Callers that decided from an earlier read re-check under it.
+func (b *heronBackend) updateConfig(ctx context.Context, s logical.Storage, env string, change func(cfg *heronConfig) (bool, error)) (*heronConfig, error) {
+	lock := locksutil.LockForKey(b.configEntryLocks, env)
+	lock.Lock()
+	defer lock.Unlock()
+	cfg, err := getConfig(ctx, s, env)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		cfg = &heronConfig{Environment: env}
+	}
+	changed, err := change(cfg)
+	if err != nil || !changed {
+		return cfg, err
+	}
+	if err := putConfig(ctx, s, cfg); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
 // putConfig stores cfg.
 func putConfig(ctx context.Context, s logical.Storage, cfg *heronConfig) error {
 	return putJSON(ctx, s, configStoragePrefix+cfg.Environment, fmt.Sprintf("config %q", cfg.Environment), cfg)

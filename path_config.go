@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
@@ -266,6 +267,13 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
 	}
 
+	_, setsKey := d.GetOk("admin_api_key")
+	_, setsURL := d.GetOk("base_url")
+	_, verifyGiven := d.GetOk("verify")
+	if req.Operation == logical.UpdateOperation && !setsKey && !setsURL && !verifyGiven {
+		return b.pathConfigWriteSettings(ctx, req, d, env)
+	}
+
 	lock := b.configLock(env)
 	lock.Lock()
 	defer lock.Unlock()
@@ -304,39 +312,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 
 	stringField(d, "base_url", create, &cfg.BaseURL)
 	cfg.BaseURL = strings.TrimRight(strings.TrimSpace(cfg.BaseURL), "/")
-	durationField(d, "request_timeout", create, &cfg.RequestTimeout)
-	intField(d, "max_retries", create, &cfg.MaxRetries)
-	intField(d, "rate_limit_per_minute", create, &cfg.RateLimitPerMinute)
-	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
-	if v, ok := d.GetOk("history_retention"); ok || create || cfg.HistoryRetention == nil {
-		if !ok {
-			v = d.GetDefaultOrZero("history_retention")
-		}
-		hr := time.Duration(v.(int)) * time.Second
-		cfg.HistoryRetention = &hr
-	}
-	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
-	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
-	cfg.RotationSchedule = strings.TrimSpace(cfg.RotationSchedule)
-	if cfg.RotationSchedule != prev.RotationSchedule {
-		// A schedule fires at its first time after it was set, never for
-		// the times it would have fired since the key was set.
-		cfg.ScheduleSetAt = b.now()
-	}
-	durationField(d, "rotation_window", create, &cfg.RotationWindow)
-	boolField(d, "disable_automated_rotation", create, &cfg.DisableAutomatedRotation)
-	// Setting one of the exclusive pair clears the other, as with Vault's
-	// own engines, so switching from a period to a schedule is one write.
-	if _, ok := d.GetOk("rotation_schedule"); ok && cfg.RotationSchedule != "" {
-		if _, ok := d.GetOk("rotation_period"); !ok {
-			cfg.RotationPeriod = 0
-		}
-	}
-	if _, ok := d.GetOk("rotation_period"); ok && cfg.RotationPeriod > 0 {
-		if _, ok := d.GetOk("rotation_schedule"); !ok {
-			cfg.RotationSchedule, cfg.RotationWindow = "", 0
-		}
-	}
+	b.applyConfigSettings(d, cfg, prev.RotationSchedule, create)
 
 	if err := cfg.validate(); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -383,8 +359,6 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	}
 
 	var unreachable []string
-	_, setsKey := d.GetOk("admin_api_key")
-	_, setsURL := d.GetOk("base_url")
 	switch {
 	case verify && (create || setsKey || setsURL || len(tracked) > 0):
 		live, err := b.verifyAdminKey(ctx, cfg)
@@ -471,16 +445,151 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	if w := retiredCapWarning(cfg); w != "" {
 		warnings = append(warnings, w)
 	}
-	warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
 
-	if err := putConfig(ctx, req.Storage, cfg); err != nil {
-		// The write may have been stored although it reported an error: the
-		// cached client must not go on with a key storage no longer holds.
-		b.resetClient(env)
+	// A settings-only write (which takes no config lock) may have stored
+	// settings since cfg was read: kept, unless this write sets them too.
+	_, err = b.updateConfig(ctx, req.Storage, env, func(stored *heronConfig) (bool, error) {
+		if stored.AdminAPIKey != "" {
+			mergeConfigSettings(d, cfg, stored)
+		}
+		// With the schedule as it will be stored.
+		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		*stored = *cfg
+		return true, nil
+	})
+	// The write may have been stored although it reported an error: the
+	// cached client must not go on with a key storage no longer holds.
+	b.resetClient(env)
+	if err != nil {
 		return nil, err
 	}
-	b.resetClient(env)
 
+	if len(warnings) == 0 {
+		return nil, nil
+	}
+	return &logical.Response{Warnings: warnings}, nil
+}
+
+// configSettings are the fields of a config that change how the engine
+// talks to Heron and when it rotates, not which key it uses or where it
+// sends it: a write of only these sends nothing to Heron
+// (pathConfigWriteSettings), and a write that also verifies a key keeps the
+// ones another write stored meanwhile (mergeConfigSettings).
+var configSettings = []string{"request_timeout", "max_retries", "rate_limit_per_minute", "old_key_retention", "history_retention",
+	"rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation"}
+
+// applyConfigSettings applies the request's settings (see configSettings)
+// to cfg; prevSchedule is the rotation_schedule cfg had before.
+func (b *heronBackend) applyConfigSettings(d *framework.FieldData, cfg *heronConfig, prevSchedule string, create bool) {
+	durationField(d, "request_timeout", create, &cfg.RequestTimeout)
+	intField(d, "max_retries", create, &cfg.MaxRetries)
+	intField(d, "rate_limit_per_minute", create, &cfg.RateLimitPerMinute)
+	durationField(d, "old_key_retention", create, &cfg.OldKeyRetention)
+	if v, ok := d.GetOk("history_retention"); ok || create || cfg.HistoryRetention == nil {
+		if !ok {
+			v = d.GetDefaultOrZero("history_retention")
+		}
+		hr := time.Duration(v.(int)) * time.Second
+		cfg.HistoryRetention = &hr
+	}
+	durationField(d, "rotation_period", create, &cfg.RotationPeriod)
+	stringField(d, "rotation_schedule", create, &cfg.RotationSchedule)
+	cfg.RotationSchedule = strings.TrimSpace(cfg.RotationSchedule)
+	if cfg.RotationSchedule != prevSchedule {
+		// A schedule fires at its first time after it was set, never for
+		// the times it would have fired since the key was set.
+		cfg.ScheduleSetAt = b.now()
+	}
+	durationField(d, "rotation_window", create, &cfg.RotationWindow)
+	boolField(d, "disable_automated_rotation", create, &cfg.DisableAutomatedRotation)
+	// Setting one of the exclusive pair clears the other, as with Vault's
+	// own engines, so switching from a period to a schedule is one write.
+	if _, ok := d.GetOk("rotation_schedule"); ok && cfg.RotationSchedule != "" {
+		if _, ok := d.GetOk("rotation_period"); !ok {
+			cfg.RotationPeriod = 0
+		}
+	}
+	if _, ok := d.GetOk("rotation_period"); ok && cfg.RotationPeriod > 0 {
+		if _, ok := d.GetOk("rotation_schedule"); !ok {
+			cfg.RotationSchedule, cfg.RotationWindow = "", 0
+		}
+	}
+
+}
+
+// mergeConfigSettings keeps in final the settings that stored has (written
+// by another config write since final's was read) and that this request
+// does not set itself. The rotation fields go together: they are validated
+// together (a period excludes a schedule).
+func mergeConfigSettings(d *framework.FieldData, final, stored *heronConfig) {
+	set := func(names ...string) bool {
+		for _, n := range names {
+			if _, ok := d.GetOk(n); ok {
+				return true
+			}
+		}
+		return false
+	}
+	if !set("request_timeout") {
+		final.RequestTimeout = stored.RequestTimeout
+	}
+	if !set("max_retries") {
+		final.MaxRetries = stored.MaxRetries
+	}
+	if !set("rate_limit_per_minute") {
+		final.RateLimitPerMinute = stored.RateLimitPerMinute
+	}
+	if !set("old_key_retention") {
+		final.OldKeyRetention = stored.OldKeyRetention
+	}
+	if !set("history_retention") && stored.HistoryRetention != nil {
+		final.HistoryRetention = stored.HistoryRetention
+	}
+	if !set("rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation") {
+		final.RotationPeriod, final.RotationSchedule, final.RotationWindow = stored.RotationPeriod, stored.RotationSchedule, stored.RotationWindow
+		final.DisableAutomatedRotation, final.ScheduleSetAt = stored.DisableAutomatedRotation, stored.ScheduleSetAt
+		final.RotationManaged = stored.RotationManaged
+	}
+}
+
+// pathConfigWriteSettings is a config update that sets only settings (see
+// configSettings): it sends nothing to Heron, so it never waits for what
+// does. It takes no config lock (revocations and the cleanup pass hold its
+// read side while they wait for budget: an operator raising the budget in an
+// incident must not wait behind them), only the entry's own, and applies
+// the settings to the config as stored.
+func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical.Request, d *framework.FieldData, env string) (*logical.Response, error) {
+	var bad string
+	var warnings []string
+	_, err := b.updateConfig(ctx, req.Storage, env, func(cfg *heronConfig) (bool, error) {
+		if cfg.AdminAPIKey == "" {
+			bad = fmt.Sprintf("config %q does not exist: create it with admin_api_key", env)
+			return false, nil
+		}
+		if cfg.Deleting {
+			bad = errDeleting(env).Error()
+			return false, nil
+		}
+		b.applyConfigSettings(d, cfg, cfg.RotationSchedule, false)
+		if err := cfg.validate(); err != nil {
+			bad = err.Error()
+			return false, nil
+		}
+		if w := retiredCapWarning(cfg); w != "" {
+			warnings = append(warnings, w)
+		}
+		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		return true, nil
+	})
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
+	}
+	// Stored or not (a write that reports an error may have been), the
+	// cached client takes the config as storage has it now.
+	b.resetClient(env)
+	if err != nil {
+		return nil, err
+	}
 	if len(warnings) == 0 {
 		return nil, nil
 	}
@@ -572,8 +681,14 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 	// may use or rewrite it until a retry finishes the delete.
 	resumed := cfg != nil && cfg.Deleting
 	if cfg != nil && !cfg.Deleting && cfg.AdminKeyByEngine {
-		cfg.Deleting = true
-		err := putConfig(ctx, req.Storage, cfg)
+		_, err := b.updateConfig(ctx, req.Storage, env, func(stored *heronConfig) (bool, error) {
+			if stored.AdminAPIKey == "" {
+				return false, nil // gone already
+			}
+			stored.Deleting = true
+			cfg = stored
+			return true, nil
+		})
 		b.resetClient(env) // stored or not, the cache must read it again
 		if err != nil {
 			return nil, err
@@ -597,7 +712,13 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		warnings = b.deregisterRotationJob(ctx, req.MountPoint, configStoragePrefix+env, cfg.RotationManaged)
 	}
 
-	if err := req.Storage.Delete(ctx, configStoragePrefix+env); err != nil {
+	// Under the entry's lock, so that a settings-only write that read the
+	// config before cannot write it back after.
+	entry := locksutil.LockForKey(b.configEntryLocks, env)
+	entry.Lock()
+	err = req.Storage.Delete(ctx, configStoragePrefix+env)
+	entry.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("deleting config %q (its retained keys, and an admin key the engine created, are already deleted in Heron: retry the delete to finish): %w", env, err)
 	}
 	b.resetClient(env)

@@ -163,7 +163,14 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		return nil, "", fmt.Errorf("%w: config %q holds %d rotated-out admin keys that are not deactivated yet (the most it keeps is %d), so it cannot retire another: run tidy, or see retired_keys in config/%s (%v)",
 			errRotateUser, env, len(next.RetiredKeys), maxRetiredAdminKeys, env, perr)
 	}
-	if err := putConfig(ctx, s, &next); err != nil {
+	// The switch, applied to the config as stored: a settings-only write
+	// (which takes no config lock) may have changed its settings meanwhile.
+	if _, err := b.updateConfig(ctx, s, env, func(stored *heronConfig) (bool, error) {
+		stored.AdminAPIKey, stored.AdminKeyID, stored.AdminKeyByEngine = next.AdminAPIKey, next.AdminKeyID, next.AdminKeyByEngine
+		stored.LastRotated, stored.KeySetAt, stored.RetiredKeys = next.LastRotated, next.KeySetAt, next.RetiredKeys
+		next = *stored
+		return true, nil
+	}); err != nil {
 		// A write that reports an error may still have been committed (Raft
 		// and Consul can do that): only undo once storage shows the old
 		// config. If storage cannot say, keep both keys and the write-ahead

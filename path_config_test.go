@@ -1,11 +1,13 @@
 package heron
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
 
@@ -210,4 +212,74 @@ func TestErrors_SayWhatToDo(t *testing.T) {
 	e.adminKey["fresh"] = fresh
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": fresh})
 	require.NoError(t, e.revoke(lease))
+}
+
+// A write of settings only (here the budget, raised in an incident) sends
+// nothing to Heron, so it never waits for what does: revocations and the
+// cleanup pass hold the config's read lock while they wait for budget.
+func TestConfigWrite_SettingsDoNotWaitForUpstreamWork(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// A revocation (or the pass) holding the config's read side, waiting
+	// for budget that does not come.
+	reader := e.b.configLock("development")
+	reader.RLock()
+	released := false
+	defer func() {
+		if !released {
+			reader.RUnlock()
+		}
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.do(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 400})
+		done <- err
+	}()
+	var err error
+	require.Eventually(t, func() bool {
+		select {
+		case err = <-done:
+			return true
+		default:
+			return false
+		}
+	}, 30*time.Second, 10*time.Millisecond, "the settings write waited for the config's read lock")
+	require.NoError(t, err)
+	require.EqualValues(t, 400, e.ok(logical.ReadOperation, "config/development", nil).Data["rate_limit_per_minute"])
+	reader.RUnlock()
+	released = true
+
+	// A write that sets a key or base_url still verifies under the lock.
+	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": e.adminKey["development"], "old_key_retention": "2h"})
+	require.Nil(t, resp)
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.EqualValues(t, 400, read["rate_limit_per_minute"])
+	require.EqualValues(t, 7200, read["old_key_retention"])
+}
+
+// A write that verifies a key keeps a setting another write stored while
+// it waited on Heron, unless it sets that setting itself.
+func TestConfigWrite_KeyWriteKeepsSettingsStoredMeanwhile(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	cfg.RateLimitPerMinute = 123
+	final := *cfg
+	final.RateLimitPerMinute = 999
+	final.OldKeyRetention = time.Hour
+	stored := *cfg
+	stored.RateLimitPerMinute = 456
+	stored.MaxRetries = 7
+	var schema map[string]*framework.FieldSchema
+	for _, p := range pathConfig(e.b) {
+		if _, ok := p.Fields["old_key_retention"]; ok {
+			schema = p.Fields
+		}
+	}
+	d := &framework.FieldData{Raw: map[string]interface{}{"old_key_retention": "1h"}, Schema: schema}
+	mergeConfigSettings(d, &final, &stored)
+	require.Equal(t, 456, final.RateLimitPerMinute, "not set by this write: the stored value stands")
+	require.Equal(t, 7, final.MaxRetries)
+	require.Equal(t, time.Hour, final.OldKeyRetention, "set by this write: its value")
 }

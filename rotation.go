@@ -18,10 +18,11 @@ import (
 // periodic pass), and the retirement of the key it replaces.
 
 // deactivateRetired deactivates retired admin keys not yet deactivated and
-// stores the result.
+// stores the result (applied to the config as stored, by key id), leaving
+// cfg as stored.
 func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API) error {
 	var errs []error
-	changed := false
+	done := map[string]retiredAdminKey{}
 	for i := range cfg.RetiredKeys {
 		rk := &cfg.RetiredKeys[i]
 		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
@@ -40,11 +41,23 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 		// now, however late the deactivation came after the rotation.
 		now := b.now()
 		rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(cfg.OldKeyRetention)
-		changed = true
+		done[rk.KeyID] = *rk
 	}
-	if changed {
-		if err := putConfig(ctx, s, cfg); err != nil {
+	if len(done) > 0 {
+		stored, err := b.updateConfig(ctx, s, cfg.Environment, func(stored *heronConfig) (bool, error) {
+			changed := false
+			for i, rk := range stored.RetiredKeys {
+				if d, ok := done[rk.KeyID]; ok && !rk.Deactivated {
+					stored.RetiredKeys[i] = d
+					changed = true
+				}
+			}
+			return changed, nil
+		})
+		if err != nil {
 			errs = append(errs, err)
+		} else {
+			*cfg = *stored
 		}
 	}
 	return errors.Join(errs...)
