@@ -181,7 +181,12 @@ func pathConfig(b *heronBackend) []*framework.Path {
 }
 
 func (b *heronBackend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	cfg, err := getConfig(ctx, req.Storage, d.Get("environment").(string))
+	env := d.Get("environment").(string)
+	if pathEnvironmentError(req, env) != nil {
+		// Nothing is read with a name refused by the handler.
+		return false, nil
+	}
+	cfg, err := getConfig(ctx, req.Storage, env)
 	if err != nil {
 		return false, err
 	}
@@ -200,6 +205,9 @@ func (b *heronBackend) pathConfigList(ctx context.Context, req *logical.Request,
 // pathConfigRead handles READ config/<environment>.
 func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
 	cfg, err := getConfig(ctx, req.Storage, env)
 	if err != nil {
 		return nil, err
@@ -256,8 +264,8 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 // pathConfigWrite handles CREATE and UPDATE config/<environment>.
 func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
-	if !environmentRegex.MatchString(env) {
-		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
 	}
 
 	lock := b.configLock(env)
@@ -442,6 +450,9 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 // pathConfigDelete handles DELETE config/<environment>.
 func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
 
 	lock := b.configLock(env)
 	lock.Lock()

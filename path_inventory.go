@@ -73,8 +73,8 @@ func pathInventory(b *heronBackend) []*framework.Path {
 // pathInventoryRead handles READ inventory/<environment>.
 func (b *heronBackend) pathInventoryRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
-	if !environmentRegex.MatchString(env) {
-		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
 	}
 	var unusedFor time.Duration
 	filter := false
