@@ -338,6 +338,17 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	if err := cfg.validate(); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	if _, ok := d.GetOk("base_url"); ok || create {
+		if bad := baseURLError(cfg.BaseURL); bad != "" {
+			return logical.ErrorResponse(bad), nil
+		}
+	}
+	// The stored admin key goes wherever base_url points (verify sends it at
+	// once): whoever may update a config must not be able to collect the key
+	// by pointing it at a server of theirs.
+	if _, ok := d.GetOk("admin_api_key"); !ok && !create && urlOrigin(cfg.BaseURL) != urlOrigin(prev.BaseURL) {
+		return logical.ErrorResponse("base_url: a write that changes its scheme or host (from %s to %s) must carry admin_api_key too, so that the stored admin key is never sent to a new host", urlOrigin(prev.BaseURL), urlOrigin(cfg.BaseURL)), nil
+	}
 
 	keyChanged := !create && (cfg.AdminAPIKey != prev.AdminAPIKey || cfg.BaseURL != prev.BaseURL)
 	force := d.Get("force").(bool)
