@@ -84,6 +84,10 @@ func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface
 		args = append(args, pairs[i], pairs[i+1])
 	}
 	b.Logger().Info("key change", append(args, extra...)...)
+	if name == eventKeyIssue || name == eventStaticRotate || name == eventAdminRotate {
+		// Readers of a cached list of Heron's keys must not miss it.
+		b.noteCreated(c)
+	}
 
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), eventSendTimeout)

@@ -1,6 +1,10 @@
 package heron
 
 import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -41,4 +45,51 @@ func durationField(d *framework.FieldData, name string, create bool, dst *time.D
 	} else if create {
 		*dst = time.Duration(d.GetDefaultOrZero(name).(int)) * time.Second
 	}
+}
+
+// baseURLError checks what a write sets base_url to, beyond
+// heronapi.ValidateBaseURL's format: plain http only for a loopback host (the
+// emulator on 127.0.0.0/8, ::1 or localhost); a real Heron is https, and the
+// admin key must never cross a network in the clear. A non-empty string is
+// the 400 to answer; an unparsable URL is left to ValidateBaseURL.
+func baseURLError(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || !strings.EqualFold(u.Scheme, "http") {
+		return ""
+	}
+	if isLoopbackHost(u.Hostname()) {
+		return ""
+	}
+	return fmt.Sprintf("base_url must use https: plain http is only for a loopback host (127.0.0.0/8, ::1, localhost: the emulator), got host %q", u.Hostname())
+}
+
+// isLoopbackHost reports whether host (no port) is localhost or a loopback
+// address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// urlOrigin is the scheme and host (with the scheme's default port made
+// explicit) of a base_url: what the admin key is sent to. "" when raw does
+// not parse.
+func urlOrigin(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	scheme := strings.ToLower(u.Scheme)
+	port := u.Port()
+	if port == "" {
+		switch scheme {
+		case "https":
+			port = "443"
+		case "http":
+			port = "80"
+		}
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }

@@ -29,9 +29,29 @@ type listCache struct {
 	mu      sync.Mutex
 	lists   map[string]*keyList
 	offsets map[string]time.Duration
+	// fetching is the list being asked for an environment on behalf of
+	// readers that take a cached one: any number of them waiting at once
+	// (inventory/<env> and keys/<id> readers) cost one request.
+	fetching map[string]*listFetch
+	// forgotten counts the times lists were dropped: a list asked before a
+	// drop (with an admin key or base URL that may have changed since) is
+	// not kept.
+	forgotten uint64
+	// created holds, per environment, the keys the engine created after its
+	// cached list was asked (ids, names and prefixes only, never a token),
+	// so that readers of that list can add them (createdSince).
+	created map[string][]heronapi.Key
 	// changed is when the engine last changed a key of the environment: a
 	// list asked before that may not show the change, and is not kept.
 	changed map[string]time.Time
+}
+
+// listFetch is one list request that cached readers share.
+type listFetch struct {
+	done chan struct{}
+	keys []heronapi.Key
+	at   time.Time
+	err  error
 }
 
 // noteClock records Heron's clock offset from the engine's, as seen on the
@@ -62,15 +82,51 @@ func (b *heronBackend) clockOffset(env string) (time.Duration, bool) {
 // is one (maxAge 0: always fresh), and when that list was asked (engine wall
 // clock, taken before the request so that nothing listed is newer than it).
 func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env string, maxAge time.Duration) ([]heronapi.Key, time.Time, error) {
-	now := b.wallNow()
-	if maxAge > 0 {
+	if maxAge <= 0 {
+		return b.fetchKeys(ctx, client, env)
+	}
+	for {
+		now := b.wallNow()
 		b.lists.mu.Lock()
-		l := b.lists.lists[env]
-		b.lists.mu.Unlock()
-		if l != nil && now.Sub(l.at) <= maxAge {
+		if l := b.lists.lists[env]; l != nil && now.Sub(l.at) <= maxAge {
+			b.lists.mu.Unlock()
 			return l.keys, l.at, nil
 		}
+		if f := b.lists.fetching[env]; f != nil {
+			b.lists.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil, time.Time{}, ctx.Err()
+			}
+			if f.err != nil && ctx.Err() == nil && (errors.Is(f.err, context.Canceled) || errors.Is(f.err, context.DeadlineExceeded)) {
+				// The request that fetched gave up, not Heron: ask again.
+				continue
+			}
+			return f.keys, f.at, f.err
+		}
+		f := &listFetch{done: make(chan struct{})}
+		if b.lists.fetching == nil {
+			b.lists.fetching = map[string]*listFetch{}
+		}
+		b.lists.fetching[env] = f
+		b.lists.mu.Unlock()
+
+		f.keys, f.at, f.err = b.fetchKeys(ctx, client, env)
+		b.lists.mu.Lock()
+		delete(b.lists.fetching, env)
+		b.lists.mu.Unlock()
+		close(f.done)
+		return f.keys, f.at, f.err
 	}
+}
+
+// fetchKeys lists env's keys now and keeps the answer for cached readers.
+func (b *heronBackend) fetchKeys(ctx context.Context, client heronapi.API, env string) ([]heronapi.Key, time.Time, error) {
+	b.lists.mu.Lock()
+	forgotten := b.lists.forgotten
+	b.lists.mu.Unlock()
+	now := b.wallNow()
 	keys, err := client.ListKeys(ctx)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -80,8 +136,20 @@ func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env st
 	if b.lists.lists == nil {
 		b.lists.lists = map[string]*keyList{}
 	}
-	if !b.lists.changed[env].After(now) {
+	if b.lists.forgotten == forgotten && !b.lists.changed[env].After(now) {
 		b.lists.lists[env] = &keyList{keys: keys, at: now}
+		// Keys created before this list was asked are in it.
+		var later []heronapi.Key
+		for _, k := range b.lists.created[env] {
+			if !k.Created.Before(now) {
+				later = append(later, k)
+			}
+		}
+		if len(later) == 0 {
+			delete(b.lists.created, env)
+		} else {
+			b.lists.created[env] = later
+		}
 	}
 	b.lists.mu.Unlock()
 	return keys, now, nil
@@ -92,6 +160,8 @@ func (b *heronBackend) listKeys(ctx context.Context, client heronapi.API, env st
 func (b *heronBackend) forgetLists() {
 	b.lists.mu.Lock()
 	b.lists.lists = nil
+	b.lists.created = nil
+	b.lists.forgotten++
 	b.lists.mu.Unlock()
 }
 
@@ -99,7 +169,44 @@ func (b *heronBackend) forgetLists() {
 func (b *heronBackend) forgetList(env string) {
 	b.lists.mu.Lock()
 	delete(b.lists.lists, env)
+	delete(b.lists.created, env)
+	b.lists.forgotten++
 	b.lists.mu.Unlock()
+}
+
+// noteCreated records that the engine created c's key (an issuance or a
+// rotation): while env's cached list is older than the key, readers of the
+// list add it with createdSince. Nothing is kept when no list is cached.
+func (b *heronBackend) noteCreated(c keyChange) {
+	if c.KeyID == "" || c.Environment == "" {
+		return
+	}
+	now := b.wallNow()
+	b.lists.mu.Lock()
+	defer b.lists.mu.Unlock()
+	if l := b.lists.lists[c.Environment]; l == nil || now.Sub(l.at) > listCacheTTL {
+		return
+	}
+	if b.lists.created == nil {
+		b.lists.created = map[string][]heronapi.Key{}
+	}
+	b.lists.created[c.Environment] = append(b.lists.created[c.Environment], heronapi.Key{
+		ID: c.KeyID, Name: c.KeyName, TokenPrefix: c.TokenPrefix, Created: now, IsActive: true,
+	})
+}
+
+// createdSince returns the keys the engine created in env after at (the
+// time a cached list was asked), which that list cannot hold.
+func (b *heronBackend) createdSince(env string, at time.Time) []heronapi.Key {
+	b.lists.mu.Lock()
+	defer b.lists.mu.Unlock()
+	var out []heronapi.Key
+	for _, k := range b.lists.created[env] {
+		if !k.Created.Before(at) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // patchList applies the engine's own change of one key to env's cached list

@@ -183,7 +183,12 @@ func pathConfig(b *heronBackend) []*framework.Path {
 }
 
 func (b *heronBackend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	cfg, err := getConfig(ctx, req.Storage, d.Get("environment").(string))
+	env := d.Get("environment").(string)
+	if pathEnvironmentError(req, env) != nil {
+		// Nothing is read with a name refused by the handler.
+		return false, nil
+	}
+	cfg, err := getConfig(ctx, req.Storage, env)
 	if err != nil {
 		return false, err
 	}
@@ -202,6 +207,9 @@ func (b *heronBackend) pathConfigList(ctx context.Context, req *logical.Request,
 // pathConfigRead handles READ config/<environment>.
 func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
 	cfg, err := getConfig(ctx, req.Storage, env)
 	if err != nil {
 		return nil, err
@@ -263,8 +271,8 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 // pathConfigWrite handles CREATE and UPDATE config/<environment>.
 func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
-	if !environmentRegex.MatchString(env) {
-		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
 	}
 
 	_, setsKey := d.GetOk("admin_api_key")
@@ -316,6 +324,17 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 
 	if err := cfg.validate(); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
+	}
+	if _, ok := d.GetOk("base_url"); ok || create {
+		if bad := baseURLError(cfg.BaseURL); bad != "" {
+			return logical.ErrorResponse(bad), nil
+		}
+	}
+	// The stored admin key goes wherever base_url points (verify sends it at
+	// once): whoever may update a config must not be able to collect the key
+	// by pointing it at a server of theirs.
+	if _, ok := d.GetOk("admin_api_key"); !ok && !create && urlOrigin(cfg.BaseURL) != urlOrigin(prev.BaseURL) {
+		return logical.ErrorResponse("base_url: a write that changes its scheme or host (from %s to %s) must carry admin_api_key too, so that the stored admin key is never sent to a new host", urlOrigin(prev.BaseURL), urlOrigin(cfg.BaseURL)), nil
 	}
 
 	keyChanged := !create && (cfg.AdminAPIKey != prev.AdminAPIKey || cfg.BaseURL != prev.BaseURL)
@@ -599,6 +618,9 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 // pathConfigDelete handles DELETE config/<environment>.
 func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
 
 	lock := b.configLock(env)
 	lock.Lock()

@@ -46,6 +46,9 @@ var errRotateUser = errors.New("cannot rotate")
 // pathConfigRotateWrite handles UPDATE config/<environment>/rotate.
 func (b *heronBackend) pathConfigRotateWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
 	cfg, warning, err := b.rotateAdminKey(ctx, req.Storage, env)
 	switch {
 	case errors.Is(err, errConfigNotFound), errors.Is(err, errRotateUser):

@@ -283,3 +283,62 @@ func TestConfigWrite_KeyWriteKeepsSettingsStoredMeanwhile(t *testing.T) {
 	require.Equal(t, 7, final.MaxRetries)
 	require.Equal(t, time.Hour, final.OldKeyRetention, "set by this write: its value")
 }
+
+// Plain http carries the admin key in the clear: only a loopback host (the
+// emulator) may be reached that way; a real Heron is https.
+func TestConfig_PlainHTTPOnlyForLoopbackHosts(t *testing.T) {
+	e := getTestBackend(t)
+	for _, u := range []string{"http://example.com", "http://10.0.0.5:8080", "http://app.herondata.io", "http://[2001:db8::1]:80", "HTTP://example.com"} {
+		e.badRequest(logical.CreateOperation, "config/development", map[string]interface{}{
+			"admin_api_key": e.adminKey["development"], "base_url": u, "verify": false,
+		}, "plain http is only for a loopback host")
+	}
+	require.Zero(t, e.srv.CountRequests("", "", ""), "the admin key went nowhere")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.Nil(t, cfg)
+
+	for _, u := range []string{"http://127.0.0.1:1", "http://127.8.9.10", "http://localhost:8787", "http://[::1]:8787", "https://example.com"} {
+		require.Empty(t, baseURLError(u), u)
+	}
+	// The emulator: http on 127.0.0.1.
+	require.True(t, strings.HasPrefix(e.srv.URL, "http://127.0.0.1:"))
+	e.configure("development")
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": "http://heron.example.com",
+	}, "plain http is only for a loopback host")
+}
+
+// Update rights on a config must not be enough to collect its admin key: a
+// write that points base_url at another scheme or host must carry
+// admin_api_key too, so the stored key is never sent to the new host.
+func TestConfig_NewBaseURLHostNeedsTheAdminKey(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	stranger := herontest.NewServer(herontest.Options{
+		Environments:       map[string][]string{"development": {herontest.NewKeyToken()}},
+		RateLimitPerMinute: -1,
+	})
+	t.Cleanup(stranger.Close)
+
+	for _, data := range []map[string]interface{}{
+		{"base_url": stranger.URL},
+		{"base_url": stranger.URL, "verify": false, "force": true},
+		{"base_url": strings.Replace(e.srv.URL, "127.0.0.1", "localhost", 1)},
+	} {
+		e.badRequest(logical.UpdateOperation, "config/development", data, "must carry admin_api_key too")
+	}
+	require.Zero(t, stranger.CountRequests("", "", ""), "the stored admin key never reached the new host")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.Equal(t, e.srv.URL, cfg.BaseURL)
+
+	// The same host with a trailing slash or a path is the same host.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"base_url": e.srv.URL + "/"})
+	// With the key, the move is the caller's own.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{
+		"base_url": strings.Replace(e.srv.URL, "127.0.0.1", "localhost", 1), "admin_api_key": e.adminKey["development"],
+	})
+	// Writing other fields leaves base_url alone and needs no key.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 2})
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -25,7 +24,7 @@ func pathCreds(b *heronBackend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"role": {
-					Type:        framework.TypeLowerCaseString,
+					Type:        framework.TypeString,
 					Description: "Name of the role to issue a Heron API key from.",
 					Required:    true,
 					DisplayAttrs: &framework.DisplayAttributes{
@@ -62,8 +61,8 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	// Vault files the lease under the path as the caller typed it: a lease
 	// of creds/Billing would escape `vault lease revoke -prefix
 	// heron/creds/billing/`, the command an operator runs in an incident.
-	if typed := strings.TrimPrefix(req.Path, "creds/"); typed != roleName {
-		return logical.ErrorResponse("role names are lowercase: read creds/%s, not creds/%s, so that every lease of the role shares one prefix", roleName, typed), nil
+	if resp := pathNameError(req, "role", roleName); resp != nil {
+		return resp, nil
 	}
 	role, err := b.role(ctx, req.Storage, roleName)
 	if err != nil {

@@ -73,8 +73,8 @@ func pathInventory(b *heronBackend) []*framework.Path {
 // pathInventoryRead handles READ inventory/<environment>.
 func (b *heronBackend) pathInventoryRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
-	if !environmentRegex.MatchString(env) {
-		return logical.ErrorResponse("environment %q is invalid: it must match [a-z0-9-]{1,64}", env), nil
+	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
 	}
 	var unusedFor time.Duration
 	filter := false
@@ -111,10 +111,32 @@ func (b *heronBackend) pathInventoryRead(ctx context.Context, req *logical.Reque
 	if err != nil {
 		return nil, err
 	}
-	// Always fresh: the inventory is what Heron holds now.
-	live, _, err := b.listKeys(ctx, client, env, 0)
+	// The short-lived list that keys/<id> reads too: a reader of the
+	// inventory costs at most one list per listCacheTTL, however often and
+	// however many at once, so it can never spend the environment's budget
+	// that revocations need. What the engine itself changed since that list
+	// was asked is applied from its records below.
+	asked := b.wallNow()
+	live, listedAt, err := b.listKeys(ctx, client, env, listCacheTTL)
 	if err != nil {
 		return nil, upstreamError(fmt.Sprintf("listing the keys of environment %q", env), err)
+	}
+	if listedAt.Before(asked) {
+		// Keys the engine created after that list was asked.
+		if later := b.createdSince(env, listedAt); len(later) > 0 {
+			listed := make(map[string]bool, len(live))
+			for _, k := range live {
+				listed[k.ID] = true
+			}
+			all := append(make([]heronapi.Key, 0, len(live)+len(later)), live...)
+			for _, k := range later {
+				if !listed[k.ID] {
+					listed[k.ID] = true
+					all = append(all, k)
+				}
+			}
+			live = all
+		}
 	}
 
 	// What the engine knows is read after the list, so that a key issued
@@ -135,9 +157,19 @@ func (b *heronBackend) pathInventoryRead(ctx context.Context, req *logical.Reque
 		if filter && !unusedSince(k, now, unusedFor) {
 			continue
 		}
-		class, role, err := c.classify(ctx, k)
+		class, role, rec, err := c.classify(ctx, k)
 		if err != nil {
 			return nil, err
+		}
+		if listedAt.Before(asked) && rec != nil {
+			// A list from before this read: a key the engine deleted or
+			// deactivated since is shown as it is now.
+			if rec.State == keyStateDeleted && rec.DeletedAt.After(listedAt) {
+				continue
+			}
+			if rec.State != keyStateActive && rec.DeactivatedAt.After(listedAt) {
+				k.IsActive = false
+			}
 		}
 		lastUsed := ""
 		if k.LastUsed != nil {
@@ -257,45 +289,53 @@ func (b *heronBackend) inventoryClassifier(ctx context.Context, s logical.Storag
 	return c, nil
 }
 
-// classify returns k's class and the role it belongs to ("" when none).
+// classify returns k's class, the role it belongs to ("" when none) and the
+// engine's record of it (nil when none).
 // Only the keys Heron lists are looked up in storage: the cost follows the
 // environment's keys, not every key the engine tracks.
-func (c *inventoryClassifier) classify(ctx context.Context, k heronapi.Key) (string, string, error) {
+func (c *inventoryClassifier) classify(ctx context.Context, k heronapi.Key) (string, string, *trackedKey, error) {
 	switch {
 	case c.adminID != "" && k.ID == c.adminID, c.otherAdmin[k.ID]:
-		return inventoryAdmin, "", nil
+		return inventoryAdmin, "", nil, nil
 	case c.retired[k.ID]:
-		return inventoryRetiredAdmin, "", nil
+		return inventoryRetiredAdmin, "", nil, nil
 	}
 	// A record of another environment still makes the key this engine's:
 	// configs of several environments may hold keys of one Heron user.
-	rec, err := getTrackedKey(ctx, c.s, k.ID)
+	rec, err := getKeyRecord(ctx, c.s, k.ID)
 	if err != nil {
-		return "", "", err
+		return "", "", nil, err
+	}
+	if rec != nil && rec.State == keyStateDeleted {
+		// A tombstone: the engine deleted the key (after the list was
+		// asked, or Heron did not do as told); it holds it no more.
+		return inventoryUnmanaged, "", rec, nil
 	}
 	// A record that says the key is deactivated or owes a deletion wins
 	// over a static role that still names it (a retirement between its two
 	// writes): the key is on its way out.
 	if rec != nil && rec.retained() {
-		return inventoryRetained, rec.Role, nil
+		return inventoryRetained, rec.Role, rec, nil
 	}
 	if role, ok := c.static[k.ID]; ok {
-		return inventoryStatic, role, nil
+		return inventoryStatic, role, rec, nil
 	}
 	if rec != nil {
 		if rec.kind() == keyKindStatic {
-			return inventoryStatic, rec.Role, nil
+			return inventoryStatic, rec.Role, rec, nil
 		}
-		return inventoryLease, rec.Role, nil
+		return inventoryLease, rec.Role, rec, nil
 	}
-	return inventoryUnmanaged, "", nil
+	return inventoryUnmanaged, "", nil, nil
 }
 
 const pathInventoryHelpSyn = `Classify every key Heron holds for an environment's admin key.`
 
 const pathInventoryHelpDesc = `
 Lists the keys Heron holds for the environment's admin key (one list call,
-always fresh) and classifies each: lease (issued for a lease and tracked),
+shared with keys/<id> reads for up to 10 seconds, so that readers cannot spend
+the environment's request budget; what the engine deleted or deactivated since
+that list is shown as it is now) and classifies each: lease (issued for a lease and tracked),
 static (a static role's current or previous key), admin (the config's admin
 key), retired_admin (a rotated-out admin key), retained (deactivated or owing
 a deletion, awaiting the cleanup pass), unmanaged (not created or adopted by

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
@@ -37,10 +39,13 @@ func createHand(t *testing.T, e *testEnv, token, name string) *heronapi.Key {
 	return k
 }
 
-// inventory reads inventory/development and checks that it cost exactly one
-// request to Heron, a list, and that no token appears anywhere in it.
+// inventory reads inventory/development as it is once the short-lived list
+// has expired (dropped here: the tests change Heron behind the engine's
+// back between reads), and checks that it cost exactly one request to Heron,
+// a list, and that no token appears anywhere in it.
 func inventory(t *testing.T, e *testEnv, data map[string]interface{}, tokens []string) (map[string]map[string]interface{}, map[string]int) {
 	t.Helper()
+	e.b.forgetList("development")
 	lists := e.srv.CountRequests(http.MethodGet, "/api/credentials/keys", "development")
 	all := e.srv.CountRequests("", "", "")
 	resp := e.ok(logical.ReadOperation, "inventory/development", data)
@@ -296,4 +301,94 @@ func TestInventory_RateLimitedIs502(t *testing.T) {
 	code, _ := logical.RespondErrorCommon(&logical.Request{}, resp, err)
 	require.Equal(t, http.StatusBadGateway, code)
 	e.srv.Force429("development", 0, 0)
+}
+
+// Inventory readers share the short-lived list that keys/<id> reads: however
+// often and however many at once they read, they cost at most one list per
+// listCacheTTL, so a reader of inventory alone cannot spend the
+// environment's budget and starve revocations. What the engine itself
+// deleted or deactivated since that list was asked is shown as it is now.
+func TestInventory_ReadersShareTheShortLivedList(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "1h", "max_ttl": "2h"})
+	revoked, expired, live := e.issue("app"), e.issue("app"), e.issue("app")
+	revokedID, expiredID, liveID := revoked.Data["key_id"].(string), expired.Data["key_id"].(string), live.Data["key_id"].(string)
+	e.allowLive[liveID] = true
+	lists := func() int { return e.srv.CountRequests(http.MethodGet, "/api/credentials/keys", "development") }
+	read := func() map[string]interface{} {
+		t.Helper()
+		return e.ok(logical.ReadOperation, "inventory/development", nil).Data["keys"].(map[string]interface{})
+	}
+
+	before := lists()
+	keys := read()
+	require.Contains(t, keys, revokedID)
+	for i := 0; i < 50; i++ {
+		read()
+		e.ok(logical.ReadOperation, "keys/"+liveID, nil)
+	}
+	require.Equal(t, 1, lists()-before, "51 inventory reads and 50 keys/<id> reads within listCacheTTL: one list")
+
+	// The engine deletes one key (a revocation) and deactivates another (an
+	// expiry): the shared list still has them as they were, the inventory
+	// shows them as they are.
+	require.NoError(t, e.revoke(revoked))
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(expired))
+	e.atTime(time.Now())
+	keys = read()
+	require.NotContains(t, keys, revokedID, "deleted by the engine after the list")
+	require.Equal(t, false, keys[expiredID].(map[string]interface{})["is_active"], "deactivated by the engine after the list")
+	require.Equal(t, "retained", keys[expiredID].(map[string]interface{})["class"])
+	require.Equal(t, true, keys[liveID].(map[string]interface{})["is_active"])
+	require.Equal(t, 1, lists()-before, "still the same list")
+
+	// Keys the engine created after the list are there too: an issuance and
+	// a static role's key.
+	fresh := e.issue("app")
+	freshID := fresh.Data["key_id"].(string)
+	e.allowLive[freshID] = true
+	e.ok(logical.CreateOperation, "static-roles/svc", map[string]interface{}{"environment": "development"})
+	staticID := staticCreds(e, "svc")["key_id"].(string)
+	listsNow := lists()
+	keys = read()
+	require.Equal(t, listsNow, lists(), "no list for the inventory")
+	require.Equal(t, "lease", keys[freshID].(map[string]interface{})["class"])
+	require.Equal(t, fresh.Data["token_prefix"], keys[freshID].(map[string]interface{})["token_prefix"])
+	require.Equal(t, "static", keys[staticID].(map[string]interface{})["class"])
+	require.Equal(t, "svc", keys[staticID].(map[string]interface{})["role"])
+	// The static role's creation listed (its key names are not unique, so
+	// Heron is asked first); count from there.
+	before = listsNow - 1
+
+	// A key made behind the engine's back shows once the list has expired;
+	// then 20 readers at once cost one list.
+	hand := createHand(t, e, e.adminKey["development"], "customer-key")
+	e.foreign[hand.ID] = true
+	t.Cleanup(func() {
+		helper := e.srv.AddAdminKey("development")
+		e.adminKey["inventory-cleanup"] = helper
+		require.NoError(t, handClient(t, e, helper).DeleteKey(context.Background(), hand.ID))
+	})
+	require.NotContains(t, read(), hand.ID)
+	e.b.wallNow = func() time.Time { return time.Now().Add(listCacheTTL + time.Second) }
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.do(logical.ReadOperation, "inventory/development", nil)
+			if err == nil && resp.IsError() {
+				err = resp.Error()
+			}
+			assert.NoError(t, err)
+			if err == nil {
+				assert.Contains(t, resp.Data["keys"], hand.ID)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, 2, lists()-before, "20 readers at once after the list expired: one more list")
+	e.ok(logical.DeleteOperation, "static-roles/svc", nil)
 }

@@ -173,6 +173,9 @@ func keyInfo(k *trackedKey) map[string]interface{} {
 // pathKeysRead handles READ keys/<key_id>.
 func (b *heronBackend) pathKeysRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("key_id").(string)
+	if resp := pathKeyIDError(id); resp != nil {
+		return resp, nil
+	}
 	rec, err := getKeyRecord(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err

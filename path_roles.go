@@ -60,6 +60,9 @@ func (r *heronRole) validate() error {
 	if r.Environment == "" {
 		return errors.New("environment is required")
 	}
+	if bad := environmentError("environment", r.Environment); bad != "" {
+		return errors.New(bad)
+	}
 	if r.TTL < 0 {
 		return fmt.Errorf("ttl must not be negative, got %s", r.TTL)
 	}
@@ -111,7 +114,7 @@ func pathRoles(b *heronBackend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"name": {
-					Type:        framework.TypeLowerCaseString,
+					Type:        framework.TypeString,
 					Description: "Name of the role.",
 					Required:    true,
 					DisplayAttrs: &framework.DisplayAttributes{
@@ -255,7 +258,12 @@ func rolesUsingEnvironment(ctx context.Context, s logical.Storage, env string) (
 }
 
 func (b *heronBackend) pathRolesExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if pathNameError(req, "role", name) != nil {
+		// Nothing is read with a name refused by the handler.
+		return false, nil
+	}
+	role, err := getRole(ctx, req.Storage, name)
 	if err != nil {
 		return false, err
 	}
@@ -277,7 +285,11 @@ func (b *heronBackend) pathRolesList(ctx context.Context, req *logical.Request, 
 
 // pathRolesRead handles READ roles/<name>.
 func (b *heronBackend) pathRolesRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if resp := pathNameError(req, "role", name); resp != nil {
+		return resp, nil
+	}
+	role, err := getRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -298,6 +310,9 @@ func (b *heronBackend) pathRolesRead(ctx context.Context, req *logical.Request, 
 // pathRolesWrite handles CREATE and UPDATE roles/<name>.
 func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "role", name); resp != nil {
+		return resp, nil
+	}
 
 	// Issuance holds the role lock while it counts active keys; taking it
 	// here keeps a write from changing the cap in the middle of that count.
@@ -311,6 +326,9 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 	}
 	create := role == nil
 	if create {
+		if bad := newNameError("role", name, false); bad != "" {
+			return logical.ErrorResponse(bad), nil
+		}
 		role = &heronRole{Name: name}
 	}
 	capped := role.MaxActiveKeys > 0
@@ -378,6 +396,9 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 // revocable: their leases carry the environment, not the role.
 func (b *heronBackend) pathRolesDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "role", name); resp != nil {
+		return resp, nil
+	}
 	lock := b.roleLock(name)
 	lock.Lock()
 	defer lock.Unlock()

@@ -21,7 +21,7 @@ func pathStaticCreds(b *heronBackend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"name": {
-					Type:         framework.TypeLowerCaseString,
+					Type:         framework.TypeString,
 					Description:  "Name of the static role.",
 					Required:     true,
 					DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
@@ -44,6 +44,9 @@ func pathStaticCreds(b *heronBackend) []*framework.Path {
 // hand) is replaced by a rotation first, logged.
 func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
 	r, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err

@@ -71,7 +71,7 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"name": {
-					Type:         framework.TypeLowerCaseString,
+					Type:         framework.TypeString,
 					Description:  "Name of the static role to rotate.",
 					Required:     true,
 					DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
@@ -95,7 +95,7 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 func staticRoleFields() map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
 		"name": {
-			Type:         framework.TypeLowerCaseString,
+			Type:         framework.TypeString,
 			Description:  "Name of the static role.",
 			Required:     true,
 			DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
@@ -153,7 +153,12 @@ func staticRoleFields() map[string]*framework.FieldSchema {
 }
 
 func (b *heronBackend) pathStaticRolesExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if pathNameError(req, "static role", name) != nil {
+		// Nothing is read with a name refused by the handler.
+		return false, nil
+	}
+	r, err := getStaticRole(ctx, req.Storage, name)
 	return r != nil, err
 }
 
@@ -172,7 +177,11 @@ func (b *heronBackend) pathStaticRolesList(ctx context.Context, req *logical.Req
 
 // pathStaticRolesRead handles READ static-roles/<name>.
 func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
+	r, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil || r == nil {
 		return nil, err
 	}
@@ -198,6 +207,9 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 // pathStaticRolesWrite handles CREATE and UPDATE static-roles/<name>.
 func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
 	// The environment decides which config lock to take (the config's lock
 	// comes before the role's); the role is read again under both, so that a
 	// rotation that lands meanwhile is never written over.
@@ -290,6 +302,11 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 // role) and checks them; a non-empty string is the 400 to answer.
 func staticRoleFromRequest(d *framework.FieldData, name string, existing *staticRole, now time.Time) (*staticRole, string) {
 	create := existing == nil
+	if create {
+		if bad := newNameError("static role", name, true); bad != "" {
+			return nil, bad
+		}
+	}
 	r := &staticRole{Name: name}
 	if !create {
 		c := *existing
@@ -299,6 +316,9 @@ func staticRoleFromRequest(d *framework.FieldData, name string, existing *static
 		env := strings.TrimSpace(v.(string))
 		if !create && env != r.Environment {
 			return nil, fmt.Sprintf("environment of static role %q is %q and cannot change: delete the role and create it again", name, r.Environment)
+		}
+		if bad := environmentError("environment", env); bad != "" && env != "" {
+			return nil, bad
 		}
 		r.Environment = env
 	}
@@ -440,6 +460,9 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 // retired_key_retention.
 func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
 	r, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil || r == nil {
 		return nil, err
@@ -488,6 +511,9 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 // pathStaticRolesRotate handles UPDATE static-roles/<name>/rotate.
 func (b *heronBackend) pathStaticRolesRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
 	r, err := b.rotateStatic(ctx, req.Storage, name)
 	if errors.Is(err, errStaticUser) {
 		return logical.ErrorResponse(err.Error()), nil
