@@ -176,6 +176,10 @@ func (e *testEnv) checkNoLeftovers() {
 	for _, r := range statics {
 		held[r.KeyID], held[r.PreviousKeyID] = true, true
 	}
+	unconfirmed, err := unconfirmedKeys(context.Background(), e.s)
+	if err != nil {
+		t.Errorf("listing unconfirmed keys: %v", err)
+	}
 	for _, k := range e.srv.Keys() {
 		if k.Deleted || admin[k.Token] || (held[k.ID] && k.ID != "") {
 			continue
@@ -195,6 +199,11 @@ func (e *testEnv) checkNoLeftovers() {
 		rec, err := getTrackedKey(context.Background(), e.s, k.ID)
 		if err != nil {
 			t.Errorf("reading record of %s: %v", k.ID, err)
+			continue
+		}
+		if rec == nil && unconfirmed[k.ID] {
+			// Named like a creation of unknown outcome whose name is not
+			// unique: reported, never deleted on the name alone.
 			continue
 		}
 		if rec == nil {

@@ -1125,6 +1125,9 @@ type world struct {
 	keys    map[string]herontest.KeyRecord
 	tracked map[string]*trackedKey
 	walName map[string]bool
+	// unconfirmed: keys the engine reported as possibly its own (a creation
+	// of unknown outcome, a name that is not unique) and left in place.
+	unconfirmed map[string]bool
 	cfg     *heronConfig
 	statics map[string]*staticRole
 }
@@ -1148,6 +1151,9 @@ func (m *model) snapshot() *world {
 	}
 	for _, e := range pending {
 		w.walName[e.KeyName] = true
+	}
+	if w.unconfirmed, err = unconfirmedKeys(ctx, m.st.inner); err != nil {
+		m.t.Fatalf("model: listing unconfirmed keys: %v", err)
 	}
 	w.cfg, err = getConfig(ctx, m.st.inner, mEnv)
 	if err != nil {
@@ -1303,7 +1309,7 @@ func (m *model) checkWorld(w *world, when string) {
 			if (static && !inv["s4"]) || (!static && !inv["d"]) {
 				continue
 			}
-			if held[k.ID] != nil || w.tracked[k.ID] != nil || w.walName[k.Name] || w.adminRole(k) != "" || w.staticHolder(k.ID) != "" {
+			if held[k.ID] != nil || w.tracked[k.ID] != nil || w.walName[k.Name] || w.unconfirmed[k.ID] || w.adminRole(k) != "" || w.staticHolder(k.ID) != "" {
 				continue
 			}
 			if static {
@@ -1405,6 +1411,10 @@ func (m *model) finish() {
 			continue
 		}
 		role := w.adminRole(k)
+		if w.unconfirmed[k.ID] && w.tracked[k.ID] == nil {
+			// Reported, never deleted on a name match (spec, Invariants 3).
+			continue
+		}
 		if rec := w.tracked[k.ID]; rec != nil && !leaseKeys[k.ID] && rec.State == keyStateActive && rec.Pending == "" &&
 			m.clock.Now().Before(rec.Expires.Add(overdueGrace)) {
 			// A key whose issuance failed after its record was stored (and
@@ -1427,7 +1437,7 @@ func (m *model) finish() {
 	w = m.snapshot()
 	m.checkStaticKeysDeleted(w)
 	for _, k := range w.keys {
-		if !k.Deleted && m.engineMade(k) && w.adminRole(k) != "current" {
+		if !k.Deleted && m.engineMade(k) && w.adminRole(k) != "current" && !w.unconfirmed[k.ID] {
 			m.fail("final", "engine-created "+keyKind(k.Name)+" left after retention", "after every retention passed and tidy ran, key %s (%q) that the engine created is still in Heron (%s, tracked: %v)", k.ID, k.Name, keyState(k, true), w.tracked[k.ID] != nil)
 		}
 	}

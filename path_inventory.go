@@ -24,12 +24,16 @@ const (
 	inventoryRetiredAdmin = "retired_admin"
 	inventoryRetained     = "retained"
 	inventoryUnmanaged    = "unmanaged"
+	// inventoryUnconfirmed: named like a creation of unknown outcome whose
+	// name is not unique: possibly the engine's, possibly a customer's (see
+	// unconfirmed.go); never deleted by the engine on a name match alone.
+	inventoryUnconfirmed = "unconfirmed"
 )
 
 // inventoryClasses are every class, each present in counts.
 var inventoryClasses = []string{
 	inventoryLease, inventoryStatic, inventoryAdmin,
-	inventoryRetiredAdmin, inventoryRetained, inventoryUnmanaged,
+	inventoryRetiredAdmin, inventoryRetained, inventoryUnconfirmed, inventoryUnmanaged,
 }
 
 func pathInventory(b *heronBackend) []*framework.Path {
@@ -215,6 +219,8 @@ type inventoryClassifier struct {
 	otherAdmin map[string]bool
 	// static maps a static role's current and previous key to the role.
 	static map[string]string
+	// unconfirmed: keys recorded as unconfirmed (see unconfirmed.go).
+	unconfirmed map[string]bool
 }
 
 // inventoryClassifier reads the config's admin keys and env's static roles.
@@ -271,6 +277,9 @@ func (b *heronBackend) inventoryClassifier(ctx context.Context, s logical.Storag
 			c.retired[rk.KeyID] = true
 		}
 	}
+	if c.unconfirmed, err = unconfirmedKeys(ctx, s); err != nil {
+		return nil, err
+	}
 	roles, err := listStaticRoles(ctx, s)
 	if err != nil {
 		return nil, err
@@ -326,6 +335,9 @@ func (c *inventoryClassifier) classify(ctx context.Context, k heronapi.Key) (str
 		}
 		return inventoryLease, rec.Role, rec, nil
 	}
+	if c.unconfirmed[k.ID] {
+		return inventoryUnconfirmed, "", nil, nil
+	}
 	return inventoryUnmanaged, "", nil, nil
 }
 
@@ -338,8 +350,10 @@ the environment's request budget; what the engine deleted or deactivated since
 that list is shown as it is now) and classifies each: lease (issued for a lease and tracked),
 static (a static role's current or previous key), admin (the config's admin
 key), retired_admin (a rotated-out admin key), retained (deactivated or owing
-a deletion, awaiting the cleanup pass), unmanaged (not created or adopted by
-this engine).
+a deletion, awaiting the cleanup pass), unconfirmed (named like a creation of
+this engine whose outcome was unknown, when the name is not unique: possibly
+the engine's, possibly a customer's; never deleted by the engine on a name
+match alone), unmanaged (not created or adopted by this engine).
 
 Returns keys (key_id -> name, token_prefix, created, is_active, last_used,
 class, role) and counts (class -> number of keys returned, every class

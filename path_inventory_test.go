@@ -154,7 +154,7 @@ func TestInventory_Classes(t *testing.T) {
 		require.Equal(t, w[1], keys[id]["role"], "role of %s", id)
 	}
 	require.Equal(t, map[string]int{
-		"lease": 1, "static": 2, "admin": 1, "retired_admin": 1, "retained": 1, "unmanaged": 3,
+		"lease": 1, "static": 2, "admin": 1, "retired_admin": 1, "retained": 1, "unconfirmed": 0, "unmanaged": 3,
 	}, counts)
 
 	// Heron's view, as Heron lists it.
@@ -210,7 +210,7 @@ func TestInventory_Classes(t *testing.T) {
 	require.ElementsMatch(t, wantIdle, idsOf(keys))
 	require.NotContains(t, keys, freshRec.ID)
 	require.Equal(t, map[string]int{
-		"lease": 1, "static": 2, "admin": 0, "retired_admin": 1, "retained": 1, "unmanaged": 2,
+		"lease": 1, "static": 2, "admin": 0, "retired_admin": 1, "retained": 1, "unconfirmed": 0, "unmanaged": 2,
 	}, counts)
 
 	// Without the filter the fresh key is there, unmanaged.

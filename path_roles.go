@@ -386,6 +386,9 @@ func (b *heronBackend) pathRolesWrite(ctx context.Context, req *logical.Request,
 	if role.MaxTTL > sysMax {
 		warnings = append(warnings, fmt.Sprintf("max_ttl (%s) is greater than the mount's max TTL (%s): leases will be capped at %s", role.MaxTTL, sysMax, sysMax))
 	}
+	if !role.uniqueNames() {
+		warnings = append(warnings, "name_template has no random or uuid part, so its names are not unique: when Heron's answer to a creation is lost, the key that appears under the name cannot be told from a customer's key of the same name, and the engine leaves it in place and reports it as unconfirmed in inventory/"+role.Environment+" instead of deleting it (each such creation costs one more list request, too). Add {{random 8}} to make every name unique")
+	}
 	if len(warnings) == 0 {
 		return nil, nil
 	}

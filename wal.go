@@ -349,6 +349,16 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 		if rec != nil && rec.State != keyStateDeleted {
 			continue
 		}
+		if entry.Listed && rec == nil {
+			// The name is not unique: a key of it in the window may be a
+			// customer's. Never deleted on that alone (see unconfirmed.go);
+			// reported, and the creation counts as settled.
+			if err := b.noteUnconfirmed(ctx, s, kind, entry, k); err != nil {
+				return deleted, time.Time{}, err
+			}
+			deleted++
+			continue
+		}
 		if err := deleteIfPresent(ctx, client, k.ID); err != nil {
 			return deleted, time.Time{}, fmt.Errorf("deleting untracked key %s (%q): %w", k.ID, entry.KeyName, err)
 		}
