@@ -1128,8 +1128,8 @@ type world struct {
 	// unconfirmed: keys the engine reported as possibly its own (a creation
 	// of unknown outcome, a name that is not unique) and left in place.
 	unconfirmed map[string]bool
-	cfg     *heronConfig
-	statics map[string]*staticRole
+	cfg         *heronConfig
+	statics     map[string]*staticRole
 }
 
 func (m *model) snapshot() *world {
