@@ -579,7 +579,7 @@ func (v *vault) readInventory(env string, args ...string) (map[string]inventoryI
 		n += k
 	}
 	sort.Strings(classes)
-	if want := []string{"admin", "lease", "retained", "retired_admin", "static", "unmanaged"}; strings.Join(classes, ",") != strings.Join(want, ",") {
+	if want := []string{"admin", "lease", "retained", "retired_admin", "static", "unconfirmed", "unmanaged"}; strings.Join(classes, ",") != strings.Join(want, ",") {
 		v.t.Errorf("inventory/%s %v: counts has classes %v, want every class %v", env, args, classes, want)
 	}
 	if n != len(r.Data.Keys) {
@@ -673,7 +673,7 @@ func TestInventorySeededEnvironment(t *testing.T) {
 			t.Errorf("inventory key %s: %+v, Heron has name %q prefix %q active %t created %s", id, k, h.Name, h.TokenPrefix, h.IsActive, h.Created.Format(time.RFC3339))
 		}
 	}
-	wantCounts := map[string]int{"lease": 1, "retained": 1, "static": 1, "admin": 1, "retired_admin": 1, "unmanaged": 3}
+	wantCounts := map[string]int{"lease": 1, "retained": 1, "static": 1, "admin": 1, "retired_admin": 1, "unconfirmed": 0, "unmanaged": 3}
 	for c, n := range wantCounts {
 		if counts[c] != n {
 			t.Errorf("counts[%s] = %d, want %d (counts %v)", c, counts[c], n, counts)
