@@ -89,7 +89,9 @@ func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface
 		b.noteCreated(c)
 	}
 
+	b.eventSends.Add(1)
 	go func() {
+		defer b.eventSends.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), eventSendTimeout)
 		defer cancel()
 		if err := logical.SendEvent(ctx, b, name, pairs...); err != nil {

@@ -2,8 +2,8 @@ package heron
 
 // Adversarial review of static roles, events, history (tombstones) and the
 // inventory. Each TestReviewStatic_* test fails on the engine as reviewed,
-// for the reason its comment gives, and names the clause of
-// /work/shared/engine-spec.md it protects.
+// for the reason its comment gives, and names the clause of the engine's
+// contract (the spec's section) it protects.
 //
 // The findings made by reading alone (RO1-RO7) were fixed afterwards; each
 // has its test at the bottom of this file (RO1, an overlap longer than the
@@ -82,10 +82,10 @@ func (s *failPutKey) Put(ctx context.Context, e *logical.StorageEntry) error {
 	return s.Storage.Put(ctx, e)
 }
 
-// eventsFor returns the events of one key, after letting the asynchronous
-// sends of the operations so far land.
-func eventsFor(m *logical.MockEventSender, keyID string) []string {
-	time.Sleep(300 * time.Millisecond)
+// eventsFor returns the events of one key, once the asynchronous sends of
+// the operations so far have landed.
+func eventsFor(e *testEnv, m *logical.MockEventSender, keyID string) []string {
+	e.b.eventSends.Wait()
 	m.Lock()
 	defer m.Unlock()
 	var out []string
@@ -447,7 +447,7 @@ func TestReviewStatic_OverlapEndRetriedDuplicatesEvent(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.NotContains(t, staticCreds(e, "app"), "previous_key_id")
 
-	got := eventsFor(events, prev)
+	got := eventsFor(e, events, prev)
 	assert.Equal(t, 1, countOf(got, eventStaticDeactivate), "BUG: one deactivation, events %v", got)
 }
 
@@ -473,7 +473,7 @@ func TestReviewStatic_OrphanStaticDeactivationWrongEvent(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.False(t, heronKey(e, id).IsActive, "precondition: the cleanup pass deactivated it")
 
-	got := eventsFor(events, id)
+	got := eventsFor(e, events, id)
 	assert.Equal(t, 1, countOf(got, eventStaticDeactivate), "BUG: events of the static key: %v", got)
 	assert.Zero(t, countOf(got, eventKeyExpire), "BUG: a static key announced as a lease expiry: %v", got)
 	tidyAfterRetention(e)
@@ -499,7 +499,7 @@ func TestReviewStatic_RotationFailingOnStorageSendsNoFailEvent(t *testing.T) {
 	require.Equal(t, cur, staticCreds(e, "app")["key_id"], "precondition: the current key stays")
 	require.Len(t, liveIssued(e), 1, "precondition: the key the failed rotation made was deleted")
 
-	time.Sleep(300 * time.Millisecond)
+	e.b.eventSends.Wait()
 	events.Lock()
 	fails := 0
 	for _, ev := range events.Events {
