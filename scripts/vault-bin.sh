@@ -6,7 +6,7 @@
 #      never silently replaced by another Vault);
 #   2. a `vault` on PATH whose `vault version` is 1.15 or newer;
 #   3. bin/vault, built from Vault's Go module in tools/ when absent (about 10
-#      minutes the first time, reused after).
+#      minutes the first time: 16 on 2 cores with empty caches; reused after).
 #
 #   scripts/vault-bin.sh          resolve as above
 #   scripts/vault-bin.sh --local  only step 3 (what `make vault` runs)
@@ -33,7 +33,7 @@ local_vault() {
 	local bin="$ROOT/bin/vault" want
 	if [ ! -x "$bin" ]; then
 		want="$(sed -n 's/^[[:space:]]*\(require[[:space:]]*\)\{0,1\}github\.com\/hashicorp\/vault \(v[^[:space:]]*\).*/\2/p' "$ROOT/tools/go.mod" | head -n 1)"
-		log "building Vault ${want:-} into bin/vault from its Go module (the first build takes about 10 minutes; later runs reuse it)"
+		log "building Vault ${want:-} into bin/vault from its Go module (the first build takes about 16 minutes on 2 cores with empty caches; later runs reuse it)"
 		mkdir -p "$ROOT/bin"
 		# Build beside the target and rename, so an interrupted build leaves no
 		# half-written bin/vault that the next run would take for a good one.
