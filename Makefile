@@ -8,7 +8,7 @@ FUZZTIME  ?= 15s
 
 # WITH_VAULT starts a recipe line that needs Vault: scripts/vault-bin.sh picks
 # VAULT_BIN, else a vault 1.15+ on PATH, else bin/vault (built on first use,
-# about 10 minutes), and the rest of the line runs with VAULT_BIN exported.
+# about 16 minutes on 2 cores), and the rest of the line runs with VAULT_BIN exported.
 WITH_VAULT = VAULT_BIN="$$(bash scripts/vault-bin.sh)" && export VAULT_BIN && echo "==> VAULT_BIN=$$VAULT_BIN" &&
 
 .PHONY: all build emulator vault test unit e2e fuzz fmt vet lint demo bench release clean
@@ -25,7 +25,7 @@ emulator:
 	$(GO) build -o bin/heron-emulator ./cmd/heron-emulator
 
 ## vault: build Vault (the version in tools/go.mod) from its Go module into bin/vault once
-## (about 10 minutes cold); reused after. test/e2e/bench/demo do this only when neither
+## (about 16 minutes cold on 2 cores); reused after. test/e2e/bench/demo do this only when neither
 ## VAULT_BIN nor a vault 1.15+ on PATH is there.
 vault:
 	@bash scripts/vault-bin.sh --local

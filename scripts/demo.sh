@@ -7,7 +7,7 @@
 #
 # Needs Go only. The Vault is the one scripts/vault-bin.sh picks: $VAULT_BIN,
 # else a vault 1.15+ on PATH, else bin/vault, built (as `make vault` does, about
-# 10 minutes the first time) when absent. Environment knobs:
+# 16 minutes the first time on 2 cores) when absent. Environment knobs:
 #   VERSION            plugin version stamped and registered (v0.1.0-dev)
 #   DEMO_VAULT_PORT    Vault's port (default 8200, else the next free pair)
 #   DEMO_EMULATOR_ADDR emulator listen address (default 127.0.0.1:8787,
