@@ -153,3 +153,49 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// maxRateLimitHeader bounds X-RateLimit-Limit (and so -Remaining): Heron's
+// budgets are hundreds a minute; a billion is a broken header.
+const maxRateLimitHeader = 1_000_000_000
+
+// rateLimit is Heron's X-RateLimit-* headers, read under one rule: all three
+// present as decimal integers, 1 <= limit <= maxRateLimitHeader,
+// 0 <= remaining <= limit, and a reset (Unix seconds) in the future; the time
+// until the reset is bounded by maxObservedPause (Heron's window). Anything
+// else is no information, never a reason to pause.
+type rateLimit struct {
+	limit, remaining int64
+	untilReset       time.Duration
+}
+
+func parseRateLimit(h http.Header, now time.Time) (rateLimit, bool) {
+	num := func(name string) (int64, bool) {
+		n, err := strconv.ParseInt(strings.TrimSpace(h.Get(name)), 10, 64)
+		return n, err == nil
+	}
+	limit, ok1 := num("X-RateLimit-Limit")
+	remaining, ok2 := num("X-RateLimit-Remaining")
+	reset, ok3 := num("X-RateLimit-Reset")
+	if !ok1 || !ok2 || !ok3 || limit < 1 || limit > maxRateLimitHeader || remaining < 0 || remaining > limit {
+		return rateLimit{}, false
+	}
+	// In seconds first: time.Unix of an absurd value is not worth computing.
+	secs := reset - now.Unix()
+	if secs < 0 {
+		return rateLimit{}, false
+	}
+	until := maxObservedPause
+	if secs <= int64(maxObservedPause/time.Second)+1 {
+		until = min(time.Unix(reset, 0).Sub(now), maxObservedPause)
+	}
+	if until <= 0 {
+		return rateLimit{}, false
+	}
+	return rateLimit{limit: limit, remaining: remaining, untilReset: until}, true
+}
+
+// low reports whether little of the window's budget is left: under 5 requests
+// or under a tenth of the limit (written without a product that could overflow).
+func (r rateLimit) low() bool {
+	return r.remaining < 5 || r.remaining < (r.limit+9)/10
+}
