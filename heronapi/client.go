@@ -609,6 +609,15 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	return resp, nil
 }
 
+// CloseIdleConnections passes the call on: http.Client.CloseIdleConnections only
+// reaches a transport that has this method, so without it the pool of the base
+// transport was never closed and a replaced Client kept its connections.
+func (t *attemptTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 type cancelOnClose struct {
 	io.ReadCloser
 	cancel context.CancelFunc

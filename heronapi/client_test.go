@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -585,5 +587,76 @@ func TestServerDate(t *testing.T) {
 	noErr(t, err)
 	if got := c.ServerDate(); !got.Equal(when) {
 		t.Fatalf("ServerDate = %v, want %v", got, when)
+	}
+}
+
+// trackedConn records whether the client closed its side of a connection.
+type trackedConn struct {
+	net.Conn
+	closed atomic.Bool
+}
+
+func (c *trackedConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+// A Client replaced after a config change is told to CloseIdleConnections: its
+// pooled keep-alive connections must close then, not linger until the server
+// times them out (one per replaced client, for as long as the plugin runs).
+func TestCloseIdleConnectionsClosesPooledConnections(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]any{"hello": "x"})
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch s {
+		case http.StateNew:
+			open[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(open, c)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	c := newTestClient(t, srv.URL, func(c *Config) { c.Limiter = NewLimiter(100000) })
+	var dialed []*trackedConn
+	base := c.http.Transport.(*attemptTransport).base.(*http.Transport)
+	dial := base.DialContext
+	base.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: conn}
+		mu.Lock()
+		dialed = append(dialed, tc)
+		mu.Unlock()
+		return tc, nil
+	}
+
+	// Reading an answer to its end puts the connection back in the pool
+	// before the read returns, so after Hello it is idle there.
+	noErr(t, c.Hello(context.Background()))
+	noErr(t, c.Hello(context.Background()))
+	mu.Lock()
+	n, servers := len(dialed), len(open)
+	mu.Unlock()
+	if n != 1 || servers != 1 {
+		t.Fatalf("two requests in a row: %d connections dialed, %d open at the server; want one kept alive", n, servers)
+	}
+
+	c.CloseIdleConnections()
+	mu.Lock()
+	defer mu.Unlock()
+	for i, tc := range dialed {
+		if !tc.closed.Load() {
+			t.Errorf("connection %d still open after CloseIdleConnections", i)
+		}
 	}
 }
