@@ -385,10 +385,14 @@ func (c *Client) Hello(ctx context.Context) error {
 	return c.call(ctx, http.MethodGet, helloPath, nil, http.StatusOK)
 }
 
+// keyPath is the URL path of key id. An id that is not a plain path segment is
+// refused before anything is sent: "" would name the collection itself, ".."
+// or "a/b" another resource, whatever the caller's id came from (Heron's own
+// answers are checked on arrival, but a stored record or a caller's field may
+// be older than that rule). The id is escaped even so.
 func keyPath(id, suffix string) (string, error) {
-	// An empty id would turn "keys/{id}" into the collection itself.
-	if id == "" {
-		return "", errors.New("heron: key id is empty")
+	if !ValidKeyID(id) {
+		return "", fmt.Errorf("heron: key id %s", describeID(id))
 	}
 	return keysPath + "/" + url.PathEscape(id) + suffix, nil
 }

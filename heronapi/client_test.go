@@ -552,26 +552,6 @@ func BenchmarkListKeys(b *testing.B) {
 	}
 }
 
-func TestKeyIDs(t *testing.T) {
-	t.Parallel()
-	var escaped atomic.Value
-	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
-		escaped.Store(r.URL.EscapedPath())
-		w.WriteHeader(204)
-	})
-	c := newTestClient(t, f.URL(), nil)
-	for _, call := range []func(context.Context, string) error{c.DeactivateKey, c.ActivateKey, c.DeleteKey} {
-		if err := call(context.Background(), ""); err == nil {
-			t.Error("empty id accepted")
-		}
-	}
-	// An id is one path segment, whatever it contains.
-	noErr(t, c.DeleteKey(context.Background(), "a/../b"))
-	if got := escaped.Load(); len(f.requests()) != 1 || got != "/api/credentials/keys/a%2F..%2Fb" {
-		t.Fatalf("got %v (%v)", got, f.seq())
-	}
-}
-
 func TestServerDate(t *testing.T) {
 	t.Parallel()
 	when := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
@@ -658,5 +638,48 @@ func TestCloseIdleConnectionsClosesPooledConnections(t *testing.T) {
 		if !tc.closed.Load() {
 			t.Errorf("connection %d still open after CloseIdleConnections", i)
 		}
+	}
+}
+
+// Every call that takes a key id refuses one that is not a plain path segment
+// before anything is sent (it would name another resource: the collection,
+// a parent, a sibling path), and sends a valid one as one escaped segment.
+func TestKeyCallsRefuseIDsThatAreNotPathSegments(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		if r.Method == http.MethodDelete {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, 200, map[string]any{"heron_id": "x", "is_active": true})
+	})
+	c := newTestClient(t, f.URL(), nil)
+	calls := map[string]func(context.Context, string) error{
+		"DeactivateKey": c.DeactivateKey,
+		"ActivateKey":   c.ActivateKey,
+		"DeleteKey":     c.DeleteKey,
+	}
+	for name, call := range calls {
+		for _, id := range []string{"", ".", "..", "../keys", "a/b", "a/../b", "a b", "a\x00b", "a\nb", "%2e%2e", "a?b", "a#b", ".hidden", strings.Repeat("a", 129), "ключ"} {
+			if err := call(context.Background(), id); err == nil || !strings.Contains(err.Error(), "key id") {
+				t.Errorf("%s(%q) = %v, want a refusal naming the key id", name, id, err)
+			}
+		}
+	}
+	if got := f.seq(); len(got) != 0 {
+		t.Fatalf("invalid ids reached the server: %v", got)
+	}
+
+	const id = "a:b@c+d=e~f-0_9.x"
+	noErr(t, c.DeactivateKey(context.Background(), id))
+	noErr(t, c.ActivateKey(context.Background(), id))
+	noErr(t, c.DeleteKey(context.Background(), id))
+	want := []string{
+		"PUT " + keysPath + "/" + id + "/deactivate",
+		"PUT " + keysPath + "/" + id + "/activate",
+		"DELETE " + keysPath + "/" + id,
+	}
+	if got := f.seq(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("requests %v, want %v", got, want)
 	}
 }
