@@ -683,3 +683,88 @@ func TestKeyCallsRefuseIDsThatAreNotPathSegments(t *testing.T) {
 		t.Fatalf("requests %v, want %v", got, want)
 	}
 }
+
+// A Date header outside the range accepted from Heron (2000..2199) is ignored:
+// the engine measures Heron's clock offset from it, and the last good one stays.
+func TestServerDateOutsideTheRangeIsIgnored(t *testing.T) {
+	t.Parallel()
+	good := time.Date(2026, 12, 6, 4, 5, 6, 0, time.UTC)
+	dates := []string{
+		good.Format(http.TimeFormat),
+		"Sat, 01 Jan 2300 00:00:00 GMT",
+		"Mon, 01 Jan 1990 00:00:00 GMT",
+		"Fri, 31 Dec 9999 23:59:59 GMT",
+		"Mon, 01 Jan 0001 00:00:00 GMT",
+	}
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		w.Header().Set("Date", dates[n])
+		writeJSON(w, 200, map[string]any{"hello": "x"})
+	})
+	c := newTestClient(t, f.URL(), nil)
+	for i := range dates {
+		noErr(t, c.Hello(context.Background()))
+		if got := c.ServerDate(); !got.Equal(good) {
+			t.Fatalf("after Date %q: ServerDate %s, want the last good one %s", dates[i], got, good)
+		}
+	}
+}
+
+// A listed key's times are bounded like every time from Heron: created is
+// documented on every key and must be within 2000..2199, last_used is null or
+// within it. Anything else fails the list (it is not what Heron documents),
+// rather than a key that looks created or used in 9999 (never "unused", never
+// owned by a write-ahead record's window) or in year 1.
+func TestListedKeyTimesOutsideTheRangeFailTheList(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		key  map[string]any
+		ok   bool
+	}{
+		{"as documented", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "2026-12-06T11:00:00Z"}, true},
+		{"never used", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": nil}, true},
+		{"no created", map[string]any{"heron_id": "k1"}, false},
+		{"created in year 1", map[string]any{"heron_id": "k1", "created": "0001-01-01T00:00:00Z"}, false},
+		{"created before 2000", map[string]any{"heron_id": "k1", "created": "1999-12-31T23:59:59Z"}, false},
+		{"created in 2200", map[string]any{"heron_id": "k1", "created": "2200-01-01T00:00:00Z"}, false},
+		{"created in 9999", map[string]any{"heron_id": "k1", "created": "9999-12-31T23:59:59Z"}, false},
+		{"last used in 1970", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "1970-01-01T00:00:00Z"}, false},
+		{"last used in 2250", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "2250-01-01T00:00:00Z"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+				writeJSON(w, 200, map[string]any{"keys": []any{tc.key}})
+			})
+			c := newTestClient(t, f.URL(), nil)
+			keys, err := c.ListKeys(context.Background())
+			if tc.ok {
+				if err != nil || len(keys) != 1 {
+					t.Fatalf("documented answer refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted %v as %+v", tc.key, keys)
+			}
+			contains(t, err.Error(), "k1")
+		})
+	}
+}
+
+// A created key whose created/last_used times are out of range keeps its
+// token (the key is real and valid) with those times read as unknown.
+func TestCreatedKeyTimesOutsideTheRangeAreUnknown(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		k := createdKey("k1", "n", testToken)
+		k["created"] = "9999-12-31T23:59:59Z"
+		k["last_used"] = "0001-01-01T00:00:00Z"
+		writeJSON(w, 201, k)
+	})
+	c := newTestClient(t, f.URL(), nil)
+	k, err := c.CreateKey(context.Background(), "n")
+	noErr(t, err)
+	if k.Token != testToken || !k.Created.IsZero() || k.LastUsed != nil {
+		t.Fatalf("created %s, last_used %v: want both unknown", k.Created, k.LastUsed)
+	}
+}

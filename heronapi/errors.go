@@ -129,7 +129,15 @@ func truncate(s string, n int) string {
 	return s + "…"
 }
 
-// parseRetryAfter reads both forms RFC 9110 allows (delay-seconds and HTTP-date).
+// maxRetryAfter bounds a Retry-After in either form: Heron counts its budget over
+// one minute, so after a minute every request it counted has left the window and
+// a longer wait is a broken or hostile header, not a reason to stop the whole
+// environment (a 429 pauses every request to it, revocations included).
+const maxRetryAfter = time.Minute
+
+// parseRetryAfter reads both forms RFC 9110 allows (delay-seconds and HTTP-date),
+// bounded to [0, maxRetryAfter]: a negative or unreadable value is no value
+// (ok false: the caller's own backoff applies), a date in the past is 0.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -139,17 +147,17 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		if secs < 0 {
 			return 0, false
 		}
-		// Clamp so a hostile or broken header cannot overflow time.Duration.
-		if secs > int64(24*time.Hour/time.Second) {
-			secs = int64(24 * time.Hour / time.Second)
+		// Compared in seconds, before any multiplication can overflow.
+		if secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, true
 		}
 		return time.Duration(secs) * time.Second, true
+	} else if errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(v, "-") {
+		return maxRetryAfter, true // digits beyond int64: far more than the bound
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d, true
-		}
-		return 0, true
+		// Sub saturates for dates centuries away; the bound does the rest.
+		return min(max(t.Sub(now), 0), maxRetryAfter), true
 	}
 	return 0, false
 }
@@ -180,10 +188,12 @@ func parseRateLimit(h http.Header, now time.Time) (rateLimit, bool) {
 		return rateLimit{}, false
 	}
 	// In seconds first: time.Unix of an absurd value is not worth computing.
-	secs := reset - now.Unix()
-	if secs < 0 {
+	// Compared before subtracting, which would overflow for a reset near
+	// the bottom of int64.
+	if reset < now.Unix() {
 		return rateLimit{}, false
 	}
+	secs := reset - now.Unix()
 	until := maxObservedPause
 	if secs <= int64(maxObservedPause/time.Second)+1 {
 		until = min(time.Unix(reset, 0).Sub(now), maxObservedPause)
