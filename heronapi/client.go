@@ -513,7 +513,9 @@ func (c *Client) retryPolicy(ctx context.Context, resp *http.Response, err error
 		return !errors.Is(err, ErrRateLimited) && !isPermanentTransportErr(err), nil
 	}
 	switch {
-	case resp.StatusCode == http.StatusTooManyRequests:
+	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode == http.StatusServiceUnavailable:
+		// backoff waits out Retry-After on both: a wait past the deadline
+		// would only end in a timeout instead of this answer.
 		return retryAfterFits(ctx, resp), nil
 	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
 		return true, nil

@@ -107,3 +107,25 @@ func TestRateLimitHeadersAreBounded(t *testing.T) {
 		})
 	}
 }
+
+// A 503 whose Retry-After ends past the caller's deadline is answered now, as
+// a 429's is, instead of sleeping out the caller's whole deadline for a retry
+// that can never be sent.
+func TestUnavailableWithRetryAfterPastTheDeadlineIsNotWaitedOut(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		w.Header().Set("Retry-After", "120")
+		heronError(w, 503, "maintenance")
+	})
+	c := newTestClient(t, f.URL(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := c.Hello(ctx)
+	var ae *APIError
+	if !asAPIError(err, &ae) || ae.StatusCode != 503 || ae.RetryAfter != time.Minute {
+		t.Fatalf("want the 503 itself (Retry-After 1m), got %v", err)
+	}
+	if n := len(f.requests()); n != 1 {
+		t.Fatalf("%d requests, want 1", n)
+	}
+}
