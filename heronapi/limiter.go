@@ -326,7 +326,7 @@ func sharedKey(baseURL, identity string) limiterKey {
 
 // AcquireLimiter returns the process-wide limiter of (baseURL, identity) and
 // records that holder spends it at no more than perMinute. Every mount of the
-// plugin in this process draws from one bucket per environment, as Heron counts
+// plugin in this process draws from one limiter per environment, as Heron counts
 // the budget per environment, at the smallest perMinute of its holders. A
 // holder acquiring again replaces its own rate. Pair with ReleaseLimiter.
 func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
