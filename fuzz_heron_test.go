@@ -27,8 +27,9 @@ import (
 // replayed earlier answer, a status with a templated or raw body, odd
 // Retry-After / X-RateLimit-* / Date headers). Once the input is spent the
 // gateway is honest. The engine is driven through its public surface (Factory,
-// HandleRequest): a config and two roles, creds for both, a revocation, a tidy
-// and the keys paths. Checked, against the emulator's own record of the truth:
+// HandleRequest): a config and two roles, creds for both, a revocation, a tidy,
+// Vault's rollback tick (periodic pass, write-ahead rollback), creds again and
+// the keys paths. Checked, against the emulator's own record of the truth:
 //   - no panic, and no request outlives its deadline by more than a hang would;
 //   - a token handed out by creds/<role> is a key Heron created under the name
 //     the engine reports, rendered for that role, with the id reported, and
@@ -421,6 +422,11 @@ func runHeronAnswers(t *testing.T, script []byte) {
 	step("tidy", func() {
 		_, _ = do(logical.UpdateOperation, "tidy", nil, nil)
 	})
+	// Vault's rollback tick: the periodic pass and write-ahead rollback.
+	step("rollback", func() {
+		_, _ = do(logical.RollbackOperation, "", nil, nil)
+	})
+	creds("payments")
 	for id := range tracked() {
 		step("keys/"+id, func() {
 			_, _ = do(logical.ReadOperation, "keys/"+id, nil, nil)
