@@ -214,12 +214,12 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		// The earliest this waiter could go: each one ahead of it takes a slot.
 		earliest := next.Add(time.Duration(pos) * l.interval)
 		if dl, ok := ctx.Deadline(); ok && earliest.After(dl) {
-			paused := l.pausedUntil.After(dl)
+			pausedUntil := l.pausedUntil
 			l.removeLocked(w)
 			l.mu.Unlock()
-			if paused {
+			if pausedUntil.After(dl) {
 				return fmt.Errorf("heron: request budget paused for another %s, past the request deadline: %w",
-					l.pausedUntil.Sub(now).Round(time.Millisecond), ErrRateLimited)
+					pausedUntil.Sub(now).Round(time.Millisecond), ErrRateLimited)
 			}
 			return fmt.Errorf("heron: no request slot before the deadline (next in %s): %w",
 				earliest.Sub(now).Round(time.Millisecond), ErrRateLimited)
