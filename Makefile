@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleFields$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzNameTemplate$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeKeyList$$' -fuzztime $(FUZZTIME) ./heronapi
+	$(GO) test -run '^$$' -fuzz '^FuzzHeronAnswers$$' -fuzztime $(FUZZTIME) .
 
 fmt:
 	gofmt -s -w $$(git ls-files '*.go')

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"reflect"
 	"regexp"
 	"runtime"
 	"slices"
@@ -18,7 +17,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
@@ -27,7 +25,6 @@ import (
 	"github.com/hashicorp/vault/sdk/rotation"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/time/rate"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
@@ -75,15 +72,11 @@ func (s *issue9Storage) set(on, commit bool) {
 }
 
 // issue9PerMinute reads the rate a heronapi.Limiter runs at (requests per
-// minute). The package exports no accessor, so the test reads the token
-// bucket's rate through reflection.
+// minute).
 func issue9PerMinute(t *testing.T, l *heronapi.Limiter) float64 {
 	t.Helper()
 	require.NotNil(t, l)
-	f := reflect.ValueOf(l).Elem().FieldByName("bucket")
-	require.True(t, f.IsValid(), "heronapi.Limiter has no bucket field any more: update this helper")
-	bucket := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*rate.Limiter)
-	return float64(bucket.Limit()) * 60
+	return float64(l.PerMinute())
 }
 
 // issue9Mount is a second backend (mount) of this plugin process with its own

@@ -42,6 +42,12 @@ const (
 // the answer itself is never held whole. A variable so tests can shrink it.
 var maxListBytes int64 = 256 << 20
 
+// maxListKeys bounds how many keys a list may hold, whatever their size on the
+// wire: a caller of ListKeys holds every one (some 100 bytes each before their
+// strings), so this, not maxListBytes, bounds what an answer of small keys can
+// make the process hold. A variable so tests can shrink it.
+var maxListKeys = 1_000_000
+
 // Client talks to one Heron environment with one admin key. It is safe for
 // concurrent use.
 type Client struct {
@@ -231,6 +237,16 @@ func (c *Client) CreateKey(ctx context.Context, name string) (*Key, error) {
 		return nil, unknownOutcome(fmt.Errorf("heron: POST %s: the answer's token_prefix is not its token's", keysPath))
 	}
 	k.TokenPrefix = TokenPrefix(k.Token)
+	if !ValidHeronTime(k.Created) {
+		// Nobody counts from a created key's time (its record starts when the
+		// engine stores it), and refusing a valid key with its token in hand
+		// over a timestamp would only leave it to be cleaned up: unknown (zero)
+		// is the bounded reading.
+		k.Created = time.Time{}
+	}
+	if k.LastUsed != nil && !ValidHeronTime(*k.LastUsed) {
+		k.LastUsed = nil
+	}
 	c.logger.Debug("created key", "key_id", k.ID, "key_name", k.Name, "token_prefix", k.TokenPrefix)
 	return &k, nil
 }
@@ -307,12 +323,15 @@ func decodeKeyList(r io.Reader, fn func(Key), reset func()) error {
 			return fmt.Errorf("the answer's keys is not a list (%v)", tok)
 		}
 		for i := 0; dec.More(); i++ {
+			if i >= maxListKeys {
+				return fmt.Errorf("the answer lists more than %d keys", maxListKeys)
+			}
 			var k Key
 			if err := dec.Decode(&k); err != nil {
 				return err
 			}
-			if !ValidKeyID(k.ID) {
-				return fmt.Errorf("the answer's key %d has no valid heron_id (%s)", i, describeID(k.ID))
+			if err := checkListedKey(k); err != nil {
+				return fmt.Errorf("the answer's key %d %w", i, err)
 			}
 			fn(k)
 		}
@@ -329,6 +348,23 @@ func decodeKeyList(r io.Reader, fn func(Key), reset func()) error {
 	}
 	if !sawList {
 		return errors.New("the answer has no keys list")
+	}
+	return nil
+}
+
+// checkListedKey applies the rules every listed key must meet before anyone
+// uses it: an id that is a plain path segment, a created time and, when
+// present, a last_used time within the range accepted from Heron (created is
+// documented on every key; a missing one decodes as year 1).
+func checkListedKey(k Key) error {
+	if !ValidKeyID(k.ID) {
+		return fmt.Errorf("has no valid heron_id (%s)", describeID(k.ID))
+	}
+	if !ValidHeronTime(k.Created) {
+		return fmt.Errorf("(%s) has no created time within %d..%d (%s)", k.ID, minHeronTime.Year(), maxHeronTime.Year()-1, k.Created.Format(time.RFC3339))
+	}
+	if k.LastUsed != nil && !ValidHeronTime(*k.LastUsed) {
+		return fmt.Errorf("(%s) has a last_used time outside %d..%d (%s)", k.ID, minHeronTime.Year(), maxHeronTime.Year()-1, k.LastUsed.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -385,10 +421,14 @@ func (c *Client) Hello(ctx context.Context) error {
 	return c.call(ctx, http.MethodGet, helloPath, nil, http.StatusOK)
 }
 
+// keyPath is the URL path of key id. An id that is not a plain path segment is
+// refused before anything is sent: "" would name the collection itself, ".."
+// or "a/b" another resource, whatever the caller's id came from (Heron's own
+// answers are checked on arrival, but a stored record or a caller's field may
+// be older than that rule). The id is escaped even so.
 func keyPath(id, suffix string) (string, error) {
-	// An empty id would turn "keys/{id}" into the collection itself.
-	if id == "" {
-		return "", errors.New("heron: key id is empty")
+	if !ValidKeyID(id) {
+		return "", fmt.Errorf("heron: key id %s", describeID(id))
 	}
 	return keysPath + "/" + url.PathEscape(id) + suffix, nil
 }
@@ -473,7 +513,9 @@ func (c *Client) retryPolicy(ctx context.Context, resp *http.Response, err error
 		return !errors.Is(err, ErrRateLimited) && !isPermanentTransportErr(err), nil
 	}
 	switch {
-	case resp.StatusCode == http.StatusTooManyRequests:
+	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode == http.StatusServiceUnavailable:
+		// backoff waits out Retry-After on both: a wait past the deadline
+		// would only end in a timeout instead of this answer.
 		return retryAfterFits(ctx, resp), nil
 	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
 		return true, nil
@@ -591,7 +633,9 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		cancel()
 		return nil, err
 	}
-	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil && t.date != nil {
+	// A Date outside the range accepted from Heron is ignored (the last good
+	// one stays): the engine measures Heron's clock offset from it.
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil && t.date != nil && ValidHeronTime(d) {
 		t.date.Store(d.Unix())
 	}
 	if t.limiter != nil {
@@ -607,6 +651,15 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	// The timeout must also cover reading the body, so it ends when the body is closed.
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 	return resp, nil
+}
+
+// CloseIdleConnections passes the call on: http.Client.CloseIdleConnections only
+// reaches a transport that has this method, so without it the pool of the base
+// transport was never closed and a replaced Client kept its connections.
+func (t *attemptTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 type cancelOnClose struct {

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -550,26 +552,6 @@ func BenchmarkListKeys(b *testing.B) {
 	}
 }
 
-func TestKeyIDs(t *testing.T) {
-	t.Parallel()
-	var escaped atomic.Value
-	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
-		escaped.Store(r.URL.EscapedPath())
-		w.WriteHeader(204)
-	})
-	c := newTestClient(t, f.URL(), nil)
-	for _, call := range []func(context.Context, string) error{c.DeactivateKey, c.ActivateKey, c.DeleteKey} {
-		if err := call(context.Background(), ""); err == nil {
-			t.Error("empty id accepted")
-		}
-	}
-	// An id is one path segment, whatever it contains.
-	noErr(t, c.DeleteKey(context.Background(), "a/../b"))
-	if got := escaped.Load(); len(f.requests()) != 1 || got != "/api/credentials/keys/a%2F..%2Fb" {
-		t.Fatalf("got %v (%v)", got, f.seq())
-	}
-}
-
 func TestServerDate(t *testing.T) {
 	t.Parallel()
 	when := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
@@ -585,5 +567,204 @@ func TestServerDate(t *testing.T) {
 	noErr(t, err)
 	if got := c.ServerDate(); !got.Equal(when) {
 		t.Fatalf("ServerDate = %v, want %v", got, when)
+	}
+}
+
+// trackedConn records whether the client closed its side of a connection.
+type trackedConn struct {
+	net.Conn
+	closed atomic.Bool
+}
+
+func (c *trackedConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+// A Client replaced after a config change is told to CloseIdleConnections: its
+// pooled keep-alive connections must close then, not linger until the server
+// times them out (one per replaced client, for as long as the plugin runs).
+func TestCloseIdleConnectionsClosesPooledConnections(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]any{"hello": "x"})
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch s {
+		case http.StateNew:
+			open[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(open, c)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	c := newTestClient(t, srv.URL, func(c *Config) { c.Limiter = NewLimiter(100000) })
+	var dialed []*trackedConn
+	base := c.http.Transport.(*attemptTransport).base.(*http.Transport)
+	dial := base.DialContext
+	base.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: conn}
+		mu.Lock()
+		dialed = append(dialed, tc)
+		mu.Unlock()
+		return tc, nil
+	}
+
+	// Reading an answer to its end puts the connection back in the pool
+	// before the read returns, so after Hello it is idle there.
+	noErr(t, c.Hello(context.Background()))
+	noErr(t, c.Hello(context.Background()))
+	mu.Lock()
+	n, servers := len(dialed), len(open)
+	mu.Unlock()
+	if n != 1 || servers != 1 {
+		t.Fatalf("two requests in a row: %d connections dialed, %d open at the server; want one kept alive", n, servers)
+	}
+
+	c.CloseIdleConnections()
+	mu.Lock()
+	defer mu.Unlock()
+	for i, tc := range dialed {
+		if !tc.closed.Load() {
+			t.Errorf("connection %d still open after CloseIdleConnections", i)
+		}
+	}
+}
+
+// Every call that takes a key id refuses one that is not a plain path segment
+// before anything is sent (it would name another resource: the collection,
+// a parent, a sibling path), and sends a valid one as one escaped segment.
+func TestKeyCallsRefuseIDsThatAreNotPathSegments(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		if r.Method == http.MethodDelete {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, 200, map[string]any{"heron_id": "x", "is_active": true})
+	})
+	c := newTestClient(t, f.URL(), nil)
+	calls := map[string]func(context.Context, string) error{
+		"DeactivateKey": c.DeactivateKey,
+		"ActivateKey":   c.ActivateKey,
+		"DeleteKey":     c.DeleteKey,
+	}
+	for name, call := range calls {
+		for _, id := range []string{"", ".", "..", "../keys", "a/b", "a/../b", "a b", "a\x00b", "a\nb", "%2e%2e", "a?b", "a#b", ".hidden", strings.Repeat("a", 129), "ключ"} {
+			if err := call(context.Background(), id); err == nil || !strings.Contains(err.Error(), "key id") {
+				t.Errorf("%s(%q) = %v, want a refusal naming the key id", name, id, err)
+			}
+		}
+	}
+	if got := f.seq(); len(got) != 0 {
+		t.Fatalf("invalid ids reached the server: %v", got)
+	}
+
+	const id = "a:b@c+d=e~f-0_9.x"
+	noErr(t, c.DeactivateKey(context.Background(), id))
+	noErr(t, c.ActivateKey(context.Background(), id))
+	noErr(t, c.DeleteKey(context.Background(), id))
+	want := []string{
+		"PUT " + keysPath + "/" + id + "/deactivate",
+		"PUT " + keysPath + "/" + id + "/activate",
+		"DELETE " + keysPath + "/" + id,
+	}
+	if got := f.seq(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("requests %v, want %v", got, want)
+	}
+}
+
+// A Date header outside the range accepted from Heron (2000..2199) is ignored:
+// the engine measures Heron's clock offset from it, and the last good one stays.
+func TestServerDateOutsideTheRangeIsIgnored(t *testing.T) {
+	t.Parallel()
+	good := time.Date(2026, 12, 6, 4, 5, 6, 0, time.UTC)
+	dates := []string{
+		good.Format(http.TimeFormat),
+		"Sat, 01 Jan 2300 00:00:00 GMT",
+		"Mon, 01 Jan 1990 00:00:00 GMT",
+		"Fri, 31 Dec 9999 23:59:59 GMT",
+		"Mon, 01 Jan 0001 00:00:00 GMT",
+	}
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		w.Header().Set("Date", dates[n])
+		writeJSON(w, 200, map[string]any{"hello": "x"})
+	})
+	c := newTestClient(t, f.URL(), nil)
+	for i := range dates {
+		noErr(t, c.Hello(context.Background()))
+		if got := c.ServerDate(); !got.Equal(good) {
+			t.Fatalf("after Date %q: ServerDate %s, want the last good one %s", dates[i], got, good)
+		}
+	}
+}
+
+// A listed key's times are bounded like every time from Heron: created is
+// documented on every key and must be within 2000..2199, last_used is null or
+// within it. Anything else fails the list (it is not what Heron documents),
+// rather than a key that looks created or used in 9999 (never "unused", never
+// owned by a write-ahead record's window) or in year 1.
+func TestListedKeyTimesOutsideTheRangeFailTheList(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		key  map[string]any
+		ok   bool
+	}{
+		{"as documented", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "2026-12-06T11:00:00Z"}, true},
+		{"never used", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": nil}, true},
+		{"no created", map[string]any{"heron_id": "k1"}, false},
+		{"created in year 1", map[string]any{"heron_id": "k1", "created": "0001-01-01T00:00:00Z"}, false},
+		{"created before 2000", map[string]any{"heron_id": "k1", "created": "1999-12-31T23:59:59Z"}, false},
+		{"created in 2200", map[string]any{"heron_id": "k1", "created": "2200-01-01T00:00:00Z"}, false},
+		{"created in 9999", map[string]any{"heron_id": "k1", "created": "9999-12-31T23:59:59Z"}, false},
+		{"last used in 1970", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "1970-01-01T00:00:00Z"}, false},
+		{"last used in 2250", map[string]any{"heron_id": "k1", "created": "2026-12-06T10:00:00Z", "last_used": "2250-01-01T00:00:00Z"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+				writeJSON(w, 200, map[string]any{"keys": []any{tc.key}})
+			})
+			c := newTestClient(t, f.URL(), nil)
+			keys, err := c.ListKeys(context.Background())
+			if tc.ok {
+				if err != nil || len(keys) != 1 {
+					t.Fatalf("documented answer refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted %v as %+v", tc.key, keys)
+			}
+			contains(t, err.Error(), "k1")
+		})
+	}
+}
+
+// A created key whose created/last_used times are out of range keeps its
+// token (the key is real and valid) with those times read as unknown.
+func TestCreatedKeyTimesOutsideTheRangeAreUnknown(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		k := createdKey("k1", "n", testToken)
+		k["created"] = "9999-12-31T23:59:59Z"
+		k["last_used"] = "0001-01-01T00:00:00Z"
+		writeJSON(w, 201, k)
+	})
+	c := newTestClient(t, f.URL(), nil)
+	k, err := c.CreateKey(context.Background(), "n")
+	noErr(t, err)
+	if k.Token != testToken || !k.Created.IsZero() || k.LastUsed != nil {
+		t.Fatalf("created %s, last_used %v: want both unknown", k.Created, k.LastUsed)
 	}
 }

@@ -129,7 +129,15 @@ func truncate(s string, n int) string {
 	return s + "…"
 }
 
-// parseRetryAfter reads both forms RFC 9110 allows (delay-seconds and HTTP-date).
+// maxRetryAfter bounds a Retry-After in either form: Heron counts its budget over
+// one minute, so after a minute every request it counted has left the window and
+// a longer wait is a broken or hostile header, not a reason to stop the whole
+// environment (a 429 pauses every request to it, revocations included).
+const maxRetryAfter = time.Minute
+
+// parseRetryAfter reads both forms RFC 9110 allows (delay-seconds and HTTP-date),
+// bounded to [0, maxRetryAfter]: a negative or unreadable value is no value
+// (ok false: the caller's own backoff applies), a date in the past is 0.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -139,17 +147,65 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		if secs < 0 {
 			return 0, false
 		}
-		// Clamp so a hostile or broken header cannot overflow time.Duration.
-		if secs > int64(24*time.Hour/time.Second) {
-			secs = int64(24 * time.Hour / time.Second)
+		// Compared in seconds, before any multiplication can overflow.
+		if secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, true
 		}
 		return time.Duration(secs) * time.Second, true
+	} else if errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(v, "-") {
+		return maxRetryAfter, true // digits beyond int64: far more than the bound
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d, true
-		}
-		return 0, true
+		// Sub saturates for dates centuries away; the bound does the rest.
+		return min(max(t.Sub(now), 0), maxRetryAfter), true
 	}
 	return 0, false
+}
+
+// maxRateLimitHeader bounds X-RateLimit-Limit (and so -Remaining): Heron's
+// budgets are hundreds a minute; a billion is a broken header.
+const maxRateLimitHeader = 1_000_000_000
+
+// rateLimit is Heron's X-RateLimit-* headers, read under one rule: all three
+// present as decimal integers, 1 <= limit <= maxRateLimitHeader,
+// 0 <= remaining <= limit, and a reset (Unix seconds) in the future; the time
+// until the reset is bounded by maxObservedPause (Heron's window). Anything
+// else is no information, never a reason to pause.
+type rateLimit struct {
+	limit, remaining int64
+	untilReset       time.Duration
+}
+
+func parseRateLimit(h http.Header, now time.Time) (rateLimit, bool) {
+	num := func(name string) (int64, bool) {
+		n, err := strconv.ParseInt(strings.TrimSpace(h.Get(name)), 10, 64)
+		return n, err == nil
+	}
+	limit, ok1 := num("X-RateLimit-Limit")
+	remaining, ok2 := num("X-RateLimit-Remaining")
+	reset, ok3 := num("X-RateLimit-Reset")
+	if !ok1 || !ok2 || !ok3 || limit < 1 || limit > maxRateLimitHeader || remaining < 0 || remaining > limit {
+		return rateLimit{}, false
+	}
+	// In seconds first: time.Unix of an absurd value is not worth computing.
+	// Compared before subtracting, which would overflow for a reset near
+	// the bottom of int64.
+	if reset < now.Unix() {
+		return rateLimit{}, false
+	}
+	secs := reset - now.Unix()
+	until := maxObservedPause
+	if secs <= int64(maxObservedPause/time.Second)+1 {
+		until = min(time.Unix(reset, 0).Sub(now), maxObservedPause)
+	}
+	if until <= 0 {
+		return rateLimit{}, false
+	}
+	return rateLimit{limit: limit, remaining: remaining, untilReset: until}, true
+}
+
+// low reports whether little of the window's budget is left: under 5 requests
+// or under a tenth of the limit (written without a product that could overflow).
+func (r rateLimit) low() bool {
+	return r.remaining < 5 || r.remaining < (r.limit+9)/10
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"time"
 )
 
 // Heron's formats, stated once for every user of this package (the engine
@@ -62,4 +63,20 @@ func ValidateBaseURL(raw string) error {
 		return fmt.Errorf("base_url must not carry credentials, a query or a fragment, got %q", u.Redacted())
 	}
 	return nil
+}
+
+// Every time Heron sends (its Date header, a key's created and last_used) is
+// accepted only within [minHeronTime, maxHeronTime): Heron did not exist before
+// 2000, and a time past 2200 is a broken or hostile answer whose use would
+// overflow or stall whatever counts from it (a retention, a clock offset, an
+// "unused for").
+var (
+	minHeronTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxHeronTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// ValidHeronTime reports whether t is within the range of times accepted from
+// Heron.
+func ValidHeronTime(t time.Time) bool {
+	return !t.Before(minHeronTime) && t.Before(maxHeronTime)
 }

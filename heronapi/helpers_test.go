@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -200,3 +201,7 @@ func assertNoSecret(t testing.TB, what, s string) {
 		}
 	}
 }
+
+func asAPIError(err error, target **APIError) bool { return errors.As(err, target) }
+
+func itoa64(n int64) string { return strconv.FormatInt(n, 10) }

@@ -7,29 +7,87 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
-// Limiter spends one Heron environment's request budget. Heron counts over a sliding
-// minute, so a token bucket at perMinute/60 per second with a burst of 1 never sends
-// more than perMinute (+1) in any 60-second window, unlike a fixed-window counter.
-// On top of the bucket it holds a pause, set by 429s and by low X-RateLimit-Remaining,
-// because the budget is shared with the customer's own traffic that we cannot see.
+// Limiter spends one Heron environment's request budget. Heron counts over a
+// sliding minute, and the promise is that in every sliding 60-second window the
+// requests granted number at most the budget, across 429 pauses, Retry-After,
+// slowdowns on a low X-RateLimit-Remaining and budget changes. Two rules make
+// that hold, each checked at the moment a request is let through:
+//   - spacing: a grant comes no sooner than window/budget after the previous
+//     one, so requests are spread evenly (no burst, also after a long idle);
+//   - the record: the budget-th most recent grant is at least a window old.
+//     The record keeps the grant times of the last window, so a lowered budget
+//     counts the requests already sent under the old one.
+//
+// Nothing is reserved ahead of time: waiters queue in order and only the head
+// waits for a time, which it computes afresh whenever it wakes. A token bucket
+// with reservations made before a pause lets every reservation that fell
+// inside the pause go at once when it ends (85 requests in one minute at a
+// budget of 60); here a pause only moves the head's next grant later.
+//
+// The pause is set by 429s and by a low X-RateLimit-Remaining, because the
+// budget is shared with the customer's own traffic that we cannot see.
 type Limiter struct {
-	bucket *rate.Limiter
+	clock clock
 
 	mu          sync.Mutex
+	perMinute   int
+	interval    time.Duration // window / perMinute: the spacing of grants
+	epoch       time.Time     // sent holds offsets from it (8 bytes a grant)
+	sent        []time.Duration
 	pausedUntil time.Time
+	queue       []*limiterWaiter
+	// changed is closed (and replaced) when the budget changes, so that a head
+	// sleeping until a slot computed under the old budget computes it again.
+	changed chan struct{}
+	// onGrant, when set (tests), sees every grant time, under mu.
+	onGrant func(time.Time)
+}
+
+// limiterWindow is Heron's counting window.
+const limiterWindow = time.Minute
+
+type limiterWaiter struct {
+	turn chan struct{} // closed when the waiter reaches the head of the queue
+}
+
+// clock is the limiter's time: the wall clock in production, a virtual one in
+// tests, which must check the sliding window over many minutes.
+type clock interface {
+	now() time.Time
+	// sleep blocks until until (never when zero), wake is closed or ctx is
+	// done; only the last returns an error (ctx's).
+	sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error
+}
+
+type wallClock struct{}
+
+func (wallClock) now() time.Time { return time.Now() }
+
+func (wallClock) sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	var fire <-chan time.Time
+	if !until.IsZero() {
+		t := time.NewTimer(time.Until(until))
+		defer t.Stop()
+		fire = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-fire:
+	case <-wake:
+	}
+	return nil
 }
 
 // maxObservedPause bounds a pause derived from X-RateLimit-Reset: Heron's window is
 // one minute, so anything longer is a broken header, not a reason to stall the engine.
-const maxObservedPause = time.Minute
+const maxObservedPause = limiterWindow
 
 // maxSlotHeadroom is the most of a caller's remaining time Wait keeps for the
 // request itself and what the caller does with its answer.
@@ -38,120 +96,182 @@ const maxSlotHeadroom = 2 * time.Second
 // NewLimiter returns a limiter for perMinute requests per minute. A perMinute below 1
 // is treated as 1: an unset budget must fail slow, never spend Heron's whole budget.
 func NewLimiter(perMinute int) *Limiter {
-	return &Limiter{bucket: rate.NewLimiter(perMinuteLimit(perMinute), 1)}
+	return newLimiter(perMinute, wallClock{})
 }
 
-func perMinuteLimit(n int) rate.Limit {
-	if n < 1 {
-		n = 1
-	}
-	return rate.Limit(float64(n) / 60)
+func newLimiter(perMinute int, c clock) *Limiter {
+	l := &Limiter{clock: c, epoch: c.now(), changed: make(chan struct{})}
+	l.setLocked(perMinute)
+	return l
+}
+
+func (l *Limiter) setLocked(n int) {
+	l.perMinute = max(n, 1)
+	l.interval = limiterWindow / time.Duration(l.perMinute)
 }
 
 // SetPerMinute changes the budget in place, so clients already holding this limiter
-// pick up a config change without being rebuilt.
+// pick up a config change without being rebuilt. It grants nothing by itself: a
+// raised budget lets requests go sooner, spaced at the new rate; a lowered one
+// counts what was sent in the last minute under the old one.
 func (l *Limiter) SetPerMinute(n int) {
-	l.bucket.SetLimit(perMinuteLimit(n))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.setLocked(n)
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
-// Wait blocks until a request may be sent: first until any pause is over, then for a
-// token. It fails fast with an error wrapping ErrRateLimited when the slot would come
-// after ctx's deadline (the caller can answer "rate limited" at once instead of timing
-// out), and returns ctx.Err() when ctx is canceled.
+// PerMinute is the budget the limiter runs at.
+func (l *Limiter) PerMinute() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.perMinute
+}
+
+// nextLocked is the earliest time the next request may go, as of now.
+func (l *Limiter) nextLocked(now time.Time) time.Time {
+	// Grants older than a window count in no window that holds now or later.
+	cut := 0
+	for cut < len(l.sent) && !l.epoch.Add(l.sent[cut]).After(now.Add(-limiterWindow)) {
+		cut++
+	}
+	if cut > 0 {
+		l.sent = l.sent[cut:]
+	}
+	t := now
+	if l.pausedUntil.After(t) {
+		t = l.pausedUntil
+	}
+	if n := len(l.sent); n > 0 {
+		if next := l.epoch.Add(l.sent[n-1] + l.interval); next.After(t) {
+			t = next
+		}
+		if n >= l.perMinute {
+			// The window (t-1m, t] must hold at most perMinute-1 earlier grants.
+			if next := l.epoch.Add(l.sent[n-l.perMinute] + limiterWindow); next.After(t) {
+				t = next
+			}
+		}
+	}
+	return t
+}
+
+// grantLocked records a grant at now and hands the head of the queue on.
+func (l *Limiter) grantLocked(w *limiterWaiter, now time.Time) {
+	l.sent = append(l.sent, now.Sub(l.epoch))
+	if l.onGrant != nil {
+		l.onGrant(now)
+	}
+	l.removeLocked(w)
+}
+
+func (l *Limiter) removeLocked(w *limiterWaiter) {
+	i := slices.Index(l.queue, w)
+	if i < 0 {
+		return
+	}
+	l.queue = slices.Delete(l.queue, i, i+1)
+	if i == 0 && len(l.queue) > 0 {
+		close(l.queue[0].turn)
+	}
+}
+
+// Wait blocks until a request may be sent. Callers are served in the order they
+// came. It fails fast with an error wrapping ErrRateLimited when the slot would
+// come after ctx's deadline (the caller can answer "rate limited" at once instead
+// of timing out), and returns ctx.Err() when ctx is canceled.
 func (l *Limiter) Wait(ctx context.Context) error {
 	// A slot granted just before the deadline is wasted: the request would be
 	// sent and its caller time out before it can record what happened. Keep a
 	// little of the caller's time for that.
 	if dl, ok := ctx.Deadline(); ok {
-		headroom := min(maxSlotHeadroom, time.Until(dl)/4)
+		headroom := min(maxSlotHeadroom, dl.Sub(l.clock.now())/4)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-headroom))
 		defer cancel()
 	}
-	if err := l.waitPause(ctx); err != nil {
-		return err
-	}
-	if err := l.bucket.Wait(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return l.waitErr(ctx, err)
 	}
-	// A 429 seen while we queued for the token pauses everyone, us included: the
-	// token is spent either way, but sending now would only earn another 429.
-	return l.waitPause(ctx)
-}
-
-func (l *Limiter) waitPause(ctx context.Context) error {
+	w := &limiterWaiter{turn: make(chan struct{})}
+	l.mu.Lock()
+	l.queue = append(l.queue, w)
+	if len(l.queue) == 1 {
+		close(w.turn)
+	}
+	l.mu.Unlock()
 	for {
 		l.mu.Lock()
-		until := l.pausedUntil
-		l.mu.Unlock()
-		d := time.Until(until)
-		if d <= 0 {
+		now := l.clock.now()
+		next := l.nextLocked(now)
+		pos := slices.Index(l.queue, w)
+		if pos == 0 && !next.After(now) {
+			l.grantLocked(w, now)
+			l.mu.Unlock()
 			return nil
 		}
-		if dl, ok := ctx.Deadline(); ok && until.After(dl) {
-			return fmt.Errorf("heron: request budget paused for another %s, past the request deadline: %w",
-				d.Round(time.Millisecond), ErrRateLimited)
+		// The earliest this waiter could go: each one ahead of it takes a slot.
+		earliest := next.Add(time.Duration(pos) * l.interval)
+		if dl, ok := ctx.Deadline(); ok && earliest.After(dl) {
+			pausedUntil := l.pausedUntil
+			l.removeLocked(w)
+			l.mu.Unlock()
+			if pausedUntil.After(dl) {
+				return fmt.Errorf("heron: request budget paused for another %s, past the request deadline: %w",
+					pausedUntil.Sub(now).Round(time.Millisecond), ErrRateLimited)
+			}
+			return fmt.Errorf("heron: no request slot before the deadline (next in %s): %w",
+				earliest.Sub(now).Round(time.Millisecond), ErrRateLimited)
 		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return l.waitErr(ctx, ctx.Err())
-		case <-t.C:
+		until, wake := time.Time{}, (<-chan struct{})(w.turn)
+		if pos == 0 {
+			// Woken early by a budget change; a pause only ever makes the
+			// slot later, which the head finds when it wakes.
+			until, wake = next, l.changed
 		}
-		// Loop: the pause may have been extended while we slept.
+		l.mu.Unlock()
+		if err := l.clock.sleep(ctx, until, wake); err != nil {
+			l.mu.Lock()
+			l.removeLocked(w)
+			l.mu.Unlock()
+			return l.waitErr(ctx, err)
+		}
 	}
 }
 
 func (l *Limiter) waitErr(ctx context.Context, err error) error {
-	switch {
-	case errors.Is(ctx.Err(), context.Canceled):
-		return ctx.Err()
-	case ctx.Err() != nil:
-		// The deadline passed while queued: still "no slot before the deadline".
-		return fmt.Errorf("heron: no request slot before the deadline: %w: %w", ErrRateLimited, ctx.Err())
-	default:
-		// rate.Limiter refuses up front when the reservation would outlive the deadline.
-		return fmt.Errorf("heron: no request slot before the deadline (%v): %w", err, ErrRateLimited)
+	if errors.Is(err, context.Canceled) {
+		return err
 	}
+	// The deadline passed while queued: still "no slot before the deadline".
+	return fmt.Errorf("heron: no request slot before the deadline: %w: %w", ErrRateLimited, err)
 }
 
 // PauseFor holds every request through this limiter until now+d. It only ever
 // extends a pause: a short Retry-After arriving after a long one must not cut it.
+// A pause grants nothing when it ends: the next request is still spaced from the
+// last one sent, and the record of the last minute still counts.
 func (l *Limiter) PauseFor(d time.Duration) {
 	if d <= 0 {
 		return
 	}
-	until := time.Now().Add(d)
 	l.mu.Lock()
-	if until.After(l.pausedUntil) {
+	defer l.mu.Unlock()
+	if until := l.clock.now().Add(d); until.After(l.pausedUntil) {
 		l.pausedUntil = until
 	}
-	l.mu.Unlock()
 }
 
 // Observe slows down when Heron says little of the window's budget is left (the
 // customer's own traffic may be spending it): it spreads the remaining requests
 // evenly until the reset instead of spending them all now and then hitting 429s.
 func (l *Limiter) Observe(h http.Header) {
-	remaining, err1 := strconv.Atoi(strings.TrimSpace(h.Get("X-RateLimit-Remaining")))
-	limit, err2 := strconv.Atoi(strings.TrimSpace(h.Get("X-RateLimit-Limit")))
-	reset, err3 := strconv.ParseInt(strings.TrimSpace(h.Get("X-RateLimit-Reset")), 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || remaining < 0 {
+	rl, ok := parseRateLimit(h, l.clock.now())
+	if !ok || !rl.low() {
 		return
 	}
-	if remaining >= 5 && remaining*10 >= limit {
-		return
-	}
-	now := time.Now()
-	untilReset := time.Unix(reset, 0).Sub(now)
-	if untilReset <= 0 {
-		return
-	}
-	if untilReset > maxObservedPause {
-		untilReset = maxObservedPause
-	}
-	l.PauseFor(untilReset / time.Duration(remaining+1))
+	l.PauseFor(rl.untilReset / time.Duration(rl.remaining+1))
 }
 
 // limiterKey identifies an environment's budget. The key is hashed so the registry
@@ -206,7 +326,7 @@ func sharedKey(baseURL, identity string) limiterKey {
 
 // AcquireLimiter returns the process-wide limiter of (baseURL, identity) and
 // records that holder spends it at no more than perMinute. Every mount of the
-// plugin in this process draws from one bucket per environment, as Heron counts
+// plugin in this process draws from one limiter per environment, as Heron counts
 // the budget per environment, at the smallest perMinute of its holders. A
 // holder acquiring again replaces its own rate. Pair with ReleaseLimiter.
 func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {

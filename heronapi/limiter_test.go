@@ -10,14 +10,12 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 func (l *Limiter) pausedFor() time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return time.Until(l.pausedUntil)
+	return l.pausedUntil.Sub(l.clock.now())
 }
 
 func TestLimiterSpacesRequests(t *testing.T) {
@@ -157,14 +155,14 @@ func TestLimiterObserve(t *testing.T) {
 func TestLimiterSetPerMinute(t *testing.T) {
 	t.Parallel()
 	l := NewLimiter(600)
-	if l.bucket.Limit() != 10 || l.bucket.Burst() != 1 {
-		t.Fatalf("limit %v burst %d", l.bucket.Limit(), l.bucket.Burst())
+	if l.PerMinute() != 600 || l.interval != 100*time.Millisecond {
+		t.Fatalf("budget %d spacing %s", l.PerMinute(), l.interval)
 	}
 	l.SetPerMinute(120)
-	if l.bucket.Limit() != 2 {
-		t.Fatalf("limit %v", l.bucket.Limit())
+	if l.PerMinute() != 120 || l.interval != 500*time.Millisecond {
+		t.Fatalf("budget %d spacing %s", l.PerMinute(), l.interval)
 	}
-	if NewLimiter(0).bucket.Limit() != rate.Limit(1.0/60) {
+	if NewLimiter(0).PerMinute() != 1 {
 		t.Fatal("a zero budget must fail slow, not unlimited")
 	}
 }
@@ -248,8 +246,8 @@ func TestSharedLimiter(t *testing.T) {
 		t.Fatal("spellings of the same base URL must share one limiter")
 	}
 	defer ReleaseLimiter(url, testKey, "mount-c")
-	if a.bucket.Limit() != rate.Limit(250.0/60) {
-		t.Fatalf("a larger budget of another holder must not raise the shared rate: %v", a.bucket.Limit())
+	if a.PerMinute() != 250 {
+		t.Fatalf("a larger budget of another holder must not raise the shared rate: %v", a.PerMinute())
 	}
 	ReleaseLimiter(url, testKey, "mount-b")
 	if b := AcquireLimiter(url, otherKey, "mount-a", 250); b == a {
@@ -281,20 +279,20 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	before := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second))
 	small := AcquireLimiter(url, testKey, "mount-small", 60)
 	big := AcquireLimiter(url, testKey, "mount-big", 100000)
-	if small != big || big.bucket.Limit() != 1 {
-		t.Fatalf("want one limiter at 60/min, got %v", big.bucket.Limit())
+	if small != big || big.PerMinute() != 60 {
+		t.Fatalf("want one limiter at 60/min, got %v", big.PerMinute())
 	}
 	// The small mount rebuilds its client (config rewrite): still the smallest.
 	AcquireLimiter(url, testKey, "mount-small", 60)
-	if big.bucket.Limit() != 1 {
-		t.Fatalf("rate changed by a re-acquire: %v", big.bucket.Limit())
+	if big.PerMinute() != 60 {
+		t.Fatalf("rate changed by a re-acquire: %v", big.PerMinute())
 	}
-	if p := PeekLimiter(url, testKey, 100000); p != big || big.bucket.Limit() != 1 {
+	if p := PeekLimiter(url, testKey, 100000); p != big || big.PerMinute() != 60 {
 		t.Fatal("a one-off check must use the shared limiter without changing its rate")
 	}
 	ReleaseLimiter(url, testKey, "mount-small")
-	if big.bucket.Limit() != rate.Limit(100000.0/60) {
-		t.Fatalf("after the small mount let go the rate is the remaining holder's: %v", big.bucket.Limit())
+	if big.PerMinute() != 100000 {
+		t.Fatalf("after the small mount let go the rate is the remaining holder's: %v", big.PerMinute())
 	}
 	ReleaseLimiter(url, testKey, "mount-big")
 	if again := AcquireLimiter(url, testKey, "mount-big", 100000); again != big {
@@ -304,7 +302,7 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
 		t.Fatalf("registry entries: %d, want %d (forgotten once unheld for a while)", got, before)
 	}
-	if p := PeekLimiter(url, testKey, 30); p == big || p.bucket.Limit() != rate.Limit(0.5) {
+	if p := PeekLimiter(url, testKey, 30); p == big || p.PerMinute() != 30 {
 		t.Fatal("peeking a forgotten budget gives a private limiter at the asked rate")
 	}
 	if got := heldLimiterCount(time.Now()); got != before {
@@ -334,4 +332,270 @@ func TestConcurrentLimiterUse(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// virtualClock is the limiter's clock in tests that check the budget over many
+// minutes: time moves only when every worker is parked in the limiter, and then
+// straight to the earliest time one of them waits for.
+type virtualClock struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	t        time.Time
+	sleepers map[*vSleeper]struct{}
+}
+
+type vSleeper struct {
+	until time.Time
+	wake  <-chan struct{}
+	ctx   context.Context
+	fire  chan struct{}
+	fired bool
+}
+
+func newVirtualClock() *virtualClock {
+	c := &virtualClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), sleepers: map[*vSleeper]struct{}{}}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+func (c *virtualClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *virtualClock) sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	s := &vSleeper{until: until, wake: wake, ctx: ctx, fire: make(chan struct{})}
+	c.mu.Lock()
+	if !until.IsZero() && !until.After(c.t) {
+		c.mu.Unlock()
+		return nil
+	}
+	c.sleepers[s] = struct{}{}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	var err error
+	select {
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.fire:
+	case <-wake:
+	}
+	c.mu.Lock()
+	delete(c.sleepers, s)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return err
+}
+
+// parkedLocked reports whether n goroutines sleep and none of them is about to
+// wake (its wake channel closed, its context done, its time come).
+func (c *virtualClock) parkedLocked(n int) bool {
+	if len(c.sleepers) != n {
+		return false
+	}
+	for s := range c.sleepers {
+		if s.fired || s.ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-s.wake:
+			return false
+		default:
+		}
+	}
+	return true
+}
+
+// advance waits until n goroutines are parked, then moves time to the
+// earliest wake-up among them, or to limit if that comes first, and reports
+// the new time. Nobody wakes before fireDue.
+func (c *virtualClock) advance(t *testing.T, n int, limit time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !c.parkedLocked(n) {
+		c.cond.Wait()
+	}
+	var next time.Time
+	for s := range c.sleepers {
+		if !s.until.IsZero() && (next.IsZero() || s.until.Before(next)) {
+			next = s.until
+		}
+	}
+	if !limit.IsZero() && (next.IsZero() || limit.Before(next)) {
+		next = limit
+	}
+	if next.IsZero() {
+		t.Fatal("every waiter sleeps with no time to wake at")
+	}
+	c.t = next
+	return next
+}
+
+// fireDue wakes the sleepers whose time has come.
+func (c *virtualClock) fireDue() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s := range c.sleepers {
+		if !s.fired && !s.until.IsZero() && !s.until.After(c.t) {
+			s.fired = true
+			close(s.fire)
+		}
+	}
+}
+
+// budgetRun drives a limiter on the virtual clock with workers that send as
+// fast as it lets them, until it has granted sends requests. After its i-th
+// grant a worker reacts to Heron's answer (answer), as the client's transport
+// does; budget changes happen at their times.
+type budgetRun struct {
+	start   int
+	workers int
+	sends   int
+	answer  func(i int, at time.Time, l *Limiter)
+	changes []budgetChange
+}
+
+type budgetChange struct {
+	after time.Duration
+	to    int
+}
+
+// run asserts the promise over every sliding 60 s window: the sends in
+// (t-60s, t] never outnumber the budget in force at t (+1, as the spec
+// tolerates), and no budget change or pause's end lets a burst through: two
+// sends are never closer than the spacing of the budget at the later one.
+func (r budgetRun) run(t *testing.T) {
+	c := newVirtualClock()
+	t0 := c.now()
+	l := newLimiter(r.start, c)
+	var mu sync.Mutex
+	var grants []time.Time
+	l.onGrant = func(at time.Time) {
+		mu.Lock()
+		grants = append(grants, at)
+		mu.Unlock()
+	}
+	type change struct {
+		at time.Time
+		to int
+	}
+	history := []change{{t0, r.start}}
+	for _, ch := range r.changes {
+		history = append(history, change{t0.Add(ch.after), ch.to})
+	}
+	budgetAt := func(at time.Time) int {
+		b := 0
+		for _, h := range history {
+			if !h.at.After(at) {
+				b = h.to
+			}
+		}
+		return b
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range r.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if err := l.Wait(ctx); err != nil {
+					return
+				}
+				mu.Lock()
+				i, at := len(grants)-1, grants[len(grants)-1]
+				mu.Unlock()
+				if r.answer != nil {
+					r.answer(i, at, l)
+				}
+			}
+		}()
+	}
+	pending := history[1:]
+	for {
+		mu.Lock()
+		n := len(grants)
+		mu.Unlock()
+		if n >= r.sends {
+			break
+		}
+		var limit time.Time
+		if len(pending) > 0 {
+			limit = pending[0].at
+		}
+		now := c.advance(t, r.workers, limit)
+		// A change takes effect before anything due at the same instant goes.
+		for len(pending) > 0 && !pending[0].at.After(now) {
+			l.SetPerMinute(pending[0].to)
+			pending = pending[1:]
+		}
+		c.fireDue()
+	}
+	cancel()
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	lo := 0
+	for i, at := range grants {
+		for !grants[lo].After(at.Add(-time.Minute)) {
+			lo++
+		}
+		b := budgetAt(at)
+		if n := i - lo + 1; n > b+1 {
+			t.Fatalf("%d sends in the 60 s up to %s (send %d) at a budget of %d", n, at.Sub(t0), i, b)
+		}
+		if i > 0 {
+			if gap, min := at.Sub(grants[i-1]), time.Minute/time.Duration(b); gap < min {
+				t.Fatalf("send %d at %s came %s after the one before, under the %s spacing of a budget of %d",
+					i, at.Sub(t0), gap, min, b)
+			}
+		}
+	}
+	t.Logf("%d sends over %s", len(grants), grants[len(grants)-1].Sub(t0))
+}
+
+// The budget is a promise over every sliding 60 s window, whatever happens in
+// between: 429 pauses (Retry-After), slowdowns on a low X-RateLimit-Remaining,
+// and budget changes both ways. Requests that queued during a pause must not
+// all go when it ends.
+func TestLimiterBudgetHoldsOverEverySlidingWindow(t *testing.T) {
+	t.Parallel()
+	pauseEvery := func(n int, d time.Duration) func(int, time.Time, *Limiter) {
+		return func(i int, _ time.Time, l *Limiter) {
+			if i%n == n-1 {
+				l.PauseFor(d)
+			}
+		}
+	}
+	lowRemaining := func(i int, at time.Time, l *Limiter) {
+		h := http.Header{}
+		h.Set("X-RateLimit-Limit", "500")
+		h.Set("X-RateLimit-Remaining", strconv.Itoa(i%7))
+		h.Set("X-RateLimit-Reset", strconv.FormatInt(at.Add(40*time.Second).Unix(), 10))
+		l.Observe(h)
+	}
+	for _, tc := range []struct {
+		name string
+		run  budgetRun
+	}{
+		{"429 pauses shorter than the window", budgetRun{start: 60, workers: 40, sends: 400, answer: pauseEvery(45, 30*time.Second)}},
+		{"429 pauses longer than the window", budgetRun{start: 60, workers: 100, sends: 400, answer: pauseEvery(90, 100*time.Second)}},
+		{"low X-RateLimit-Remaining", budgetRun{start: 250, workers: 20, sends: 600, answer: lowRemaining}},
+		{"budget lowered", budgetRun{start: 600, workers: 30, sends: 500, changes: []budgetChange{{30 * time.Second, 60}}}},
+		{"budget raised", budgetRun{start: 30, workers: 30, sends: 600, changes: []budgetChange{{90 * time.Second, 600}}}},
+		{"budget changes both ways with pauses", budgetRun{start: 120, workers: 50, sends: 1500,
+			answer: pauseEvery(70, 20*time.Second),
+			changes: []budgetChange{
+				{20 * time.Second, 1200}, {50 * time.Second, 60}, {3 * time.Minute, 300},
+				{4 * time.Minute, 40}, {6 * time.Minute, 900}, {6*time.Minute + 5*time.Second, 120},
+			}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run.run(t)
+		})
+	}
 }

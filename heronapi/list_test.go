@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,7 +81,8 @@ func TestListKeys_AnswerOverTheBoundFails(t *testing.T) {
 }
 
 // decodeKeyList accepts exactly the answers Heron documents, {"keys": [...]}
-// with a heron_id on every key that is a plain path segment, and then answers
+// with a heron_id on every key that is a plain path segment and its times in
+// the range accepted from Heron, and then answers
 // what json.Unmarshal answers. Everything else is an error, never an empty
 // list (spec, Invariants 9: an empty or missing list is not "no keys"): a
 // body of null, an object without a keys array, "keys": null, a key without
@@ -95,6 +98,9 @@ func FuzzDecodeKeyList(f *testing.F) {
 	f.Add([]byte(`{"other": {"a": [1, 2]}, "keys": [{"heron_id": "x", "name": "n", "created": "2026-01-01T00:00:00Z", "last_used": "2026-01-02T00:00:00Z"}]}`))
 	f.Add([]byte(`{"keys": [{"heron_id": 1}]}`))
 	f.Add([]byte(`{"keys": [], "KEYS": [{"heron_id": "x"}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": "x", "created": "2026-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": "x", "created": "9999-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"keys": [{"heron_id": "x", "created": "2026-01-01T00:00:00Z", "last_used": "1970-01-01T00:00:00Z"}]}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got := []Key{}
@@ -113,7 +119,7 @@ func FuzzDecodeKeyList(f *testing.F) {
 		documented := want.Keys != nil && *want.Keys != nil
 		if documented {
 			for _, k := range *want.Keys {
-				if !ValidKeyID(k.ID) {
+				if checkListedKey(k) != nil {
 					documented = false
 				}
 			}
@@ -131,4 +137,70 @@ func FuzzDecodeKeyList(f *testing.F) {
 			t.Fatalf("decodeKeyList = %+v, json.Unmarshal = %+v", got, *want.Keys)
 		}
 	})
+}
+
+// What a list makes its caller hold stays a small multiple of the answer,
+// whatever its keys look like: the smallest key accepted (an id and a created
+// time, some 50 bytes) costs a Key of some 100 bytes; keys without an id
+// (`{}`, 3 bytes each) or without created (`{"heron_id":"a"}`) fail the list.
+func TestListKeysHoldsASmallMultipleOfTheAnswer(t *testing.T) {
+	const n = 200_000
+	minimal := `{"heron_id":"a","created":"2026-12-06T00:00:00Z"}`
+	body := `{"keys":[` + strings.Repeat(minimal+",", n-1) + minimal + `]}`
+	var serve atomic.Value
+	serve.Store(body)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, serve.Load().(string))
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(Config{BaseURL: srv.URL, APIKey: testKey, Timeout: time.Minute})
+	require.NoError(t, err)
+	before := heapAfterGC()
+	keys, err := c.ListKeys(context.Background())
+	held := int64(heapAfterGC()) - int64(before)
+	runtime.KeepAlive(keys)
+	require.NoError(t, err)
+	require.Len(t, keys, n)
+	if limit := int64(6 * len(body)); held > limit {
+		t.Fatalf("a %d-byte answer of %d minimal keys made ListKeys hold %d bytes (%.1fx)", len(body), n, held, float64(held)/float64(len(body)))
+	}
+	t.Logf("%d-byte answer, %d bytes held (%.1fx)", len(body), held, float64(held)/float64(len(body)))
+
+	for _, k := range []string{`{}`, `{"heron_id":"a"}`} {
+		serve.Store(`{"keys":[` + strings.Repeat(k+",", n-1) + k + `]}`)
+		_, err := c.ListKeys(context.Background())
+		require.Error(t, err, "a list of %s", k)
+	}
+}
+
+// The number of keys a list may hold is bounded, however small they are.
+func TestListKeysRefusesMoreThanMaxListKeys(t *testing.T) {
+	defer func(old int) { maxListKeys = old }(maxListKeys)
+	maxListKeys = 1000
+	for _, tc := range []struct {
+		n  int
+		ok bool
+	}{{1000, true}, {1001, false}} {
+		srv := listServer(t, tc.n)
+		c, err := New(Config{BaseURL: srv.URL, APIKey: testKey})
+		require.NoError(t, err)
+		keys, err := c.ListKeys(context.Background())
+		if tc.ok {
+			require.NoError(t, err)
+			require.Len(t, keys, tc.n)
+			continue
+		}
+		require.ErrorContains(t, err, "more than 1000 keys")
+		err = c.EachKey(context.Background(), func(Key) {})
+		require.ErrorContains(t, err, "more than 1000 keys", "EachKey follows the same rule")
+	}
+}
+
+func heapAfterGC() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
