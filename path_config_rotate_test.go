@@ -342,3 +342,43 @@ func TestRotate_RotationManager(t *testing.T) {
 	read = e.ok(logical.ReadOperation, "config/development", nil)
 	require.Equal(t, false, read.Data["rotation_managed_by_vault"])
 }
+
+// Invariants 7 and 8 (a schedule fires once): the pass decides the admin
+// key is due from a read outside the config's lock; a rotation by hand
+// landing in between is not repeated (the hand-made key stays current and
+// active, and only the key it replaced is retired).
+func TestRotate_ScheduledRotationDoesNotRepeatOneMadeByHand(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_period": "1h"})
+	seedID := e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"]
+
+	e.atTime(t0.Add(61 * time.Minute)) // due
+	ps := &parkStorage{Storage: e.s}
+	e.s = ps
+	ps.arm(configStoragePrefix + "development")
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := e.b.rotateDue(context.Background(), ps)
+		done <- result{n, err}
+	}()
+	<-ps.reached // the pass has read the config and found it due
+	byHand := e.ok(logical.UpdateOperation, "config/development/rotate", nil).Data["admin_key_id"].(string)
+	close(ps.proceed)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Zero(t, res.n, "the pass rotates nothing: the admin key is not due any more")
+
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, byHand, read["admin_key_id"], "the rotation by hand is not repeated")
+	retired := read["retired_keys"].([]map[string]interface{})
+	require.Len(t, retired, 1)
+	require.Equal(t, seedID, retired[0]["key_id"])
+	require.True(t, heronKey(e, byHand).IsActive)
+}
