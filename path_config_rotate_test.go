@@ -530,3 +530,49 @@ func TestRotate_RetiredAdminKeysAreCapped(t *testing.T) {
 	require.NotNil(t, resp)
 	require.Contains(t, strings.Join(resp.Warnings, "\n"), fmt.Sprintf("keeps at most %d", maxRetiredAdminKeys))
 }
+
+// The config's "at no point without a working stored key, nor a created key
+// untracked": when the rotated-out admin keys are at the bound and none is
+// deactivated yet (so none may be deleted early), a rotation is refused with
+// a 400 and its new key taken back out, while a fresh admin_api_key is
+// still accepted; once the pass has deactivated them, the bound holds again
+// and rotation works.
+func TestRotate_RefusedWhileNoRotatedOutKeyCanBePruned(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// As after maxRetiredAdminKeys rotations whose deactivations all failed
+	// (the last one made the current admin key).
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 10, herontest.FaultStatus503)
+	rot := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	e.srv.ResetFaults()
+	require.NotEmpty(t, rot.Warnings, "precondition: the old key could not be deactivated")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	now := time.Now()
+	for i := range maxRetiredAdminKeys - 1 {
+		k := createHand(t, e, e.adminKey["development"], fmt.Sprintf("vault-admin-development-%d", i))
+		cfg.RetiredKeys = append(cfg.RetiredKeys, retiredAdminKey{KeyID: k.ID, TokenPrefix: k.TokenPrefix, RetiredAt: now, DeleteAfter: now.Add(720 * time.Hour)})
+	}
+	require.NoError(t, putConfig(context.Background(), e.s, cfg))
+
+	before := len(e.srv.Keys())
+	e.badRequest(logical.UpdateOperation, "config/development/rotate", nil, fmt.Sprintf("the most it keeps is %d", maxRetiredAdminKeys))
+	keys := e.srv.Keys()
+	require.Len(t, keys, before+1, "one key was created")
+	require.True(t, keys[len(keys)-1].Deleted, "and taken back out")
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, cfg.AdminKeyID, read["admin_key_id"], "the admin key is unchanged")
+	require.Equal(t, maxRetiredAdminKeys, len(read["retired_keys"].([]map[string]interface{})))
+
+	fresh := e.srv.AddAdminKey("development")
+	e.adminKey["fresh"] = fresh
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": fresh})
+	read = e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, fresh[:8], read["admin_key_prefix"], "a fresh admin key is always accepted")
+	require.NotNil(t, retiredKey(e, "development", cfg.AdminKeyID), "the engine-made admin key it replaced is retired, beyond the bound until the pass")
+
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
+}
