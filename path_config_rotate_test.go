@@ -2,11 +2,13 @@ package heron
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
 	"github.com/stretchr/testify/require"
@@ -341,4 +343,236 @@ func TestRotate_RotationManager(t *testing.T) {
 	require.Empty(t, view.jobs, "disabling deregisters the job")
 	read = e.ok(logical.ReadOperation, "config/development", nil)
 	require.Equal(t, false, read.Data["rotation_managed_by_vault"])
+}
+
+// Invariants 7 and 8 (a schedule fires once): the pass decides the admin
+// key is due from a read outside the config's lock; a rotation by hand
+// landing in between is not repeated (the hand-made key stays current and
+// active, and only the key it replaced is retired).
+func TestRotate_ScheduledRotationDoesNotRepeatOneMadeByHand(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_period": "1h"})
+	seedID := e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"]
+
+	e.atTime(t0.Add(61 * time.Minute)) // due
+	ps := &parkStorage{Storage: e.s}
+	e.s = ps
+	ps.arm(configStoragePrefix + "development")
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := e.b.rotateDue(context.Background(), ps)
+		done <- result{n, err}
+	}()
+	<-ps.reached // the pass has read the config and found it due
+	byHand := e.ok(logical.UpdateOperation, "config/development/rotate", nil).Data["admin_key_id"].(string)
+	close(ps.proceed)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Zero(t, res.n, "the pass rotates nothing: the admin key is not due any more")
+
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, byHand, read["admin_key_id"], "the rotation by hand is not repeated")
+	retired := read["retired_keys"].([]map[string]interface{})
+	require.Len(t, retired, 1)
+	require.Equal(t, seedID, retired[0]["key_id"])
+	require.True(t, heronKey(e, byHand).IsActive)
+}
+
+// Invariant 8 (a retention counts from the event it names): when the
+// rotation could not deactivate the old admin key, old_key_retention counts
+// from the deactivation the cleanup pass made later, not from the rotation.
+func TestRotate_OldKeyRetentionCountsFromTheDeactivation(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0,
+		"rate_limit_per_minute": maxRateLimitPerMinute, "old_key_retention": "1h",
+	})
+	oldID := e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"].(string)
+	t0 := time.Now()
+	e.atTime(t0)
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 5, herontest.FaultStatus503)
+	rot := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	e.srv.ResetFaults()
+	require.NotEmpty(t, rot.Warnings, "precondition: the old key could not be deactivated")
+	require.True(t, heronKey(e, oldID).IsActive)
+
+	t1 := t0.Add(2 * time.Hour)
+	e.atTime(t1)
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	k := heronKey(e, oldID)
+	require.False(t, k.IsActive, "deactivated by the pass")
+	require.False(t, k.Deleted, "not deleted in the pass that deactivated it")
+	rk := retiredKey(e, "development", oldID)
+	require.NotNil(t, rk)
+	require.Equal(t, t1.UTC().Format(time.RFC3339), rk["deactivated_at"])
+	require.Equal(t, t1.Add(time.Hour).UTC().Format(time.RFC3339), rk["delete_after"])
+
+	e.atTime(t1.Add(59 * time.Minute))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.False(t, heronKey(e, oldID).Deleted, "kept for old_key_retention after its deactivation")
+	e.atTime(t1.Add(61 * time.Minute))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.True(t, heronKey(e, oldID).Deleted, "deleted once old_key_retention after its deactivation is over")
+}
+
+// keyEvents are the events of one key sent so far, waiting for at least n.
+func keyEvents(t *testing.T, m *logical.MockEventSender, keyID string, n int) []logical.MockEvent {
+	t.Helper()
+	var got []logical.MockEvent
+	require.Eventually(t, func() bool {
+		m.Lock()
+		defer m.Unlock()
+		got = got[:0]
+		for _, ev := range m.Events {
+			if ev.Event.Metadata.AsMap()["key_id"] == keyID {
+				got = append(got, ev)
+			}
+		}
+		return len(got) >= n
+	}, 5*time.Second, 10*time.Millisecond, "want %d events of key %s", n, keyID)
+	return got
+}
+
+// Spec "Events, history and log lines" (every change of a key's life has
+// one name): deleting a rotated-out admin key after its retention sends
+// heron/key-delete and logs one event=heron/key-delete line.
+func TestRotate_RetiredAdminKeyDeletionIsRecorded(t *testing.T) {
+	events := &logical.MockEventSender{}
+	logs := &syncBuffer{}
+	e := newTestEnv(t, withEvents(events), withLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true})))
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL,
+		"rate_limit_per_minute": maxRateLimitPerMinute, "old_key_retention": "1h",
+	})
+	oldID := e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"].(string)
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	e.atTime(t0.Add(2 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.True(t, heronKey(e, oldID).Deleted, "precondition: deleted after its retention")
+
+	var deletes int
+	for _, ev := range keyEvents(t, events, oldID, 1) {
+		if string(ev.Type) == eventKeyDelete {
+			deletes++
+			md := ev.Event.Metadata.AsMap()
+			require.Equal(t, "development", md["environment"])
+			require.Equal(t, "config/development", md[logical.EventMetadataDataPath])
+		}
+	}
+	require.Equal(t, 1, deletes, "one heron/key-delete event")
+	var lines int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"event":"`+eventKeyDelete+`"`) && strings.Contains(line, oldID) {
+			lines++
+		}
+	}
+	require.Equal(t, 1, lines, "one event=heron/key-delete log line")
+}
+
+// Invariant 1 and the config's "at no point without a working stored key":
+// a config keeps at most maxRetiredAdminKeys rotated-out admin keys; beyond
+// it the oldest deactivated ones are deleted (reason retired-cap), rotation
+// keeps working, a fresh admin_api_key write always works, and settings
+// that would exceed it are accepted with a warning.
+func TestRotate_RetiredAdminKeysAreCapped(t *testing.T) {
+	events := &logical.MockEventSender{}
+	logs := &syncBuffer{}
+	e := newTestEnv(t, withEvents(events), withLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true})))
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL,
+		"rate_limit_per_minute": maxRateLimitPerMinute, "old_key_retention": "720h",
+	})
+	ids := []string{e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"].(string)}
+	const extra = 3
+	for range maxRetiredAdminKeys + extra {
+		ids = append(ids, e.ok(logical.UpdateOperation, "config/development/rotate", nil).Data["admin_key_id"].(string))
+	}
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, ids[len(ids)-1], read["admin_key_id"], "rotation keeps working")
+	require.Equal(t, maxRetiredAdminKeys, len(read["retired_keys"].([]map[string]interface{})), "rotated-out admin keys kept")
+	for _, id := range ids[:extra] {
+		require.True(t, heronKey(e, id).Deleted, "the oldest rotated-out key %s is deleted", id)
+		var deleted bool
+		for _, ev := range keyEvents(t, events, id, 1) {
+			deleted = deleted || string(ev.Type) == eventKeyDelete
+		}
+		require.True(t, deleted, "key %s: a heron/key-delete event", id)
+		var lines int
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `"event":"`+eventKeyDelete+`"`) && strings.Contains(line, id) && strings.Contains(line, `"reason":"`+reasonRetiredCap+`"`) {
+				lines++
+			}
+		}
+		require.Equal(t, 1, lines, "key %s: one event=heron/key-delete log line with reason %s", id, reasonRetiredCap)
+	}
+	for _, id := range ids[extra : len(ids)-1] {
+		require.False(t, heronKey(e, id).Deleted, "the newer rotated-out key %s is kept", id)
+	}
+
+	fresh := e.srv.AddAdminKey("development")
+	e.adminKey["fresh"] = fresh
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": fresh})
+	read = e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, fresh[:8], read["admin_key_prefix"], "a fresh admin key is always accepted")
+	require.LessOrEqual(t, len(read["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+
+	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_period": "1h"})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, "\n"), fmt.Sprintf("keeps at most %d", maxRetiredAdminKeys))
+}
+
+// The config's "at no point without a working stored key, nor a created key
+// untracked": when the rotated-out admin keys are at the bound and none is
+// deactivated yet (so none may be deleted early), a rotation is refused with
+// a 400 and its new key taken back out, while a fresh admin_api_key is
+// still accepted; once the pass has deactivated them, the bound holds again
+// and rotation works.
+func TestRotate_RefusedWhileNoRotatedOutKeyCanBePruned(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	// As after maxRetiredAdminKeys rotations whose deactivations all failed
+	// (the last one made the current admin key).
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 10, herontest.FaultStatus503)
+	rot := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	e.srv.ResetFaults()
+	require.NotEmpty(t, rot.Warnings, "precondition: the old key could not be deactivated")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	now := time.Now()
+	for i := range maxRetiredAdminKeys - 1 {
+		k := createHand(t, e, e.adminKey["development"], fmt.Sprintf("vault-admin-development-%d", i))
+		cfg.RetiredKeys = append(cfg.RetiredKeys, retiredAdminKey{KeyID: k.ID, TokenPrefix: k.TokenPrefix, RetiredAt: now, DeleteAfter: now.Add(720 * time.Hour)})
+	}
+	require.NoError(t, putConfig(context.Background(), e.s, cfg))
+
+	before := len(e.srv.Keys())
+	e.badRequest(logical.UpdateOperation, "config/development/rotate", nil, fmt.Sprintf("the most it keeps is %d", maxRetiredAdminKeys))
+	keys := e.srv.Keys()
+	require.Len(t, keys, before+1, "one key was created")
+	require.True(t, keys[len(keys)-1].Deleted, "and taken back out")
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, cfg.AdminKeyID, read["admin_key_id"], "the admin key is unchanged")
+	require.Equal(t, maxRetiredAdminKeys, len(read["retired_keys"].([]map[string]interface{})))
+
+	fresh := e.srv.AddAdminKey("development")
+	e.adminKey["fresh"] = fresh
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": fresh})
+	read = e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, fresh[:8], read["admin_key_prefix"], "a fresh admin key is always accepted")
+	require.NotNil(t, retiredKey(e, "development", cfg.AdminKeyID), "the engine-made admin key it replaced is retired, beyond the bound until the pass")
+
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
 }

@@ -342,3 +342,93 @@ func TestConfig_NewBaseURLHostNeedsTheAdminKey(t *testing.T) {
 	// Writing other fields leaves base_url alone and needs no key.
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 2})
 }
+
+// retiredKey is config/<env>'s retired_keys entry of id, or nil.
+func retiredKey(e *testEnv, env, id string) map[string]interface{} {
+	e.t.Helper()
+	read := e.ok(logical.ReadOperation, "config/"+env, nil).Data
+	for _, rk := range read["retired_keys"].([]map[string]interface{}) {
+		if rk["key_id"] == id {
+			return rk
+		}
+	}
+	return nil
+}
+
+// Invariants 1 and 4: after a forced write to another Heron user, a
+// rotated-out admin key made by the engine, which the new key cannot see,
+// is marked unreachable; a 404 never settles it (it stays in retired_keys
+// while live in Heron), and config delete refuses while it is.
+func TestConfig_RetiredAdminKeyTheNewKeyCannotSeeIsUnreachable(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0,
+		"rate_limit_per_minute": maxRateLimitPerMinute, "old_key_retention": "1h",
+	})
+	engineKey := e.ok(logical.UpdateOperation, "config/development/rotate", nil).Data["admin_key_id"].(string)
+
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	rk := retiredKey(e, "development", engineKey)
+	require.NotNil(t, rk, "the engine-made admin key is rotated out")
+	require.Equal(t, true, rk["unreachable"])
+
+	e.atTime(time.Now().Add(100 * time.Hour)) // far past old_key_retention
+	_, _ = e.do(logical.UpdateOperation, "tidy", nil)
+	_, _ = e.do(logical.UpdateOperation, "tidy", nil)
+	k := heronKey(e, engineKey)
+	require.True(t, k.IsActive && !k.Deleted, "precondition: the new admin key cannot touch it")
+	rk = retiredKey(e, "development", engineKey)
+	require.NotNil(t, rk, "a 404 from a key that cannot see it never drops it")
+	require.Equal(t, true, rk["unreachable"])
+	require.NotEqual(t, keyStateDeactivated, rk["state"], "a 404 never counts as deactivated")
+
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "unreachable")
+}
+
+// Invariant 4: the same-user proof counts key records only. With U's
+// rotated-out admin keys visible to a new key of U and a lease key of user
+// V not, a write of that key without force is refused with the count.
+func TestConfig_SameUserProofCountsOnlyKeyRecords(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil) // U's keys: retired and current admin keys
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r") // a key of V
+	leaseKey := lease.Data["key_id"].(string)
+	fRec, ok := e.srv.KeyByToken(foreign)
+	require.True(t, ok)
+	require.Equal(t, fRec.User, heronKey(e, leaseKey).User, "precondition: the lease's key is V's")
+
+	back := e.srv.AddAdminKey("development") // U again
+	e.adminKey["back"] = back
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": back}, "cannot see 1 of the")
+	rec, err := getTrackedKey(context.Background(), e.s, leaseKey)
+	require.NoError(t, err)
+	require.NotNil(t, rec)
+	require.NoError(t, e.revoke(lease))
+	require.True(t, heronKey(e, leaseKey).Deleted, "V's admin key, still the config's, deletes it")
+}
+
+// Invariant 1 (and the config's "a working stored key"): a key the engine
+// hands out and retires (a static role's key, a lease's key) is refused as
+// admin_api_key with a 400.
+func TestConfig_ManagedKeyIsRefusedAsAdminKey(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	static := staticCreds(e, "app")
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": static["api_key"]}, "static role \"app\"")
+
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": lease.Data["api_key"]}, lease.Data["key_id"].(string))
+	require.True(t, e.authenticates(e.adminKey["development"]))
+	read := e.ok(logical.ReadOperation, "config/development", nil).Data
+	require.Equal(t, e.adminKey["development"][:8], read["admin_key_prefix"], "the admin key is unchanged")
+	require.NoError(t, e.revoke(lease))
+}

@@ -262,6 +262,28 @@ func TestInventory_AdminByPrefix(t *testing.T) {
 	require.Equal(t, "admin", keys[seeded.ID].(map[string]interface{})["class"])
 }
 
+// Inventory classes ("admin": never offered as unmanaged, which invites its
+// deletion): another config's admin key whose id is unknown (written with
+// verify=false) is found by its prefix and classed admin.
+func TestInventory_OtherConfigsAdminKeyWithUnknownIDIsAdmin(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	batch := e.srv.AddAdminKey("development") // the same Heron user
+	e.adminKey["dev-batch"] = batch
+	e.ok(logical.CreateOperation, "config/dev-batch", map[string]interface{}{
+		"admin_api_key": batch, "base_url": e.srv.URL, "verify": false, "rate_limit_per_minute": maxRateLimitPerMinute,
+	})
+	require.Equal(t, "", e.ok(logical.ReadOperation, "config/dev-batch", nil).Data["admin_key_id"], "precondition: its id is unknown")
+	batchKey, ok := e.srv.KeyByToken(batch)
+	require.True(t, ok)
+
+	keys, counts := inventory(t, e, nil, []string{batch})
+	require.Contains(t, keys, batchKey.ID)
+	require.Equal(t, "admin", keys[batchKey.ID]["class"])
+	require.Equal(t, 2, counts["admin"], "development's admin key and dev-batch's")
+	require.Zero(t, counts["unmanaged"])
+}
+
 func TestInventory_Errors(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")

@@ -2,10 +2,15 @@ package heron
 
 import (
 	"context"
+	"errors"
+	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
 
@@ -276,4 +281,267 @@ func TestStaticRole_OverlapLongerThanPeriodWarns(t *testing.T) {
 		require.Empty(t, resp.Warnings)
 	}
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+}
+
+// newStaticKey is the one key of static role name that Heron holds, not
+// deleted, other than the ids in known.
+func newStaticKey(t *testing.T, e *testEnv, name string, known ...string) string {
+	t.Helper()
+	var found []string
+	for _, k := range e.srv.Keys() {
+		if k.Deleted || !strings.HasPrefix(k.Name, "vault-static-"+name+"-") || slices.Contains(known, k.ID) {
+			continue
+		}
+		found = append(found, k.ID)
+	}
+	require.Len(t, found, 1, "one new key of static role %s still in Heron", name)
+	return found[0]
+}
+
+// Invariants 7 and 8 (a schedule fires once; the previous key keeps its
+// overlap): the pass decides a role is due from a read outside its lock, and
+// a rotation by hand landing in between is not repeated.
+func TestStaticRotation_PassDoesNotRepeatARotationMadeByHand(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{
+		"environment": "development", "rotation_period": "1h", "overlap": "2h",
+	})
+	first := staticCreds(e, "app")["key_id"].(string)
+
+	e.atTime(t0.Add(61 * time.Minute)) // due
+	ps := &parkStorage{Storage: e.s}
+	e.s = ps
+	ps.arm(staticRoleStoragePrefix + "app")
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := e.b.rotateDue(context.Background(), ps)
+		done <- result{n, err}
+	}()
+	<-ps.reached // the pass has read the role and found it due
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	byHand := staticCreds(e, "app")["key_id"].(string)
+	close(ps.proceed)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Zero(t, res.n, "the pass rotates nothing: the role is not due any more")
+
+	creds := staticCreds(e, "app")
+	require.Equal(t, byHand, creds["key_id"], "the rotation by hand is not repeated")
+	require.Equal(t, first, creds["previous_key_id"], "the previous key keeps its overlap")
+	require.True(t, heronKey(e, first).IsActive, "the previous key still works")
+	require.True(t, e.authenticates(creds["api_key"].(string)))
+}
+
+// Invariant 7 (concurrency): two static-creds reads that both find the
+// current key gone replace it once; the previous key keeps its overlap.
+func TestStaticCreds_TwoReadersReplaceAVanishedKeyOnce(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "overlap": "2h"})
+	first := staticCreds(e, "app")["key_id"].(string)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	second := staticCreds(e, "app")["key_id"].(string)
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), second))
+	e.ok(logical.UpdateOperation, "tidy", nil) // second is gone from tracking
+
+	ps := &parkStorage{Storage: e.s}
+	e.s = ps
+	ps.arm(keyStoragePrefix + second)
+	type result struct {
+		data map[string]interface{}
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := e.do(logical.ReadOperation, "static-creds/app", nil)
+		if err == nil && resp.IsError() {
+			err = resp.Error()
+		}
+		var data map[string]interface{}
+		if resp != nil {
+			data = resp.Data
+		}
+		done <- result{data, err}
+	}()
+	<-ps.reached // the first reader has seen the key gone
+	other := staticCreds(e, "app")
+	close(ps.proceed)
+	res := <-done
+	require.NoError(t, res.err)
+
+	require.NotEqual(t, second, other["key_id"])
+	require.Equal(t, other["key_id"], res.data["key_id"], "one replacement, served to both readers")
+	require.Equal(t, other["api_key"], res.data["api_key"])
+	creds := staticCreds(e, "app")
+	require.Equal(t, other["key_id"], creds["key_id"])
+	require.Equal(t, first, creds["previous_key_id"], "the previous key keeps its overlap")
+	require.True(t, heronKey(e, first).IsActive, "the previous key still works")
+	require.True(t, e.authenticates(creds["api_key"].(string)))
+}
+
+// Invariants 1 and 4: a rotation whose role write fails and whose undo
+// cannot delete the new key (Heron 503) leaves that live key's record
+// active, not a tombstone, and the inventory does not call it unmanaged.
+func TestStaticRotation_UndoThatCannotDeleteKeepsTheKeyTracked(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	first := staticCreds(e, "app")["key_id"].(string)
+
+	fs := &failPutKey{Storage: e.s, key: staticRoleStoragePrefix + "app", n: 1}
+	e.s = fs
+	e.srv.FailNext(http.MethodDelete, "/api/credentials/keys/", 20, herontest.FaultStatus503)
+	resp, err := e.do(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	require.True(t, err != nil || resp.IsError(), "the rotation fails")
+	e.srv.ResetFaults()
+
+	created := newStaticKey(t, e, "app", first)
+	require.True(t, heronKey(e, created).IsActive, "precondition: the undo could not delete the new key")
+	rec, err := getKeyRecord(context.Background(), e.s, created)
+	require.NoError(t, err)
+	require.NotNil(t, rec, "the live key is tracked")
+	require.NotEqual(t, keyStateDeleted, rec.State, "no tombstone for a key still live in Heron")
+	require.Equal(t, keyStateActive, rec.State)
+	keys, _ := inventory(t, e, nil, nil)
+	require.NotEqual(t, "unmanaged", keys[created]["class"], "the engine's own key is not unmanaged")
+	require.Equal(t, first, staticCreds(e, "app")["key_id"], "the role keeps its key")
+	e.allowLive[created] = true // retired by the sweep of static keys no role holds, later
+}
+
+// Spec "Events, history and log lines": a rotation's undo that deletes the
+// new key records the deletion three ways (tombstone, heron/key-delete
+// event, event= log line).
+func TestStaticRotation_UndoneKeyDeletionIsRecordedLikeAnyDeletion(t *testing.T) {
+	events := &logical.MockEventSender{}
+	logs := &syncBuffer{}
+	e := newTestEnv(t, withEvents(events), withLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true})))
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	first := staticCreds(e, "app")["key_id"].(string)
+
+	fs := &failPutKey{Storage: e.s, key: staticRoleStoragePrefix + "app", n: 1}
+	e.s = fs
+	resp, err := e.do(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	require.True(t, err != nil || resp.IsError(), "the rotation fails")
+
+	var undone string
+	for _, k := range e.srv.Keys() {
+		if k.Deleted && strings.HasPrefix(k.Name, "vault-static-app-") {
+			undone = k.ID
+		}
+	}
+	require.NotEmpty(t, undone, "the undo deleted the new key")
+	require.NotEqual(t, first, undone)
+	rec, err := getKeyRecord(context.Background(), e.s, undone)
+	require.NoError(t, err)
+	require.NotNil(t, rec)
+	require.Equal(t, keyStateDeleted, rec.State)
+	require.Equal(t, reasonRollback, rec.Reason)
+	require.Eventually(t, func() bool {
+		events.Lock()
+		defer events.Unlock()
+		for _, ev := range events.Events {
+			if string(ev.Type) == eventKeyDelete && ev.Event.Metadata.AsMap()["key_id"] == undone {
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 10*time.Millisecond, "a heron/key-delete event for the rolled-back key")
+	var lines int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"event":"`+eventKeyDelete+`"`) && strings.Contains(line, undone) {
+			lines++
+		}
+	}
+	require.Equal(t, 1, lines, "one event= log line for the rolled-back key")
+}
+
+// readFailStorage commits the next Put of key and reports an error, and
+// fails the Gets of key that follow until the test heals it: a storage
+// backend that timed out after a Raft commit and cannot read back yet.
+type readFailStorage struct {
+	logical.Storage
+	mu       sync.Mutex
+	key      string
+	armed    bool
+	readsBad bool
+}
+
+func (s *readFailStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	s.mu.Lock()
+	fail := s.armed && e.Key == s.key
+	if fail {
+		s.armed, s.readsBad = false, true
+	}
+	s.mu.Unlock()
+	if err := s.Storage.Put(ctx, e); err != nil || !fail {
+		return err
+	}
+	return errors.New("injected storage failure after commit")
+}
+
+func (s *readFailStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	s.mu.Lock()
+	bad := s.readsBad && key == s.key
+	s.mu.Unlock()
+	if bad {
+		return nil, errors.New("injected storage read failure")
+	}
+	return s.Storage.Get(ctx, key)
+}
+
+func (s *readFailStorage) heal() { s.mu.Lock(); s.readsBad = false; s.mu.Unlock() }
+
+// Invariant 1 (held by the static role): a role write that committed but
+// reported an error, with storage unable to say what it holds, keeps the
+// new key: not deleted in Heron, and static-creds serves a working key.
+func TestStaticRotation_UnconfirmedRoleWriteKeepsTheNewKey(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	first := staticCreds(e, "app")["key_id"].(string)
+
+	rs := &readFailStorage{Storage: e.s, key: staticRoleStoragePrefix + "app", armed: true}
+	e.s = rs
+	_, _ = e.do(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	rs.heal()
+
+	created := newStaticKey(t, e, "app", first)
+	require.True(t, heronKey(e, created).IsActive, "the new key is kept in Heron")
+	creds := staticCreds(e, "app")
+	require.Equal(t, created, creds["key_id"], "the stored role holds the new key")
+	require.True(t, e.authenticates(creds["api_key"].(string)), "static-creds serves a working key")
+}
+
+// Invariant 1 (held by a static role): the pass replaces a static role's
+// current key that Heron lists as inactive (deactivated by hand); the
+// previous key keeps its overlap.
+func TestStaticRotation_PassReplacesACurrentKeyDeactivatedByHand(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "overlap": "2h"})
+	first := staticCreds(e, "app")["key_id"].(string)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	second := staticCreds(e, "app")
+	setActiveDirect(t, e, second["key_id"].(string), false)
+
+	require.NoError(t, e.b.periodicFunc(context.Background(), &logical.Request{Storage: e.s}))
+
+	creds := staticCreds(e, "app")
+	require.NotEqual(t, second["key_id"], creds["key_id"], "the inactive key is replaced")
+	require.True(t, e.authenticates(creds["api_key"].(string)), "static-creds serves a working key")
+	require.Equal(t, first, creds["previous_key_id"], "the previous key keeps its overlap")
+	require.True(t, heronKey(e, first).IsActive, "the previous key still works")
+	rec, err := getTrackedKey(context.Background(), e.s, second["key_id"].(string))
+	require.NoError(t, err)
+	require.NotNil(t, rec)
+	require.Equal(t, keyStateDeactivated, rec.State, "the replaced key is retained for deletion")
+	require.False(t, rec.DeleteAfter.IsZero())
 }

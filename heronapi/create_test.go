@@ -150,6 +150,34 @@ func TestCreateKeyValidatesAnswer(t *testing.T) {
 		assertNoSecret(t, "error", err.Error())
 		equalSeq(t, f.seq(), "POST /api/credentials/keys")
 	})
+	// Invariant 9 (a create answer for another name is not this key): a 201
+	// for another name (a gateway replaying another creation's answer) is an
+	// unknown outcome; its key, maybe another holder's, is neither returned
+	// nor deleted. Likewise an answer without a name, or whose token_prefix
+	// is not its token's.
+	for _, tc := range []struct {
+		name   string
+		answer map[string]any
+	}{
+		{"another name", createdKey("k7", "vault-other-1", testToken)},
+		{"no name", createdKey("k7", "", testToken)},
+		{"token_prefix not the token's", func() map[string]any {
+			k := createdKey("k7", "n", testToken)
+			k["token_prefix"] = "key_ffff"
+			return k
+		}()},
+	} {
+		t.Run(tc.name+" is an unknown outcome", func(t *testing.T) {
+			t.Parallel()
+			f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) { writeJSON(w, 201, tc.answer) })
+			k, err := newTestClient(t, f.URL(), nil).CreateKey(context.Background(), "n")
+			if k != nil || !errors.Is(err, ErrOutcomeUnknown) {
+				t.Fatalf("want no key and ErrOutcomeUnknown, got %v, %v", k, err)
+			}
+			assertNoSecret(t, "error", err.Error())
+			equalSeq(t, f.seq(), "POST /api/credentials/keys")
+		})
+	}
 	t.Run("name length checked before any request", func(t *testing.T) {
 		t.Parallel()
 		f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) { heronError(w, 400, "Invalid name") })
