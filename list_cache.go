@@ -248,7 +248,14 @@ func (p *listPatcher) CreateKey(ctx context.Context, name string) (*heronapi.Key
 	if err == nil {
 		listed := *k
 		listed.Token = "" // a list never holds a token, nor does the cache
-		p.b.patchList(p.env, func(keys []heronapi.Key) []heronapi.Key { return append(keys, listed) })
+		p.b.patchList(p.env, func(keys []heronapi.Key) []heronapi.Key {
+			// An answer naming a key already listed (a replay, refused by
+			// the caller) adds nothing.
+			if slices.ContainsFunc(keys, func(k heronapi.Key) bool { return k.ID == listed.ID }) {
+				return keys
+			}
+			return append(keys, listed)
+		})
 	}
 	return k, err
 }
