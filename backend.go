@@ -114,6 +114,12 @@ type heronBackend struct {
 	// sweepShare); empty: the next pass starts from the first.
 	sweepLock   sync.Mutex
 	sweepCursor string
+
+	// keyLocks serialise the state changes of one key record: each is
+	// decided from a read made under the record's lock (see keyLock).
+	keyLocks []*locksutil.LockEntry
+	// tokenHMAC is the mount's token HMAC secret, once read (token_hmac.go).
+	tokenHMAC tokenHMACKey
 }
 
 func backend() *heronBackend {
@@ -124,6 +130,7 @@ func backend() *heronBackend {
 		roleLocks:   locksutil.CreateLocks(),
 		configLocks: locksutil.CreateLocks(),
 		nameLocks:   locksutil.CreateLocks(),
+		keyLocks:    locksutil.CreateLocks(),
 		id:          id,
 		slots:       newSlotPool(id),
 		now:         time.Now,
@@ -140,6 +147,7 @@ func backend() *heronBackend {
 			SealWrapStorage: []string{
 				configStoragePrefix,
 				staticRoleStoragePrefix,
+				tokenHMACStorageKey,
 			},
 			// Write-ahead records name keys created through this node's own
 			// connection to Heron; like HashiCorp's AWS engine, keep them out
@@ -153,6 +161,9 @@ func backend() *heronBackend {
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
+			// Before keys/<key_id>, which would also match keys/lookup.
+			pathKeysLookup(b),
+			pathKeysQuarantine(b),
 			pathKeys(b),
 			pathTidy(b),
 			pathStaticRoles(b),
@@ -181,6 +192,9 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	}
 	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
 		b.forgetRole(name)
+	}
+	if key == tokenHMACStorageKey {
+		b.tokenHMAC.forget()
 	}
 }
 

@@ -223,6 +223,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		return failed(upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err))
 	}
 	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
+	b.setTokenHMAC(ctx, s, rec, key.Token)
 	// undo deletes the new key that the role will not hold; its record (if
 	// the write got through) becomes a tombstone saying so.
 	undo := func(err error) error {
