@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -174,5 +175,143 @@ func TestApplicationGoClientSurvivesRevocationAndQuarantine(t *testing.T) {
 	}
 	if s.Retried < 2 {
 		t.Errorf("the client retried %d calls after a 401; want at least 2", s.Retried)
+	}
+}
+
+// exampleConfig reads examples/<path> and makes it runnable here: each
+// replacement pair swaps the example's address, role or relative path for
+// this test's.
+func exampleConfig(t *testing.T, path string, replace ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "examples", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for i := 0; i+1 < len(replace); i += 2 {
+		if !strings.Contains(s, replace[i]) {
+			t.Fatalf("examples/%s no longer contains %q", path, replace[i])
+		}
+		s = strings.ReplaceAll(s, replace[i], replace[i+1])
+	}
+	return s
+}
+
+// appStats sums the lines heron-app appended to path (one per run of it).
+func appStats(t *testing.T, path string) (runs int, s clientStats) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading heron-app's counts: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var one clientStats
+		if err := json.Unmarshal([]byte(line), &one); err != nil {
+			t.Fatalf("heron-app counts %q: %v", line, err)
+		}
+		runs++
+		s.Calls += one.Calls
+		s.Failed += one.Failed
+		s.Keys += one.Keys
+	}
+	return runs, s
+}
+
+// TestApplicationAgentTemplateReloadsTheApp: examples/agent-template as
+// written: the agent renders the key to a file and signals heron-app,
+// which re-reads it; across three lease lifetimes no call fails.
+func TestApplicationAgentTemplateReloadsTheApp(t *testing.T) {
+	t.Parallel()
+	e := startEmulator(t)
+	v := startDevVault(t)
+	v.configureBoth(e)
+	v.writeRole("tplapp", "environment=development", "ttl=10s", "max_ttl=10s")
+	dir := filepath.Join(v.dir, "agent-template")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	app := buildExample(t, dir, "heron-app")
+	tokenFile, keyFile, pidFile, stats := filepath.Join(dir, "vault-token"), filepath.Join(dir, "heron-api-key"), filepath.Join(dir, "heron-app.pid"), filepath.Join(dir, "stats")
+	if err := os.WriteFile(tokenFile, []byte(appToken(t, v, dir, "tplapp")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := exampleConfig(t, "agent-template/agent.hcl",
+		"http://127.0.0.1:8200", v.addr,
+		"heron/creds/app", "heron/creds/tplapp",
+		`"vault-token"`, fmt.Sprintf("%q", tokenFile),
+		`"heron-api-key"`, fmt.Sprintf("%q", keyFile),
+		"heron-app.pid", pidFile)
+	cfgPath := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := startProc(t, "vault agent", filepath.Join(dir, "agent.log"), baseEnv(v.home), vaultBin, "agent", "-config="+cfgPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- agent log ----\n%s", agent.logTail(60))
+		}
+	})
+	eventually(t, 30*time.Second, "the agent rendering the key file", func() error {
+		_, err := os.Stat(keyFile)
+		return err
+	})
+	appProc := startProc(t, "heron-app", filepath.Join(dir, "app.log"), baseEnv(v.home), app,
+		"-key-file", keyFile, "-pidfile", pidFile, "-stats-file", stats, "-heron-url", e.URL, "-interval", "100ms")
+	time.Sleep(32 * time.Second)
+	appProc.stop(syscall.SIGTERM, 10*time.Second)
+	runs, s := appStats(t, stats)
+	t.Logf("heron-app: %d run(s), %+v", runs, s)
+	if s.Failed != 0 {
+		t.Errorf("%d of %d calls to Heron failed; want none\n%s", s.Failed, s.Calls, fileTail(filepath.Join(dir, "app.log"), 40))
+	}
+	if s.Keys < 3 {
+		t.Errorf("heron-app used %d keys across 32 s of 10 s leases; want at least 3", s.Keys)
+	}
+}
+
+// TestApplicationAgentExecRestartsTheApp: examples/agent-exec as written:
+// the agent starts heron-app with the key in HERON_API_KEY and restarts it
+// with a new key before the old lease ends; with the guide's shortest safe
+// ttl no call fails across three lease lifetimes.
+func TestApplicationAgentExecRestartsTheApp(t *testing.T) {
+	t.Parallel()
+	e := startEmulator(t)
+	v := startDevVault(t)
+	v.configureBoth(e)
+	v.writeRole("execapp", "environment=development", "ttl=30s", "max_ttl=30s")
+	dir := filepath.Join(v.dir, "agent-exec")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	app := buildExample(t, dir, "heron-app")
+	tokenFile, stats := filepath.Join(dir, "vault-token"), filepath.Join(dir, "stats")
+	if err := os.WriteFile(tokenFile, []byte(appToken(t, v, dir, "execapp")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := exampleConfig(t, "agent-exec/agent.hcl",
+		"http://127.0.0.1:8200", v.addr,
+		"heron/creds/app", "heron/creds/execapp",
+		`"vault-token"`, fmt.Sprintf("%q", tokenFile),
+		`"./heron-app", "-heron-url", "https://app.herondata.io"`,
+		fmt.Sprintf("%q, %q, %q, %q, %q, %q, %q", app, "-heron-url", e.URL, "-stats-file", stats, "-interval", "100ms"))
+	cfgPath := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := startProc(t, "vault agent", filepath.Join(dir, "agent.log"), baseEnv(v.home), vaultBin, "agent", "-config="+cfgPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- agent log ----\n%s", agent.logTail(80))
+		}
+	})
+	time.Sleep(95 * time.Second)
+	agent.stop(syscall.SIGTERM, 15*time.Second)
+	runs, s := appStats(t, stats)
+	t.Logf("heron-app under the agent: %d run(s), %+v", runs, s)
+	if s.Failed != 0 {
+		t.Errorf("%d of %d calls to Heron failed; want none\n%s", s.Failed, s.Calls, agent.logTail(60))
+	}
+	if runs < 3 {
+		t.Errorf("the agent ran heron-app %d times in 95 s of 30 s leases; want at least 3 (a restart per new key)", runs)
 	}
 }
