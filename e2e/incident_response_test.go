@@ -132,7 +132,8 @@ func TestIncidentResponseGuideRunsAsWritten(t *testing.T) {
 	}
 	g.run("leaked-quarantine")
 	e.requireRejected(t, leaked.Data.APIKey)
-	if k := v.trackedKeys()[leaked.Data.KeyID]; k["quarantined"] != true || k["quarantined_by"] != "root" {
+	// The root token's display name is "token".
+	if k := v.trackedKeys()[leaked.Data.KeyID]; k["quarantined"] != true || k["quarantined_by"] != "token" || k["state"] != "deactivated" {
 		t.Errorf("quarantined key's record: %v", k)
 	}
 	g.run("leaked-revoke")
