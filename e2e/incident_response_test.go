@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
 )
 
 // docs/incident-response.md run as written: each ```sh block marked
@@ -224,4 +227,60 @@ func createInHeron(t *testing.T, e *emulator, admin, name string) string {
 		t.Fatalf("creating %q in Heron: status %d, %v", name, res.StatusCode, err)
 	}
 	return k.ID
+}
+
+// TestKeysLookupAndQuarantineInputs: through a real Vault, the new paths
+// answer user mistakes with a 400 naming the rule, and keys they do not know
+// with a 404; keys/lookup is not taken for a key id.
+func TestKeysLookupAndQuarantineInputs(t *testing.T) {
+	t.Parallel()
+	e := startEmulator(t)
+	v := startDevVault(t)
+	v.configureBoth(e)
+	v.writeRole("app", "environment=development")
+	l := v.mustIssue("", "app")
+	defer func() {
+		if err := v.api.Sys().Revoke(l.LeaseID); err != nil {
+			t.Error(err)
+		}
+	}()
+
+	status := func(err error) int {
+		var re *vaultapi.ResponseError
+		if errors.As(err, &re) {
+			return re.StatusCode
+		}
+		if err != nil {
+			t.Fatalf("not a Vault answer: %v", err)
+		}
+		return http.StatusOK
+	}
+	cases := []struct {
+		what, path string
+		data       map[string]any
+		want       int
+		says       string
+	}{
+		{"lookup without a token", "heron/keys/lookup", map[string]any{}, http.StatusBadRequest, "token is required"},
+		{"lookup of a malformed token", "heron/keys/lookup", map[string]any{"token": "key_abc"}, http.StatusBadRequest, `"key_" followed by 48 lowercase hex characters`},
+		{"lookup of an uppercase token", "heron/keys/lookup", map[string]any{"token": "key_" + strings.Repeat("A", 48)}, http.StatusBadRequest, "lowercase hex"},
+		{"lookup of a token never issued", "heron/keys/lookup", map[string]any{"token": "key_" + strings.Repeat("0", 48)}, http.StatusNotFound, "this engine did not issue a key with this token"},
+		{"quarantine of an unknown key", "heron/keys/8c7e2f4e-0b8f-4c1e-9d55-5b4fd2f4a001/deactivate", nil, http.StatusNotFound, "is not tracked by this engine"},
+		{"revoke of an unknown key", "heron/keys/8c7e2f4e-0b8f-4c1e-9d55-5b4fd2f4a001/revoke", nil, http.StatusNotFound, "is not tracked by this engine"},
+		{"activate of a key not quarantined", "heron/keys/" + l.Data.KeyID + "/activate", nil, http.StatusBadRequest, "is not quarantined"},
+	}
+	for _, c := range cases {
+		_, err := v.api.Logical().Write(c.path, c.data)
+		if got := status(err); got != c.want || (err != nil && !strings.Contains(err.Error(), c.says)) {
+			t.Errorf("%s: status %d (%v), want %d saying %q", c.what, got, err, c.want, c.says)
+		}
+	}
+	s, err := v.api.Logical().Write("heron/keys/lookup", map[string]any{"token": l.Data.APIKey})
+	if err != nil || s == nil || s.Data["key_id"] != l.Data.KeyID || s.Data["match"] != "token_hmac" {
+		t.Fatalf("lookup of an issued key: %v %v", s, err)
+	}
+	if _, ok := s.Data["token_hmac"]; ok {
+		t.Error("keys/lookup returned token_hmac")
+	}
+	e.requireWorks(t, l.Data.APIKey)
 }
