@@ -613,21 +613,31 @@ func (s *putCounter) take() []string {
 
 // An issuance costs two storage writes (its creation record and the key's
 // record) with who issued it and its token_hmac in the record: the mount's
-// HMAC secret is written once, by the first issuance, and cached after.
+// HMAC secret is written once, by the config write (or, on a mount whose
+// config predates it, by the first issuance), and cached after.
 func TestCreds_IssuanceStaysAtTwoStorageWrites(t *testing.T) {
 	var pc *putCounter
 	e := newTestEnv(t, withStorage(func(s logical.Storage) logical.Storage { pc = &putCounter{Storage: s}; return pc }))
 	e.configure("development")
+	require.Contains(t, pc.take(), tokenHMACStorageKey, "the config write creates the mount's HMAC secret")
 	e.role("app", map[string]interface{}{})
 	pc.take()
-	first := e.issue("app")
-	require.Contains(t, pc.take(), tokenHMACStorageKey, "the first issuance creates the mount's HMAC secret")
-	second, err := doAs(e, logical.ReadOperation, "creds/app", nil, "ent-1", "token-app")
+	first, err := doAs(e, logical.ReadOperation, "creds/app", nil, "ent-1", "token-app")
 	require.NoError(t, err)
-	second.Secret.IssueTime = time.Now()
+	first.Secret.IssueTime = time.Now()
 	puts := pc.take()
 	require.Len(t, puts, 2, "writes: %v", puts)
-	require.Equal(t, keyStoragePrefix+second.Data["key_id"].(string), puts[1])
-	require.NoError(t, e.revoke(first))
-	require.NoError(t, e.revoke(second))
+	require.Equal(t, keyStoragePrefix+first.Data["key_id"].(string), puts[1])
+
+	// A mount whose config was written before token_hmac existed: its
+	// first issuance writes the secret, the next ones do not.
+	require.NoError(t, e.s.Delete(context.Background(), tokenHMACStorageKey))
+	e.restart(false)
+	second := e.issue("app")
+	require.Contains(t, pc.take(), tokenHMACStorageKey)
+	third := e.issue("app")
+	require.Len(t, pc.take(), 2)
+	for _, l := range []*logical.Response{first, second, third} {
+		require.NoError(t, e.revoke(l))
+	}
 }
