@@ -54,7 +54,7 @@ package heron
 //
 // How to run:
 //
-//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI)
+//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI), and ~40 with quarantine
 //	HERON_MODEL_CHECKS=10000 go test -count=1 -run 'TestModel$' -timeout 2h .
 //	go test -count=1 -run 'TestModel$' -rapid.checks=2000 -rapid.steps=60 .
 //	go test -count=1 -run TestModelRegressions -v .          # minimal sequences found so far
