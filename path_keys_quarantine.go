@@ -191,6 +191,11 @@ func (b *heronBackend) pathKeyActivate(ctx context.Context, req *logical.Request
 		if rec.State != keyStateActive || rec.Pending != "" {
 			return logical.ErrorResponse("key %s stays deactivated: what held it has ended (state %s, pending %q) since it was quarantined", id, rec.State, rec.Pending), nil
 		}
+		if rec.kind() == keyKindLease && !b.now().Before(rec.Expires) {
+			// Vault's revocation of the lease is due: the key must not come
+			// back in between.
+			return logical.ErrorResponse("key %s stays deactivated: its lease ended at %s", id, formatTime(rec.Expires)), nil
+		}
 		err := client.ActivateKey(ctx, id)
 		if errors.Is(err, heronapi.ErrNotFound) {
 			return b.keyGoneInHeron(ctx, req.Storage, rec, "activating")

@@ -114,6 +114,8 @@ func TestKeysQuarantine_LeaseEndsAsUsual(t *testing.T) {
 	xid := expiring.Data["key_id"].(string)
 	e.ok(logical.UpdateOperation, "keys/"+xid+"/deactivate", nil)
 	e.atTime(t0.Add(2 * time.Hour))
+	// The lease has ended; Vault's revocation has not come yet.
+	e.badRequest(logical.UpdateOperation, "keys/"+xid+"/activate", nil, "its lease ended at")
 	require.NoError(t, e.revoke(expiring))
 	rec := e.ok(logical.ReadOperation, "keys/"+xid, nil).Data
 	require.Equal(t, keyStateDeactivated, rec["state"])
