@@ -116,8 +116,8 @@ type heronBackend struct {
 	sweepCursor string
 
 	// keyLocks serialise the state changes of one key record: each is
-	// decided from a read made under the record's lock (see keyLock).
-	keyLocks []*locksutil.LockEntry
+	// decided from a read made under the record's lock (see lockKey).
+	keyLocks keyLocker
 	// tokenHMAC is the mount's token HMAC secret, once read (token_hmac.go).
 	tokenHMAC tokenHMACKey
 }
@@ -130,7 +130,6 @@ func backend() *heronBackend {
 		roleLocks:   locksutil.CreateLocks(),
 		configLocks: locksutil.CreateLocks(),
 		nameLocks:   locksutil.CreateLocks(),
-		keyLocks:    locksutil.CreateLocks(),
 		id:          id,
 		slots:       newSlotPool(id),
 		now:         time.Now,

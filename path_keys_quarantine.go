@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
@@ -29,12 +29,50 @@ const (
 	reasonRevokedByOperator = "revoked-by-operator"
 )
 
-// keyLock is the lock of one key record. Every change of a key's state is
-// decided from a read made under it and written before it is released, so
-// that a quarantine, a renewal and a revocation of the same key never write
-// over each other's decision. Lock order: a config's lock, then a key's.
-func (b *heronBackend) keyLock(id string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.keyLocks, id)
+// lockKey takes the lock of one key record and returns its release. Every
+// change of a key's state is decided from a read made under it and written
+// before it is released, so that a quarantine, a renewal and a revocation of
+// the same key never write over each other's decision. One lock per key id
+// (not a fixed set of shared buckets): a revocation waiting for Heron's
+// budget never holds up the renewal of another key. Lock order: a config's
+// lock, then a key's.
+func (b *heronBackend) lockKey(id string) (unlock func()) {
+	return b.keyLocks.lock(id)
+}
+
+// keyLocker holds the locks of the key records in use, each dropped when
+// its last holder or waiter is done.
+type keyLocker struct {
+	mu    sync.Mutex
+	locks map[string]*keyLockEntry
+}
+
+type keyLockEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (l *keyLocker) lock(id string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*keyLockEntry{}
+	}
+	e := l.locks[id]
+	if e == nil {
+		e = &keyLockEntry{}
+		l.locks[id] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		l.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(l.locks, id)
+		}
+		l.mu.Unlock()
+	}
 }
 
 func pathKeysQuarantine(b *heronBackend) []*framework.Path {
@@ -104,9 +142,7 @@ func (b *heronBackend) withKey(ctx context.Context, req *logical.Request, id str
 	cfgLock := b.configLock(first.Environment)
 	cfgLock.RLock()
 	defer cfgLock.RUnlock()
-	lock := b.keyLock(id)
-	lock.Lock()
-	defer lock.Unlock()
+	defer b.lockKey(id)()
 	rec, err := getKeyRecord(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package heron
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -263,4 +264,37 @@ func TestKeysQuarantine_RenewalRacingAQuarantineKeepsIt(t *testing.T) {
 	require.True(t, rec.Quarantined, "the renewal's write lost the quarantine")
 	require.False(t, e.authenticates(lease.Data["api_key"].(string)))
 	require.NoError(t, e.revoke(lease))
+}
+
+// A key record's lock excludes changes of that key only: another key's
+// lock is free while it is held (a revocation waiting for Heron's budget
+// never holds up other keys' renewals), and released locks are forgotten.
+func TestKeyLock_OnePerKeyAndForgottenWhenFree(t *testing.T) {
+	var l keyLocker
+	unlockA := l.lock("a")
+	got := make(chan string, 2)
+	go func() { u := l.lock("a"); got <- "a"; u() }()
+	// Every other id is free while "a" is held (no shared buckets).
+	others := make(chan struct{})
+	go func() {
+		for i := 0; i < 1000; i++ {
+			l.lock(fmt.Sprintf("key-%d", i))()
+		}
+		close(others)
+	}()
+	select {
+	case <-others:
+	case <-time.After(5 * time.Second):
+		t.Fatal("another key's lock waited for a's")
+	}
+	select {
+	case <-got:
+		t.Fatal("a second holder of a's lock got it while the first held it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	unlockA()
+	require.Equal(t, "a", <-got)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	require.Empty(t, l.locks, "released locks are forgotten")
 }

@@ -83,9 +83,7 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 
 	// The record's lock: a quarantine written meanwhile is never lost
 	// under this renewal's write (a renewal never reactivates a key).
-	lock := b.keyLock(keyID)
-	lock.Lock()
-	defer lock.Unlock()
+	defer b.lockKey(keyID)()
 	rec, err := getTrackedKey(ctx, req.Storage, keyID)
 	if err != nil {
 		return nil, err
@@ -158,9 +156,7 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	cfgLock.RLock()
 	defer cfgLock.RUnlock()
 	// Decided and written from a read under the record's lock.
-	lock := b.keyLock(keyID)
-	lock.Lock()
-	defer lock.Unlock()
+	defer b.lockKey(keyID)()
 
 	rec, err := getTrackedKey(ctx, req.Storage, keyID)
 	if err != nil {
