@@ -281,6 +281,8 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 // retireStaticKey deactivates a static role's key now; its record is kept
 // and the cleanup pass deletes it after the role's retired_key_retention.
 func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole, id, why string) error {
+	// Decided and written from a read under the record's lock.
+	defer b.lockKey(id)()
 	rec, err := getTrackedKey(ctx, s, id)
 	if err != nil {
 		return err
