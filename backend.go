@@ -120,6 +120,12 @@ type heronBackend struct {
 	// sweepShare); empty: the next pass starts from the first.
 	sweepLock   sync.Mutex
 	sweepCursor string
+
+	// keyLocks serialise the state changes of one key record: each is
+	// decided from a read made under the record's lock (see lockKey).
+	keyLocks keyLocker
+	// tokenHMAC is the mount's token HMAC secret, once read (token_hmac.go).
+	tokenHMAC tokenHMACKey
 }
 
 func backend() *heronBackend {
@@ -147,6 +153,7 @@ func backend() *heronBackend {
 			SealWrapStorage: []string{
 				configStoragePrefix,
 				staticRoleStoragePrefix,
+				tokenHMACStorageKey,
 			},
 			// Write-ahead records name keys created through this node's own
 			// connection to Heron; like HashiCorp's AWS engine, keep them out
@@ -160,6 +167,9 @@ func backend() *heronBackend {
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
+			// Before keys/<key_id>, which would also match keys/lookup.
+			pathKeysLookup(b),
+			pathKeysQuarantine(b),
 			pathKeys(b),
 			pathTidy(b),
 			pathStaticRoles(b),
@@ -188,6 +198,9 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	}
 	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
 		b.forgetRole(name)
+	}
+	if key == tokenHMACStorageKey {
+		b.tokenHMAC.forget()
 	}
 }
 

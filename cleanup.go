@@ -392,6 +392,14 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 
 // finishPending carries out the revocation a released lease left behind.
 func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, client heronapi.API, k *trackedKey) error {
+	// Decided and written from a read under the record's lock: the list
+	// this pass read may be stale (a revocation or a quarantine since).
+	defer b.lockKey(k.KeyID)()
+	fresh, ferr := getTrackedKey(ctx, s, k.KeyID)
+	if ferr != nil || fresh == nil || fresh.Pending == "" || fresh.Unreachable {
+		return ferr
+	}
+	*k = *fresh
 	var err error
 	if k.Pending == pendingDeactivate {
 		err = client.DeactivateKey(ctx, k.KeyID)

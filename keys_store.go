@@ -76,6 +76,29 @@ type trackedKey struct {
 	// (accepted with force=true): a 404 for it proves nothing, so the engine
 	// never forgets it on one.
 	Unreachable bool `json:"unreachable,omitempty"`
+
+	// EntityID and DisplayName are who issued the key: the issuing
+	// request's entity and token display name (never the token or its
+	// accessor), so "every key this identity holds" is one keys/ listing.
+	EntityID    string `json:"entity_id,omitempty"`
+	DisplayName string `json:"display_name,omitempty"`
+	// TokenHMAC is HMAC-SHA256 of the token under the mount's secret
+	// (token_hmac.go), for keys/lookup; never returned. Empty on records
+	// from before it, which keys/lookup matches by token_prefix.
+	TokenHMAC string `json:"token_hmac,omitempty"`
+
+	// Quarantined: an operator deactivated the key in Heron
+	// (keys/<id>/deactivate) whatever holds it; nothing but keys/<id>/activate
+	// makes it active again. The lease (or static role) still holds it and
+	// ends as usual.
+	Quarantined   bool      `json:"quarantined,omitempty"`
+	QuarantinedAt time.Time `json:"quarantined_at,omitempty"`
+	QuarantinedBy string    `json:"quarantined_by,omitempty"`
+	// ActivatedAt and ActivatedBy record the last lifted quarantine.
+	ActivatedAt time.Time `json:"activated_at,omitempty"`
+	ActivatedBy string    `json:"activated_by,omitempty"`
+	// RevokedBy is who deleted the key through keys/<id>/revoke.
+	RevokedBy string `json:"revoked_by,omitempty"`
 }
 
 const (

@@ -42,6 +42,9 @@ package heron
 //	s3 every key a static role held ends deactivated (role deleted, or its
 //	   overlap over and max_overlap passed) and deleted after retention.
 //	s4 invariant d for static keys (current/previous of a role also counts).
+//	q  a key whose quarantine (keys/<id>/deactivate) the engine reported done
+//	   is never active in Heron again: no renewal, revocation retry, rotation,
+//	   tidy or periodic pass reactivates it (the model never lifts one).
 //	   (Details in the section "Static roles" below.)
 //	final  after settling (static roles' overlaps run out, then the operator
 //	   deletes every static role): no key the engine created is active unless it is
@@ -51,7 +54,7 @@ package heron
 //
 // How to run:
 //
-//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI)
+//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI), and ~40 with quarantine
 //	HERON_MODEL_CHECKS=10000 go test -count=1 -run 'TestModel$' -timeout 2h .
 //	go test -count=1 -run 'TestModel$' -rapid.checks=2000 -rapid.steps=60 .
 //	go test -count=1 -run TestModelRegressions -v .          # minimal sequences found so far
@@ -157,7 +160,14 @@ var mActionGroups = map[string][]string{
 	"heron-faults":   {"heronFault", "heron429", "force429", "latency"},
 	"storage-faults": {"storageFault"},
 	"static":         {"staticCreate", "staticAdopt", "staticRead", "staticUse", "staticRotate", "staticDelete", "periodic"},
+	"quarantine":     {"quarantine"},
 }
+
+// mOptInGroups are left out of "all": rapid picks an action by its index
+// among the sorted names, so a new action would change what every kept
+// failfile of TestModel/all replays. TestModel runs them in a subtest of
+// their own (all of "all" plus these), with its own failfiles.
+var mOptInGroups = map[string]bool{"quarantine": true}
 
 func mAllActions() []string {
 	var all []string
@@ -177,13 +187,19 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 	expand := func(name string) ([]string, error) {
 		switch {
 		case name == "all":
-			return mAllActions(), nil
+			var out []string
+			for g, names := range mActionGroups {
+				if !mOptInGroups[g] {
+					out = append(out, names...)
+				}
+			}
+			return out, nil
 		case mActionGroups[name] != nil:
 			return mActionGroups[name], nil
 		case known[name]:
 			return []string{name}, nil
 		}
-		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults, static; actions: %s)", name, strings.Join(mAllActions(), ", "))
+		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults, static, quarantine; actions: %s)", name, strings.Join(mAllActions(), ", "))
 	}
 	sel := map[string]bool{}
 	spec = strings.TrimSpace(spec)
@@ -218,7 +234,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 	return sel, nil
 }
 
-var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "final"}
+var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "q", "final"}
 
 func mSelectedInvariants(spec string) (map[string]bool, error) {
 	sel := map[string]bool{}
@@ -269,6 +285,18 @@ func TestModel(t *testing.T) {
 			m.finish()
 		})
 	})
+	if os.Getenv("HERON_MODEL_ACTIONS") == "" {
+		// Everything, quarantine included (see mOptInGroups).
+		withQuarantine, _ := mSelectedActions("all,quarantine")
+		t.Run("quarantine", func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				m := newModel(rt, invariants)
+				defer m.close()
+				rt.Repeat(m.rapidActions(withQuarantine))
+				m.finish()
+			})
+		})
+	}
 	mPrintStats(t)
 }
 
@@ -469,6 +497,8 @@ type model struct {
 	sKeys    map[string]*mStaticKey  // every key a static role held (or the engine tracked as static), by id
 	// lastActive is each key's activity in Heron at the previous check.
 	lastActive map[string]bool
+	// quarantined: keys whose quarantine the engine reported done (q).
+	quarantined map[string]bool
 }
 
 func newModel(t rapid.TB, invariants map[string]bool) *model {
@@ -484,6 +514,7 @@ func newModel(t rapid.TB, invariants map[string]bool) *model {
 		statics:     map[string]*mStaticRole{},
 		sKeys:       map[string]*mStaticKey{},
 		lastActive:  map[string]bool{},
+		quarantined: map[string]bool{},
 		// A fixed, whole-second start: names that embed the time (rotation)
 		// are the same on every replay.
 		clock: &mClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)},
@@ -757,6 +788,22 @@ func (m *model) sendRevoke(l *mLease) error {
 		l.decision = decEither
 	}
 	return err
+}
+
+// actQuarantine is a security team quarantining a live lease's key
+// (keys/<id>/deactivate). The lease stays live; invariant c no longer
+// applies to it (its key is deactivated on purpose), q does once the engine
+// reported the quarantine done.
+func (m *model) actQuarantine(l *mLease) {
+	m.tick()
+	l.touched = true
+	resp, err := m.do(logical.UpdateOperation, "keys/"+l.keyID+"/deactivate", nil)
+	if err := outcome(resp, err); err != nil {
+		m.logStep("quarantine %s: %s", l, short(err))
+		return
+	}
+	m.quarantined[l.keyID] = true
+	m.logStep("quarantine %s: ok", l)
 }
 
 // actRevoke is a synchronous user revocation: on failure Vault reports the
@@ -1063,6 +1110,7 @@ func (m *model) rapidActions(selected map[string]bool) map[string]func(*rapid.T)
 			m.actAdvance(durations(30*time.Second, 3*time.Minute, 12*time.Minute, 45*time.Minute, 4*time.Hour).Draw(t, "by"))
 		},
 		"tidy":            func(t *rapid.T) { m.actTidy() },
+		"quarantine":      func(t *rapid.T) { m.actQuarantine(pickLease(t, m.liveLeases(), "live")) },
 		"rollback":        func(t *rapid.T) { m.actRollback() },
 		"restart":         func(t *rapid.T) { m.actRestart() },
 		"crash":           func(t *rapid.T) { m.actCrash() },
@@ -1318,6 +1366,15 @@ func (m *model) checkWorld(w *world, when string) {
 			}
 			m.fail("d", "forgotten "+keyState(k, true)+" "+keyKind(k.Name), "key %s (%q) that the engine created is %s in Heron, but no lease holds it, the engine does not track it, no write-ahead record names it and it is not an admin key of the config: it is forgotten",
 				k.ID, k.Name, keyState(k, true))
+		}
+	}
+
+	if inv["q"] {
+		for id := range m.quarantined {
+			if k, ok := w.keys[id]; ok && !k.Deleted && k.IsActive {
+				rec := w.tracked[id]
+				m.fail("q", "quarantined key is active again", "key %s was quarantined (the engine reported it done) but is ACTIVE in Heron again (tracked: %v)", id, rec != nil)
+			}
 		}
 	}
 

@@ -482,6 +482,11 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	if err != nil {
 		return nil, err
 	}
+	// The mount's token HMAC secret is written here, once, so that an
+	// issuance never has to (it stays at two storage writes).
+	if _, err := b.hmacKey(ctx, req.Storage, true); err != nil {
+		b.Logger().Warn("could not create the token HMAC secret; the first issuance will", "error", err)
+	}
 
 	if len(warnings) == 0 {
 		return nil, nil

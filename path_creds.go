@@ -141,6 +141,8 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 		State:               keyStateActive,
 		ExpiredKeyRetention: role.ExpiredKeyRetention,
 		NoIndex:             role.MaxActiveKeys == 0,
+		EntityID:            req.EntityID,
+		DisplayName:         req.DisplayName,
 	}, leaseTTL, role.unique)
 	if errors.Is(err, heronapi.ErrUnauthorized) {
 		return nil, fmt.Errorf("creating a key for role %q: Heron rejected the admin key of config %q (401): write a working admin_api_key to config/%s: %w",
@@ -188,6 +190,12 @@ type issuedKey struct {
 // when Heron answered, as Vault counts it from when it registers the lease: a
 // slow creation must not make an early revocation look like an expiry.
 func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL time.Duration, uniqueName bool) (*issuedKey, error) {
+	// The HMAC secret first: once the key exists, nothing may stop it
+	// being recorded. Created on the mount's first issuance, cached after.
+	hk, err := b.hmacKey(ctx, s, true)
+	if err != nil {
+		return nil, err
+	}
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{
 		Environment: rec.Environment,
 		Role:        rec.Role,
@@ -201,6 +209,7 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 	if rec.TokenPrefix == "" {
 		rec.TokenPrefix = keyPrefix(key.Token)
 	}
+	rec.TokenHMAC = tokenHMACOf(hk, key.Token)
 	rec.Issued = b.now()
 	rec.Expires = rec.Issued.Add(leaseTTL)
 	if err := putNewTrackedKey(ctx, s, rec); err != nil {

@@ -36,6 +36,22 @@ func pathKeys(b *heronBackend) []*framework.Path {
 						Name: "Environment",
 					},
 				},
+				"entity_id": {
+					Type:        framework.TypeString,
+					Description: "Only list keys issued to this Vault entity (the issuing request's entity_id).",
+					Query:       true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Entity ID",
+					},
+				},
+				"display_name": {
+					Type:        framework.TypeString,
+					Description: "Only list keys issued to requests with this token display name (for example token-billing).",
+					Query:       true,
+					DisplayAttrs: &framework.DisplayAttributes{
+						Name: "Display name",
+					},
+				},
 				"state": {
 					Type:          framework.TypeString,
 					Description:   "Only list keys in this state: active, deactivated, or deleted (tombstones kept for the config's history_retention; not listed otherwise).",
@@ -91,6 +107,8 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 	role := d.Get("role").(string)
 	env := d.Get("environment").(string)
 	state := d.Get("state").(string)
+	entityID := d.Get("entity_id").(string)
+	displayName := d.Get("display_name").(string)
 	if state != "" && state != keyStateActive && state != keyStateDeactivated && state != keyStateDeleted {
 		return logical.ErrorResponse("state must be %q, %q or %q, got %q", keyStateActive, keyStateDeactivated, keyStateDeleted, state), nil
 	}
@@ -119,7 +137,8 @@ func (b *heronBackend) pathKeysList(ctx context.Context, req *logical.Request, d
 		}
 		// Tombstones only when asked for: keys/ lists what is still in Heron.
 		if k == nil || (role != "" && k.Role != role) || (env != "" && k.Environment != env) ||
-			(state != "" && k.State != state) || (state == "" && k.State == keyStateDeleted) {
+			(entityID != "" && k.EntityID != entityID) || (displayName != "" && k.DisplayName != displayName) ||
+			(state != "" && k.shownState() != state) || (state == "" && k.State == keyStateDeleted) {
 			continue
 		}
 		ids = append(ids, k.KeyID)
@@ -156,7 +175,7 @@ func keyInfo(k *trackedKey) map[string]interface{} {
 		"role":           k.Role,
 		"environment":    k.Environment,
 		"token_prefix":   k.TokenPrefix,
-		"state":          k.State,
+		"state":          k.shownState(),
 		"kind":           k.kind(),
 		"issued":         formatTime(k.Issued),
 		"expires":        formatTime(k.Expires),
@@ -167,7 +186,24 @@ func keyInfo(k *trackedKey) map[string]interface{} {
 		"reason":         k.Reason,
 		"pending":        k.Pending,
 		"unreachable":    k.Unreachable,
+		"entity_id":      k.EntityID,
+		"display_name":   k.DisplayName,
+		"quarantined":    k.Quarantined,
+		"quarantined_at": formatTime(k.QuarantinedAt),
+		"quarantined_by": k.QuarantinedBy,
+		"activated_at":   formatTime(k.ActivatedAt),
+		"activated_by":   k.ActivatedBy,
+		"revoked_by":     k.RevokedBy,
 	}
+}
+
+// shownState is the state keys/ reports: a quarantined key is deactivated
+// in Heron while its lease (or static role) still holds it.
+func (k *trackedKey) shownState() string {
+	if k.State == keyStateActive && k.Quarantined {
+		return keyStateDeactivated
+	}
+	return k.State
 }
 
 // pathKeysRead handles READ keys/<key_id>.
@@ -233,7 +269,9 @@ const pathKeysListHelpSyn = `List the Heron keys this engine has issued and stil
 
 const pathKeysListHelpDesc = `
 Lists key ids with key_info (key_name, role, environment, token_prefix, state,
-issued, expires). Optional filters: role, environment, state.
+issued, expires, entity_id, display_name, quarantined). Optional filters: role,
+environment, state, entity_id, display_name: "every Heron key this identity
+holds" is one listing (vault read heron/keys list=true entity_id=<id>).
 `
 
 const pathKeysHelpSyn = `Read a tracked Heron key.`

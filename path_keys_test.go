@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -529,4 +530,113 @@ func TestListing_Paging(t *testing.T) {
 	}
 	e.ok(logical.DeleteOperation, "static-roles/s1", nil)
 	e.ok(logical.DeleteOperation, "static-roles/s2", nil)
+}
+
+// doAs runs a request as a caller with an entity and a token display name.
+func doAs(e *testEnv, op logical.Operation, path string, data map[string]interface{}, entityID, displayName string) (*logical.Response, error) {
+	e.t.Helper()
+	return e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: op, Path: path, Data: data, Storage: e.s,
+		EntityID: entityID, DisplayName: displayName, ClientToken: "hvs.the-callers-token", ClientTokenAccessor: "the-callers-accessor",
+	})
+}
+
+// Key records say who got the key (entity and display name of the issuing
+// request), keys/<id> shows it, keys/ filters by it, and neither the caller's
+// token, its accessor nor the key's token is stored.
+func TestKeys_RecordWhoIssuedAndFilterByIt(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{})
+
+	var leases []*logical.Response
+	issue := func(entity, display string) *logical.Response {
+		resp, err := doAs(e, logical.ReadOperation, "creds/app", nil, entity, display)
+		require.NoError(t, err)
+		require.False(t, resp.IsError())
+		resp.Secret.IssueTime = time.Now()
+		leases = append(leases, resp)
+		return resp
+	}
+	billing1 := issue("ent-billing", "token-billing")
+	billing2 := issue("ent-billing", "approle-billing")
+	other := issue("ent-other", "token-other")
+
+	id := billing1.Data["key_id"].(string)
+	rec := e.ok(logical.ReadOperation, "keys/"+id, nil).Data
+	require.Equal(t, "ent-billing", rec["entity_id"])
+	require.Equal(t, "token-billing", rec["display_name"])
+	require.NotContains(t, rec, "token_hmac", "the keyed hash is never returned")
+
+	list := e.ok(logical.ListOperation, "keys/", map[string]interface{}{"entity_id": "ent-billing"})
+	require.ElementsMatch(t, []string{id, billing2.Data["key_id"].(string)}, list.Data["keys"])
+	info := list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})
+	require.Equal(t, "token-billing", info["display_name"])
+	list = e.ok(logical.ListOperation, "keys/", map[string]interface{}{"display_name": "token-other"})
+	require.Equal(t, []string{other.Data["key_id"].(string)}, list.Data["keys"])
+	list = e.ok(logical.ListOperation, "keys/", map[string]interface{}{"entity_id": "ent-billing", "display_name": "approle-billing"})
+	require.Equal(t, []string{billing2.Data["key_id"].(string)}, list.Data["keys"])
+
+	raw, err := e.s.Get(context.Background(), keyStoragePrefix+id)
+	require.NoError(t, err)
+	for _, secret := range []string{billing1.Data["api_key"].(string), "hvs.the-callers-token", "the-callers-accessor"} {
+		require.NotContains(t, string(raw.Value), secret)
+	}
+	require.Contains(t, string(raw.Value), `"token_hmac":"`)
+	for _, l := range leases {
+		require.NoError(t, e.revoke(l))
+	}
+}
+
+// putCounter counts storage writes.
+type putCounter struct {
+	logical.Storage
+	mu   sync.Mutex
+	puts []string
+}
+
+func (s *putCounter) Put(ctx context.Context, en *logical.StorageEntry) error {
+	s.mu.Lock()
+	s.puts = append(s.puts, en.Key)
+	s.mu.Unlock()
+	return s.Storage.Put(ctx, en)
+}
+
+func (s *putCounter) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.puts
+	s.puts = nil
+	return p
+}
+
+// An issuance costs two storage writes (its creation record and the key's
+// record) with who issued it and its token_hmac in the record: the mount's
+// HMAC secret is written once, by the config write (or, on a mount whose
+// config predates it, by the first issuance), and cached after.
+func TestCreds_IssuanceStaysAtTwoStorageWrites(t *testing.T) {
+	var pc *putCounter
+	e := newTestEnv(t, withStorage(func(s logical.Storage) logical.Storage { pc = &putCounter{Storage: s}; return pc }))
+	e.configure("development")
+	require.Contains(t, pc.take(), tokenHMACStorageKey, "the config write creates the mount's HMAC secret")
+	e.role("app", map[string]interface{}{})
+	pc.take()
+	first, err := doAs(e, logical.ReadOperation, "creds/app", nil, "ent-1", "token-app")
+	require.NoError(t, err)
+	first.Secret.IssueTime = time.Now()
+	puts := pc.take()
+	require.Len(t, puts, 2, "writes: %v", puts)
+	require.Equal(t, keyStoragePrefix+first.Data["key_id"].(string), puts[1])
+
+	// A mount whose config was written before token_hmac existed: its
+	// first issuance writes the secret, the next ones do not.
+	require.NoError(t, e.s.Delete(context.Background(), tokenHMACStorageKey))
+	e.restart(false)
+	second := e.issue("app")
+	require.Contains(t, pc.take(), tokenHMACStorageKey)
+	third := e.issue("app")
+	require.Len(t, pc.take(), 2)
+	for _, l := range []*logical.Response{first, second, third} {
+		require.NoError(t, e.revoke(l))
+	}
 }

@@ -58,7 +58,9 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 	if err != nil {
 		return nil, err
 	}
-	if r.KeyID == "" || rec == nil || rec.State != keyStateActive {
+	// A quarantined current key (keys/<id>/deactivate) no longer works:
+	// the holder gets a new one, and the quarantined key stays deactivated.
+	if r.KeyID == "" || rec == nil || rec.State != keyStateActive || rec.Quarantined {
 		b.Logger().Warn("static role's current key is gone (deleted in Heron by hand?): rotating now", "role", name, "key_id", r.KeyID)
 		// Decided from a read outside the role's lock: another reader may be
 		// replacing the same key. Only one replacement happens; the others

@@ -431,6 +431,7 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 	}
 	now := b.now()
 	rec := staticKeyRecord(r, k.ID, k.Name, k.TokenPrefix, now)
+	b.setTokenHMAC(ctx, s, rec, apiKey)
 	if err := putJSON(ctx, s, keyStoragePrefix+rec.KeyID, "key record "+rec.KeyID, rec); err != nil {
 		return nil, err
 	}

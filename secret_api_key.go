@@ -81,6 +81,9 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 		return nil, &codedError{code: http.StatusBadRequest, msg: fmt.Sprintf("key %s: %v", keyID, err)}
 	}
 
+	// The record's lock: a quarantine written meanwhile is never lost
+	// under this renewal's write (a renewal never reactivates a key).
+	defer b.lockKey(keyID)()
 	rec, err := getTrackedKey(ctx, req.Storage, keyID)
 	if err != nil {
 		return nil, err
@@ -152,6 +155,8 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 	cfgLock := b.configLock(env)
 	cfgLock.RLock()
 	defer cfgLock.RUnlock()
+	// Decided and written from a read under the record's lock.
+	defer b.lockKey(keyID)()
 
 	rec, err := getTrackedKey(ctx, req.Storage, keyID)
 	if err != nil {

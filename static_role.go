@@ -249,8 +249,9 @@ func (b *heronBackend) dueNow(_ context.Context, r *staticRole) (bool, error) {
 }
 
 // keyGone is static-creds' reason to rotate: the role's current key is not
-// active by the engine's record (deleted or deactivated in Heron by hand,
-// or quarantined).
+// active by the engine's record (deleted or deactivated in Heron by hand),
+// or quarantined (keys/<id>/deactivate): the holder gets a new key, and the
+// quarantined one stays deactivated.
 func keyGone(ctx context.Context, s logical.Storage, r *staticRole) (bool, error) {
 	if r.KeyID == "" {
 		return true, nil
@@ -259,7 +260,7 @@ func keyGone(ctx context.Context, s logical.Storage, r *staticRole) (bool, error
 	if err != nil {
 		return false, err
 	}
-	return rec == nil || rec.State != keyStateActive, nil
+	return rec == nil || rec.State != keyStateActive || rec.Quarantined, nil
 }
 
 // rotateStaticLocked is rotateStatic with the role's lock and its config's
@@ -277,6 +278,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		return failed(upstreamError(fmt.Sprintf("creating the next key of static role %q", r.Name), err))
 	}
 	rec := staticKeyRecord(r, key.ID, keyName, key.TokenPrefix, now)
+	b.setTokenHMAC(ctx, s, rec, key.Token)
 	// undo deletes the new key that the role will not hold; once Heron
 	// confirms the deletion its record (if the write got through) becomes a
 	// tombstone saying so, with the event and log line of any deletion.
@@ -347,6 +349,8 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 // retireStaticKey deactivates a static role's key now; its record is kept
 // and the cleanup pass deletes it after the role's retired_key_retention.
 func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, client heronapi.API, r *staticRole, id, why string) error {
+	// Decided and written from a read under the record's lock.
+	defer b.lockKey(id)()
 	rec, err := getTrackedKey(ctx, s, id)
 	if err != nil {
 		return err
