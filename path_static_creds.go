@@ -92,6 +92,14 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 		data["previous_key_id"] = r.PreviousKeyID
 		data["previous_deactivates_at"] = formatTime(r.previousDeactivatesAt())
 	}
+	// Until when this key is sure to work: it stays current until the next
+	// scheduled rotation, then previous for at least overlap (a rotation by
+	// hand, or a quarantine, can end it sooner). Empty when no rotation is
+	// scheduled.
+	data["valid_until"] = ""
+	if next := r.rotationSchedule().next(); !next.IsZero() {
+		data["valid_until"] = formatTime(next.Add(r.Overlap))
+	}
 	return &logical.Response{Data: data}, nil
 }
 
@@ -101,5 +109,7 @@ const pathStaticCredsHelpDesc = `
 Returns the static role's current key (api_key), with ttl the seconds until the
 next rotation. During an overlap, previous_key_id and previous_deactivates_at
 say which key is on its way out and until when it works at the latest. There is
-no lease: read again after a rotation.
+no lease: read again after a rotation. valid_until is until when the key is
+sure to work: the next scheduled rotation plus overlap (a rotation by hand or a
+quarantine can end it sooner).
 `

@@ -256,6 +256,11 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 		// overlap will really be.
 		warnings = append(warnings, fmt.Sprintf("overlap (%s) is longer than the time between rotations (%s): each rotation deactivates the previous key, so it stays active for %s, not %s", r.Overlap, gap, gap, r.Overlap))
 	}
+	if r.UnusedFor > r.MaxOverlap && r.MaxOverlap > r.Overlap {
+		// Accepted: max_overlap still ends it. But the early end it was
+		// meant to allow can never come.
+		warnings = append(warnings, fmt.Sprintf("unused_for (%ds) is longer than max_overlap (%ds): a previous key can never be seen unused that long before max_overlap deactivates it anyway, so it is always deactivated at max_overlap", int64(r.UnusedFor.Seconds()), int64(r.MaxOverlap.Seconds())))
+	}
 	var resp *logical.Response
 	if len(warnings) > 0 {
 		resp = &logical.Response{Warnings: warnings}

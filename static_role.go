@@ -387,6 +387,9 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 	rec.DeactivatedAt = now
 	rec.DeleteAfter = now.Add(r.RetiredKeyRetention)
 	rec.ExpiredKeyRetention = r.RetiredKeyRetention
+	// keys/<id> says why (superseded, unused, max_overlap, ...), as the
+	// event does.
+	rec.Reason = why
 	if err := putTrackedKey(ctx, s, rec); err != nil {
 		return err
 	}

@@ -545,3 +545,30 @@ func TestStaticRotation_PassReplacesACurrentKeyDeactivatedByHand(t *testing.T) {
 	require.Equal(t, keyStateDeactivated, rec.State, "the replaced key is retained for deletion")
 	require.False(t, rec.DeleteAfter.IsZero())
 }
+
+// static-creds tells a holder until when its key is sure to work (the next
+// scheduled rotation plus overlap); a retired previous key's record says why
+// it was deactivated; an unused_for that max_overlap always cuts short is
+// accepted with a warning.
+func TestStaticRole_HolderAndOperatorAreToldWhatToExpect(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	now := time.Now().Truncate(time.Second)
+	e.atTime(now)
+	resp := e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{
+		"environment": "development", "rotation_period": "720h", "overlap": "30s", "max_overlap": "1m", "unused_for": "1h",
+	})
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, " "), "unused_for (3600s) is longer than max_overlap (60s)")
+
+	creds := e.ok(logical.ReadOperation, "static-creds/app", nil).Data
+	require.Equal(t, formatTime(now.Add(720*time.Hour+30*time.Second)), creds["valid_until"])
+
+	first := creds["key_id"].(string)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil) // supersedes the first key
+	rec := e.ok(logical.ReadOperation, "keys/"+first, nil).Data
+	require.Equal(t, keyStateDeactivated, rec["state"])
+	require.Equal(t, "superseded", rec["reason"])
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+}
