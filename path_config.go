@@ -16,7 +16,7 @@ import (
 )
 
 func pathConfig(b *heronBackend) []*framework.Path {
-	return []*framework.Path{
+	return append([]*framework.Path{
 		{
 			Pattern: "config/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -178,8 +178,7 @@ func pathConfig(b *heronBackend) []*framework.Path {
 			HelpSynopsis:    pathConfigHelpSyn,
 			HelpDescription: pathConfigHelpDesc,
 		},
-		pathConfigRotate(b),
-	}
+	}, pathConfigRotate(b)...)
 }
 
 func (b *heronBackend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {

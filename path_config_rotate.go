@@ -11,13 +11,23 @@ import (
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
 
-func pathConfigRotate(b *heronBackend) *framework.Path {
+// pathConfigRotate is config/<environment>/rotate and its alias
+// rotate-root/<environment>, Vault's conventional name (same handler, same
+// checks).
+func pathConfigRotate(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		pathRotateAdminKey(b, "config/"+environmentPattern+"/rotate$", "admin-key", pathConfigRotateHelpSyn),
+		pathRotateAdminKey(b, "rotate-root/"+environmentPattern+"$", "root", pathConfigRotateHelpSyn+" Alias of config/<environment>/rotate."),
+	}
+}
+
+func pathRotateAdminKey(b *heronBackend, pattern, suffix, syn string) *framework.Path {
 	return &framework.Path{
-		Pattern: "config/" + environmentPattern + "/rotate$",
+		Pattern: pattern,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefixHeron,
 			OperationVerb:   "rotate",
-			OperationSuffix: "admin-key",
+			OperationSuffix: suffix,
 		},
 		Fields: map[string]*framework.FieldSchema{
 			"environment": {
@@ -35,7 +45,7 @@ func pathConfigRotate(b *heronBackend) *framework.Path {
 				Summary:  "Rotate the environment's admin key following Heron's flow.",
 			},
 		},
-		HelpSynopsis:    pathConfigRotateHelpSyn,
+		HelpSynopsis:    syn,
 		HelpDescription: pathConfigRotateHelpDesc,
 	}
 }

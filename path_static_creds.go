@@ -83,6 +83,14 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 		"last_rotated": formatTime(r.LastRotated),
 		"ttl":          0,
 	}
+	// Vault's conventional names (as HashiCorp's engines answer): when the
+	// key was last rotated, and the rotation it lives on.
+	data["last_vault_rotation"] = timeOrNil(r.LastRotated)
+	if r.RotationSchedule != "" {
+		data["rotation_schedule"] = r.RotationSchedule
+	} else {
+		data["rotation_period"] = int64(r.RotationPeriod.Seconds())
+	}
 	if next := r.rotationSchedule().next(); !next.IsZero() {
 		data["ttl"] = max(int64(next.Sub(b.now()).Seconds()), 0)
 	}

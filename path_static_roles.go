@@ -62,34 +62,42 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 			HelpSynopsis:    pathStaticRolesHelpSyn,
 			HelpDescription: pathStaticRolesHelpDesc,
 		},
-		{
-			Pattern: "static-roles/" + framework.GenericNameRegex("name") + "/rotate$",
-			DisplayAttrs: &framework.DisplayAttributes{
-				OperationPrefix: operationPrefixHeron,
-				OperationVerb:   "rotate",
-				OperationSuffix: "static-role",
-			},
-			Fields: map[string]*framework.FieldSchema{
-				"name": {
-					Type:         framework.TypeString,
-					Description:  "Name of the static role to rotate.",
-					Required:     true,
-					DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
-				},
-			},
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesRotate,
-					Summary:  "Rotate a static role's key now (the previous key keeps working for the overlap).",
-				},
-			},
-			HelpSynopsis:    pathStaticRolesRotateHelpSyn,
-			HelpDescription: pathStaticRolesRotateHelpDesc,
-		},
+		pathRotateStaticRole(b, "static-roles/"+framework.GenericNameRegex("name")+"/rotate$", "static-role", pathStaticRolesRotateHelpSyn),
+		// Vault's conventional name for the same operation.
+		pathRotateStaticRole(b, "rotate-role/"+framework.GenericNameRegex("name")+"$", "role", pathStaticRolesRotateHelpSyn+" Alias of static-roles/<name>/rotate."),
 	}
 	// The list path pages: after and limit.
 	paths[0].Fields = withPaging(paths[0].Fields)
 	return paths
+}
+
+// pathRotateStaticRole is static-roles/<name>/rotate or its alias
+// rotate-role/<name>: one handler, one name check.
+func pathRotateStaticRole(b *heronBackend, pattern, suffix, syn string) *framework.Path {
+	return &framework.Path{
+		Pattern: pattern,
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefixHeron,
+			OperationVerb:   "rotate",
+			OperationSuffix: suffix,
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"name": {
+				Type:         framework.TypeString,
+				Description:  "Name of the static role to rotate.",
+				Required:     true,
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathStaticRolesRotate,
+				Summary:  "Rotate a static role's key now (the previous key keeps working for the overlap).",
+			},
+		},
+		HelpSynopsis:    syn,
+		HelpDescription: pathStaticRolesRotateHelpDesc,
+	}
 }
 
 func staticRoleFields() map[string]*framework.FieldSchema {

@@ -338,3 +338,13 @@ func (c *heronConfig) rotationSchedule() rotationSchedule {
 		ScheduleSetAt: c.ScheduleSetAt,
 	}
 }
+
+// timeOrNil is a time as Vault's rotation fields answer it
+// (last_vault_rotation, next_vault_rotation): RFC 3339 in UTC, or null when
+// unknown, as the sdk's RotationInfoResponseParams.PopulateRotationInfo does.
+func timeOrNil(t time.Time) interface{} {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC().Format(time.RFC3339)
+}
