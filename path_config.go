@@ -159,8 +159,9 @@ func pathConfig(b *heronBackend) []*framework.Path {
 			ExistenceCheck: b.pathConfigExistenceCheck,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathConfigRead,
-					Summary:  "Read an environment's configuration (never the admin key).",
+					Callback:  b.pathConfigRead,
+					Summary:   "Read an environment's configuration (never the admin key).",
+					Responses: rotationReadResponses("admin key"),
 				},
 				logical.CreateOperation: &framework.PathOperation{
 					Callback: b.pathConfigWrite,
@@ -234,10 +235,13 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"rotation_managed_by_vault":  cfg.RotationManaged,
 		"admin_key_prefix":           keyPrefix(cfg.AdminAPIKey),
 		"admin_key_id":               cfg.AdminKeyID,
-		"last_rotated":               lastRotated,
-		"next_rotation":              formatTime(nextRotation(cfg)),
-		"history_retention":          int64(cfg.historyRetention().Seconds()),
-		"retired_keys":               retiredKeysView(cfg.RetiredKeys),
+		"last_vault_rotation":        timeOrNil(cfg.LastRotated),
+		"next_vault_rotation":        timeOrNil(nextRotation(cfg)),
+		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
+		"last_rotated":      lastRotated,
+		"next_rotation":     formatTime(nextRotation(cfg)),
+		"history_retention": int64(cfg.historyRetention().Seconds()),
+		"retired_keys":      retiredKeysView(cfg.RetiredKeys),
 	}}, nil
 }
 
@@ -271,6 +275,10 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
 	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
+
+	if resp := rotationFieldsError(d); resp != nil {
 		return resp, nil
 	}
 
@@ -471,7 +479,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			mergeConfigSettings(d, cfg, stored)
 		}
 		// With the schedule as it will be stored.
-		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
 		*stored = *cfg
 		return true, nil
 	})
@@ -596,7 +604,7 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 		if w := retiredCapWarning(cfg); w != "" {
 			warnings = append(warnings, w)
 		}
-		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
 		return true, nil
 	})
 	if bad != "" {

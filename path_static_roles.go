@@ -43,8 +43,9 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 			ExistenceCheck: b.pathStaticRolesExistenceCheck,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesRead,
-					Summary:  "Read a static role (never its key).",
+					Callback:  b.pathStaticRolesRead,
+					Summary:   "Read a static role (never its key).",
+					Responses: rotationReadResponses("static role's key"),
 				},
 				logical.CreateOperation: &framework.PathOperation{
 					Callback: b.pathStaticRolesWrite,
@@ -124,6 +125,16 @@ func staticRoleFields() map[string]*framework.FieldSchema {
 			Description:  "Standard 5-field cron schedule (UTC) of rotations. Exclusive with rotation_period.",
 			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation schedule"},
 		},
+		"rotation_window": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long after a rotation_schedule time a rotation may still start; one that could not start within it waits for the next scheduled time. Needs rotation_schedule.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation window"},
+		},
+		"disable_automated_rotation": {
+			Type:         framework.TypeBool,
+			Description:  "Turn automatic rotation off without forgetting the schedule (rotate-role/<name> still rotates).",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Disable automated rotation"},
+		},
 		"overlap": {
 			Type:         framework.TypeDurationSecond,
 			Description:  "After a rotation the previous key stays active at least this long.",
@@ -194,17 +205,23 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 		return nil, err
 	}
 	return &logical.Response{Data: map[string]interface{}{
-		"environment":             r.Environment,
-		"rotation_period":         int64(r.RotationPeriod.Seconds()),
-		"rotation_schedule":       r.RotationSchedule,
-		"overlap":                 int64(r.Overlap.Seconds()),
-		"max_overlap":             int64(r.MaxOverlap.Seconds()),
-		"unused_for":              int64(r.UnusedFor.Seconds()),
-		"retired_key_retention":   int64(r.RetiredKeyRetention.Seconds()),
-		"skip_import_rotation":    r.SkipImportRotation,
-		"key_id":                  r.KeyID,
-		"key_name":                r.KeyName,
-		"token_prefix":            r.TokenPrefix,
+		"environment":                r.Environment,
+		"rotation_period":            int64(r.RotationPeriod.Seconds()),
+		"rotation_schedule":          r.RotationSchedule,
+		"rotation_window":            int64(r.RotationWindow.Seconds()),
+		"disable_automated_rotation": r.DisableAutomatedRotation,
+		"rotation_managed_by_vault":  r.RotationManaged,
+		"overlap":                    int64(r.Overlap.Seconds()),
+		"max_overlap":                int64(r.MaxOverlap.Seconds()),
+		"unused_for":                 int64(r.UnusedFor.Seconds()),
+		"retired_key_retention":      int64(r.RetiredKeyRetention.Seconds()),
+		"skip_import_rotation":       r.SkipImportRotation,
+		"key_id":                     r.KeyID,
+		"key_name":                   r.KeyName,
+		"token_prefix":               r.TokenPrefix,
+		"last_vault_rotation":        timeOrNil(r.LastRotated),
+		"next_vault_rotation":        timeOrNil(r.rotationSchedule().next()),
+		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
 		"last_rotated":            formatTime(r.LastRotated),
 		"next_rotation":           formatTime(r.rotationSchedule().next()),
 		"previous_key_id":         r.PreviousKeyID,
@@ -216,6 +233,9 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
+	if resp := rotationFieldsError(d); resp != nil {
 		return resp, nil
 	}
 	// The environment decides which config lock to take (the config's lock
@@ -257,7 +277,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	if cfg.Deleting {
 		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
 	}
-	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged)
+	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged, existing == nil || setsRotationFields(d))
 	if gap := r.rotationGap(b.now()); gap > 0 && r.Overlap > gap {
 		// Accepted, as Vault accepts a ttl above the mount's max: but each
 		// rotation deactivates the key two generations old, so say what the
@@ -338,10 +358,18 @@ func staticRoleFromRequest(d *framework.FieldData, name string, existing *static
 			r.RotationPeriod = 0
 		}
 	}
+	durationField(d, "rotation_window", create, &r.RotationWindow)
+	boolField(d, "disable_automated_rotation", create, &r.DisableAutomatedRotation)
 	if _, ok := d.GetOk("rotation_period"); ok && r.RotationPeriod > 0 {
 		if _, ok := d.GetOk("rotation_schedule"); !ok {
-			r.RotationSchedule = ""
+			r.RotationSchedule, r.RotationWindow = "", 0
 		}
+	}
+	if r.RotationWindow < 0 {
+		return nil, fmt.Sprintf("rotation_window must not be negative, got %s", r.RotationWindow)
+	}
+	if r.RotationWindow > 0 && r.RotationSchedule == "" {
+		return nil, "cannot use rotation_window without rotation_schedule"
 	}
 	if create || r.RotationSchedule != existing.RotationSchedule {
 		// A schedule fires at its first time after it was set, never for

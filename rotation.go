@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/automatedrotationutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
 
@@ -251,16 +253,29 @@ func retiredDue(rk retiredAdminKey, now time.Time) bool {
 // where the server has one (Vault Enterprise 1.19+). Vault Community answers
 // that it is unsupported: the engine's own periodic pass then rotates on the
 // same schedule, so the setting means the same thing on every edition.
-func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
+func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, d *framework.FieldData, cfg *heronConfig) []string {
 	sched := cfg.rotationSchedule()
 	sched.Window = cfg.RotationWindow
-	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged)
+	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged,
+		req.Operation == logical.CreateOperation || setsRotationFields(d))
+}
+
+// setsRotationFields reports whether the request sets one of the rotation
+// fields (a write that does is told who schedules the rotation).
+func setsRotationFields(d *framework.FieldData) bool {
+	for _, f := range []string{"rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation"} {
+		if _, ok := d.GetOk(f); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // registerRotationJob registers (or, when no schedule is wanted, removes) the
 // rotation job of the target at path with Vault's rotation manager, and
-// records in *managed whether Vault runs it.
-func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool) []string {
+// records in *managed whether Vault runs it. announce: the write sets the
+// schedule, so its answer says who runs it when Vault cannot.
+func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool, announce bool) []string {
 	wanted := !sched.Disabled && (sched.Period > 0 || sched.Schedule != "")
 	if !wanted {
 		if *managed {
@@ -283,10 +298,14 @@ func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, pat
 	if err != nil {
 		*managed = false
 		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "path", path, "error", err)
-		if sched.Window > 0 {
-			return []string{"rotation_window is enforced only by Vault Enterprise's rotation manager, which this server does not have: the engine rotates on the schedule and ignores the window"}
+		var warnings []string
+		if announce {
+			warnings = append(warnings, communitySchedulingWarning)
 		}
-		return nil
+		if sched.Window > 0 {
+			warnings = append(warnings, "rotation_window is enforced only by Vault Enterprise's rotation manager, which this server does not have: the engine rotates on the schedule and ignores the window")
+		}
+		return warnings
 	}
 	*managed = true
 	return nil
@@ -347,4 +366,57 @@ func timeOrNil(t time.Time) interface{} {
 		return nil
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// communitySchedulingWarning is the warning of a write that schedules
+// rotation on a server without Vault's rotation manager (Vault Community):
+// HashiCorp's engines refuse the rotation fields there; this engine runs
+// the schedule itself, and says so.
+const communitySchedulingWarning = "this Vault server has no rotation manager (Vault Community): the engine, not Vault, schedules this rotation, on its own periodic pass (every minute, on the active node)"
+
+// rotationFieldsError checks the request's rotation fields as the sdk's
+// automatedrotationutil.ParseAutomatedRotationFields does (HashiCorp's
+// engines share it): a window needs a schedule, a schedule and a period
+// exclude each other, a window does not apply to a period, a schedule must
+// parse. A non-nil response is the 400 to answer, with the sdk's message.
+func rotationFieldsError(d *framework.FieldData) *logical.Response {
+	var p automatedrotationutil.AutomatedRotationParams
+	if err := p.ParseAutomatedRotationFields(d); err != nil {
+		return logical.ErrorResponse(err.Error())
+	}
+	return nil
+}
+
+// rotationInfoResponseFields describe, for the OpenAPI document, what reads
+// of a config or static role answer about rotation: Vault's conventional
+// names and this engine's older ones, kept as deprecated aliases.
+func rotationInfoResponseFields(what string) map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"last_vault_rotation": {
+			Type:        framework.TypeTime,
+			Description: "When the " + what + " was last rotated (RFC 3339), or null when never.",
+		},
+		"next_vault_rotation": {
+			Type:        framework.TypeTime,
+			Description: "When the engine's scheduler rotates the " + what + " next (RFC 3339), or null when no automatic rotation is scheduled by the engine.",
+		},
+		"last_rotated": {
+			Type:        framework.TypeString,
+			Description: "Deprecated: use last_vault_rotation. The same time, or \"\" when never; kept for one release.",
+			Deprecated:  true,
+		},
+		"next_rotation": {
+			Type:        framework.TypeString,
+			Description: "Deprecated: use next_vault_rotation. The same time, or \"\" when none; kept for one release.",
+			Deprecated:  true,
+		},
+	}
+}
+
+// rotationReadResponses is the documented answer of a read that carries
+// rotation info.
+func rotationReadResponses(what string) map[int][]framework.Response {
+	return map[int][]framework.Response{
+		200: {{Description: "OK", Fields: rotationInfoResponseFields(what)}},
+	}
 }

@@ -47,6 +47,10 @@ type staticRole struct {
 	UnusedFor           time.Duration `json:"unused_for"`
 	RetiredKeyRetention time.Duration `json:"retired_key_retention"`
 	SkipImportRotation  bool          `json:"skip_import_rotation,omitempty"`
+	// RotationWindow and DisableAutomatedRotation: Vault's automated-rotation
+	// fields, as on configs.
+	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
+	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
 	ScheduleSetAt   time.Time `json:"schedule_set_at,omitempty"`
 	RotationManaged bool      `json:"rotation_managed,omitempty"`
@@ -96,7 +100,8 @@ func (r *staticRole) rotationGap(now time.Time) time.Duration {
 
 // rotationSchedule is the static role's schedule.
 func (r *staticRole) rotationSchedule() rotationSchedule {
-	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
+	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Window: r.RotationWindow, Disabled: r.DisableAutomatedRotation,
+		Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
 }
 
 // validate checks the role's own fields and names the first that is wrong.
