@@ -143,7 +143,7 @@ func pathConfig(b *heronBackend) []*framework.Path {
 				},
 				"rotation_window": {
 					Type:        framework.TypeDurationSecond,
-					Description: "How long after a scheduled time a rotation may still start (Vault Enterprise rotation manager). Needs rotation_schedule.",
+					Description: "How long after a rotation_schedule time a rotation may still start; one that could not start within it waits for the next scheduled time (honoured by Vault Enterprise's rotation manager and by the engine's own scheduler). Needs rotation_schedule.",
 					DisplayAttrs: &framework.DisplayAttributes{
 						Name: "Rotation window",
 					},
@@ -221,7 +221,9 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 	if !cfg.LastRotated.IsZero() {
 		lastRotated = cfg.LastRotated.UTC().Format(time.RFC3339)
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	sched := cfg.rotationSchedule()
+	next, _ := sched.nextAt(b.now())
+	data := map[string]interface{}{
 		"environment":                cfg.Environment,
 		"base_url":                   cfg.BaseURL,
 		"request_timeout":            int64(cfg.RequestTimeout.Seconds()),
@@ -236,13 +238,17 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"admin_key_prefix":           keyPrefix(cfg.AdminAPIKey),
 		"admin_key_id":               cfg.AdminKeyID,
 		"last_vault_rotation":        timeOrNil(cfg.LastRotated),
-		"next_vault_rotation":        timeOrNil(nextRotation(cfg)),
+		"next_vault_rotation":        timeOrNil(next),
 		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
 		"last_rotated":      lastRotated,
-		"next_rotation":     formatTime(nextRotation(cfg)),
+		"next_rotation":     formatTime(next),
 		"history_retention": int64(cfg.historyRetention().Seconds()),
 		"retired_keys":      retiredKeysView(cfg.RetiredKeys),
-	}}, nil
+	}
+	if note := sched.skippedNote(b.now()); note != "" {
+		data["rotation_skipped"] = note
+	}
+	return &logical.Response{Data: data}, nil
 }
 
 // retiredKeysView is what config read shows of the rotated-out admin keys.

@@ -195,10 +195,10 @@ func TestErrors_SayWhatToDo(t *testing.T) {
 	e.role("r", map[string]interface{}{})
 	lease := e.issue("r")
 
-	// rotation_window on a server without a rotation manager.
+	// A schedule on a server without a rotation manager: the engine runs it.
 	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * *", "rotation_window": "1h"})
 	require.NotNil(t, resp)
-	require.Contains(t, strings.Join(resp.Warnings, "\n"), "rotation_window is enforced only by Vault Enterprise's rotation manager")
+	require.Contains(t, strings.Join(resp.Warnings, "\n"), "the engine, not Vault, schedules this rotation")
 
 	// A revoked admin key: revocation names the config and the fix (a dead
 	// key cannot rotate itself).

@@ -91,7 +91,7 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 	} else {
 		data["rotation_period"] = int64(r.RotationPeriod.Seconds())
 	}
-	if next := r.rotationSchedule().next(); !next.IsZero() {
+	if next, _ := r.rotationSchedule().nextAt(b.now()); !next.IsZero() {
 		data["ttl"] = max(int64(next.Sub(b.now()).Seconds()), 0)
 	}
 	if r.PreviousKeyID != "" {

@@ -204,7 +204,9 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 	if err != nil || r == nil {
 		return nil, err
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	sched := r.rotationSchedule()
+	next, _ := sched.nextAt(b.now())
+	data := map[string]interface{}{
 		"environment":                r.Environment,
 		"rotation_period":            int64(r.RotationPeriod.Seconds()),
 		"rotation_schedule":          r.RotationSchedule,
@@ -220,13 +222,17 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 		"key_name":                   r.KeyName,
 		"token_prefix":               r.TokenPrefix,
 		"last_vault_rotation":        timeOrNil(r.LastRotated),
-		"next_vault_rotation":        timeOrNil(r.rotationSchedule().next()),
+		"next_vault_rotation":        timeOrNil(next),
 		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
 		"last_rotated":            formatTime(r.LastRotated),
-		"next_rotation":           formatTime(r.rotationSchedule().next()),
+		"next_rotation":           formatTime(next),
 		"previous_key_id":         r.PreviousKeyID,
 		"previous_deactivates_at": formatTime(r.previousDeactivatesAt()),
-	}}, nil
+	}
+	if note := sched.skippedNote(b.now()); note != "" {
+		data["rotation_skipped"] = note
+	}
+	return &logical.Response{Data: data}, nil
 }
 
 // pathStaticRolesWrite handles CREATE and UPDATE static-roles/<name>.

@@ -208,8 +208,7 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 			// Due by a read outside the config's lock: asked again under
 			// it, so a rotation by hand in between is not repeated.
 			_, _, rotated, err := b.rotateAdminKeyIf(ctx, s, env, func(cfg *heronConfig) bool {
-				due := cfg.rotationSchedule().next()
-				return !due.IsZero() && !b.now().Before(due)
+				return cfg.rotationSchedule().dueAt(b.now())
 			})
 			return rotated, err
 		},
@@ -228,8 +227,7 @@ func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, e
 	rotated := 0
 	var errs []error
 	for _, t := range targets {
-		due := t.schedule.next()
-		if due.IsZero() || now.Before(due) {
+		if !t.schedule.dueAt(now) {
 			continue
 		}
 		did, err := t.rotate(ctx, s)
@@ -255,7 +253,6 @@ func retiredDue(rk retiredAdminKey, now time.Time) bool {
 // same schedule, so the setting means the same thing on every edition.
 func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, d *framework.FieldData, cfg *heronConfig) []string {
 	sched := cfg.rotationSchedule()
-	sched.Window = cfg.RotationWindow
 	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged,
 		req.Operation == logical.CreateOperation || setsRotationFields(d))
 }
@@ -302,9 +299,6 @@ func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, pat
 		if announce {
 			warnings = append(warnings, communitySchedulingWarning)
 		}
-		if sched.Window > 0 {
-			warnings = append(warnings, "rotation_window is enforced only by Vault Enterprise's rotation manager, which this server does not have: the engine rotates on the schedule and ignores the window")
-		}
 		return warnings
 	}
 	*managed = true
@@ -339,7 +333,7 @@ func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Reques
 }
 
 // nextRotation is when cfg's admin key is next due for automatic rotation
-// by the engine's own scheduler (zero: never).
+// by the engine's own scheduler (zero: never), rotation_window aside.
 func nextRotation(cfg *heronConfig) time.Time { return cfg.rotationSchedule().next() }
 
 // rotationSchedule is the config's admin key schedule.
@@ -351,6 +345,7 @@ func (c *heronConfig) rotationSchedule() rotationSchedule {
 	return rotationSchedule{
 		Period:        c.RotationPeriod,
 		Schedule:      c.RotationSchedule,
+		Window:        c.RotationWindow,
 		Disabled:      c.DisableAutomatedRotation,
 		Managed:       c.RotationManaged,
 		KeySetAt:      base,
@@ -400,6 +395,10 @@ func rotationInfoResponseFields(what string) map[string]*framework.FieldSchema {
 			Type:        framework.TypeTime,
 			Description: "When the engine's scheduler rotates the " + what + " next (RFC 3339), or null when no automatic rotation is scheduled by the engine.",
 		},
+		"rotation_skipped": {
+			Type:        framework.TypeString,
+			Description: "Present when a scheduled rotation did not run within its rotation_window: which scheduled time was missed, and that the next rotation waits for the next scheduled time.",
+		},
 		"last_rotated": {
 			Type:        framework.TypeString,
 			Description: "Deprecated: use last_vault_rotation. The same time, or \"\" when never; kept for one release.",
@@ -419,4 +418,42 @@ func rotationReadResponses(what string) map[int][]framework.Response {
 	return map[int][]framework.Response{
 		200: {{Description: "OK", Fields: rotationInfoResponseFields(what)}},
 	}
+}
+
+// nextAt is when the engine's own scheduler rotates next as seen at now
+// (zero: never). It is next(), unless rotation_window applies (a cron
+// schedule with a window) and the window of that time, the scheduled time
+// plus the window, ended before now with no rotation: then it is the first
+// scheduled time whose window is still open at now, and missed is the
+// scheduled time whose window passed (zero when none did). A rotation owed
+// (Retry) is no scheduled time and has no window.
+func (r rotationSchedule) nextAt(now time.Time) (next, missed time.Time) {
+	next = r.next()
+	if next.IsZero() || r.Window <= 0 || r.Schedule == "" || r.Period > 0 || r.Retry || !now.After(next.Add(r.Window)) {
+		return next, time.Time{}
+	}
+	sched, err := rotation.DefaultScheduler.Parse(r.Schedule)
+	if err != nil {
+		return next, time.Time{}
+	}
+	// The first scheduled time s with s+window >= now (Next is strictly
+	// after its argument).
+	return sched.Next(now.Add(-r.Window).Add(-time.Nanosecond).UTC()), next
+}
+
+// dueAt reports whether the schedule's rotation is due at now.
+func (r rotationSchedule) dueAt(now time.Time) bool {
+	next, _ := r.nextAt(now)
+	return !next.IsZero() && !now.Before(next)
+}
+
+// skippedNote says, for a read, why a scheduled rotation did not happen: its
+// window passed (empty when none did).
+func (r rotationSchedule) skippedNote(now time.Time) string {
+	next, missed := r.nextAt(now)
+	if missed.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("the rotation scheduled at %s did not run within its rotation_window (%s, until %s): the next rotation is at the next scheduled time, %s",
+		formatTime(missed), r.Window, formatTime(missed.Add(r.Window)), formatTime(next))
 }

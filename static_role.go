@@ -249,7 +249,7 @@ func (b *heronBackend) rotateStaticIf(ctx context.Context, s logical.Storage, na
 // dueNow is the periodic pass's reason to rotate: the role's schedule says
 // its time has come.
 func (b *heronBackend) dueNow(_ context.Context, r *staticRole) (bool, error) {
-	due := r.rotationSchedule().next()
+	due, _ := r.rotationSchedule().nextAt(b.now())
 	return !due.IsZero() && !b.now().Before(due), nil
 }
 
