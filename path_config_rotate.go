@@ -41,8 +41,10 @@ func pathRotateAdminKey(b *heronBackend, pattern, suffix, syn string) *framework
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathConfigRotateWrite,
-				Summary:  "Rotate the environment's admin key following Heron's flow.",
+				Callback:                    b.pathConfigRotateWrite,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Rotate the environment's admin key following Heron's flow.",
 			},
 		},
 		HelpSynopsis:    syn,

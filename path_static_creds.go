@@ -29,8 +29,10 @@ func pathStaticCreds(b *heronBackend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticCredsRead,
-					Summary:  "Read a static role's current Heron key.",
+					Callback:                    b.pathStaticCredsRead,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Read a static role's current Heron key.",
 				},
 			},
 			HelpSynopsis:    pathStaticCredsHelpSyn,
