@@ -95,7 +95,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 func (b *heronBackend) rotateAdminKeyIf(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
 	cfg, warning, rotated, err := b.rotateAdminKeyOnce(ctx, s, env, due)
 	if err != nil && !errors.Is(err, errConfigNotFound) {
-		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error())
+		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 	}
 	return cfg, warning, rotated, err
 }
@@ -207,7 +207,7 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 	guard.done(ctx)
 	b.resetClient(env)
 	b.recordChange(eventAdminRotate, keyChange{KeyID: newKey.ID, KeyName: name, TokenPrefix: newKey.TokenPrefix,
-		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID)
+		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID, "trigger", rotationTrigger(ctx))
 
 	// Heron's flow deactivates the old key before deleting it; the cleanup
 	// pass retries this if it fails now and deletes it after retention.

@@ -457,3 +457,15 @@ func (r rotationSchedule) skippedNote(now time.Time) string {
 	return fmt.Sprintf("the rotation scheduled at %s did not run within its rotation_window (%s, until %s): the next rotation is at the next scheduled time, %s",
 		formatTime(missed), r.Window, formatTime(missed.Add(r.Window)), formatTime(next))
 }
+
+// rotationTrigger says, for a rotation's log line, what started it, as
+// HashiCorp's engines say it: "scheduled" for the engine's periodic pass and
+// Vault's rotation manager (both run with a background context), "on user
+// request" for a request (the rotate paths, a static role's create, a
+// static-creds read replacing a missing key).
+func rotationTrigger(ctx context.Context) string {
+	if heronapi.IsBackground(ctx) {
+		return "scheduled"
+	}
+	return "on user request"
+}

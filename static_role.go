@@ -274,7 +274,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
 	failed := func(err error) error {
 		b.recordChange(eventStaticRotateFail, keyChange{KeyID: r.KeyID, KeyName: r.KeyName, TokenPrefix: r.TokenPrefix,
-			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error())
+			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 		return err
 	}
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName, Static: true}, false)
@@ -345,7 +345,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		}
 	}
 	*r = next
-	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID)
+	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID, "trigger", rotationTrigger(ctx))
 	return nil
 }
 
