@@ -164,3 +164,15 @@ func TestOpenAPI_DescribesTheConventionalRotationFieldsAndPaths(t *testing.T) {
 		require.Contains(t, rs.Properties["last_rotated"].Description, "Deprecated")
 	}
 }
+
+// Every config setting (a write of only these sends nothing to Heron) is a
+// field of config/<environment>, the rotation fields among them.
+func TestConfigSettings_AreConfigFieldsIncludingTheRotationFields(t *testing.T) {
+	fields := pathConfig(backend())[1].Fields
+	for _, f := range configSettings {
+		require.Contains(t, fields, f)
+	}
+	for _, f := range []string{"rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation"} {
+		require.Contains(t, configSettings, f)
+	}
+}
