@@ -1,6 +1,13 @@
 # vault-plugin-secrets-heron
 GO        ?= go
-VERSION   ?= v0.1.0-dev
+# VERSION: what the build reports (`-version`, User-Agent) and registers in
+# Vault's catalog. Unless given (make build VERSION=v1.2.3, or in the
+# environment), scripts/version.sh derives it from `git describe --tags
+# --always --dirty` (v0.0.0-dev outside a git checkout), so two builds of
+# different trees never share a catalog entry.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell bash scripts/version.sh)
+endif
 PLUGIN    := vault-plugin-secrets-heron
 LDFLAGS   := -X github.com/heron-vault/vault-plugin-secrets-heron.Version=$(VERSION)
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
@@ -15,10 +22,11 @@ WITH_VAULT = VAULT_BIN="$$(bash scripts/vault-bin.sh)" && export VAULT_BIN && ec
 
 all: fmt vet build test
 
-## build: the plugin binary (bin/vault-plugin-secrets-heron) and its sha256
+## build: the plugin binary (bin/vault-plugin-secrets-heron), stamped VERSION, and its sha256
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
 	@sha256sum bin/$(PLUGIN)
+	@echo "version: $(VERSION)"
 
 ## emulator: the Heron emulator binary (bin/heron-emulator)
 emulator:
@@ -68,7 +76,7 @@ lint: vet
 
 ## demo: emulator + Vault dev server + the engine, configured; prints VAULT_ADDR/VAULT_TOKEN
 demo:
-	bash scripts/demo.sh
+	VERSION=$(VERSION) bash scripts/demo.sh
 
 ## bench: client and handler benchmarks, then the engine on a real Vault + emulator
 ## (issue/expiry/revoke/renew request counts, latency, mass revocation, RSS), printing
@@ -84,10 +92,10 @@ bench:
 	$(if $(BENCH_SMALL),HERON_BENCH_LEASES=200 HERON_BENCH_BUDGET=1200 HERON_BENCH_LIVE=500 HERON_BENCH_SAMPLES=50,HERON_BENCH_WRITE=1) \
 		$(GO) test -tags e2e -count=1 -timeout 60m -run '^$$' -bench '^BenchmarkEngine$$' -benchtime=1x ./e2e/
 
-## release: VERSION=vX.Y.Z: the plugin for linux and darwin, amd64 and arm64, in dist/ with
-## dist/SHA256SUMS; prints the `vault plugin register` line of each binary
+## release: the plugin for linux and darwin, amd64 and arm64, in dist/ with dist/SHA256SUMS,
+## stamped VERSION (give VERSION=vX.Y.Z, else the git describe version); prints the
+## `vault plugin register` line of each binary
 release:
-	$(if $(filter file default,$(origin VERSION)),$(error make release needs VERSION=vX.Y.Z))
 	GO=$(GO) bash scripts/release.sh $(VERSION)
 
 clean:

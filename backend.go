@@ -21,7 +21,7 @@ import (
 
 // Version is the plugin's version, set at build time with
 // -ldflags "-X github.com/heron-vault/vault-plugin-secrets-heron.Version=v1.2.3".
-var Version = "v0.1.0-dev"
+var Version = "v0.0.0-dev"
 
 // userAgent identifies this engine to Heron so its requests can be told apart
 // from the customer's own traffic in Heron's logs.

@@ -178,7 +178,7 @@ func (c *heronConfig) validate() error {
 		return fmt.Errorf("rotation_window must not be negative, got %s", c.RotationWindow)
 	}
 	if c.RotationWindow > 0 && c.RotationSchedule == "" {
-		return errors.New("rotation_window needs rotation_schedule")
+		return errors.New("cannot use rotation_window without rotation_schedule")
 	}
 	return nil
 }

@@ -16,7 +16,7 @@ import (
 )
 
 func pathConfig(b *heronBackend) []*framework.Path {
-	return []*framework.Path{
+	return append([]*framework.Path{
 		{
 			Pattern: "config/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -143,7 +143,7 @@ func pathConfig(b *heronBackend) []*framework.Path {
 				},
 				"rotation_window": {
 					Type:        framework.TypeDurationSecond,
-					Description: "How long after a scheduled time a rotation may still start (Vault Enterprise rotation manager). Needs rotation_schedule.",
+					Description: "How long after a rotation_schedule time a rotation may still start; one that could not start within it waits for the next scheduled time (honoured by Vault Enterprise's rotation manager and by the engine's own scheduler). Needs rotation_schedule.",
 					DisplayAttrs: &framework.DisplayAttributes{
 						Name: "Rotation window",
 					},
@@ -159,27 +159,33 @@ func pathConfig(b *heronBackend) []*framework.Path {
 			ExistenceCheck: b.pathConfigExistenceCheck,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathConfigRead,
-					Summary:  "Read an environment's configuration (never the admin key).",
+					Callback:  b.pathConfigRead,
+					Summary:   "Read an environment's configuration (never the admin key).",
+					Responses: rotationReadResponses("admin key"),
 				},
 				logical.CreateOperation: &framework.PathOperation{
-					Callback: b.pathConfigWrite,
-					Summary:  "Configure a Heron environment.",
+					Callback:                    b.pathConfigWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Configure a Heron environment.",
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathConfigWrite,
-					Summary:  "Update a Heron environment's configuration.",
+					Callback:                    b.pathConfigWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Update a Heron environment's configuration.",
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback: b.pathConfigDelete,
-					Summary:  "Delete a Heron environment's configuration.",
+					Callback:                    b.pathConfigDelete,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Delete a Heron environment's configuration.",
 				},
 			},
 			HelpSynopsis:    pathConfigHelpSyn,
 			HelpDescription: pathConfigHelpDesc,
 		},
-		pathConfigRotate(b),
-	}
+	}, pathConfigRotate(b)...)
 }
 
 func (b *heronBackend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
@@ -221,7 +227,9 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 	if !cfg.LastRotated.IsZero() {
 		lastRotated = cfg.LastRotated.UTC().Format(time.RFC3339)
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	sched := cfg.rotationSchedule()
+	next, _ := sched.nextAt(b.now())
+	data := map[string]interface{}{
 		"environment":                cfg.Environment,
 		"base_url":                   cfg.BaseURL,
 		"request_timeout":            int64(cfg.RequestTimeout.Seconds()),
@@ -235,11 +243,18 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		"rotation_managed_by_vault":  cfg.RotationManaged,
 		"admin_key_prefix":           keyPrefix(cfg.AdminAPIKey),
 		"admin_key_id":               cfg.AdminKeyID,
-		"last_rotated":               lastRotated,
-		"next_rotation":              formatTime(nextRotation(cfg)),
-		"history_retention":          int64(cfg.historyRetention().Seconds()),
-		"retired_keys":               retiredKeysView(cfg.RetiredKeys),
-	}}, nil
+		"last_vault_rotation":        timeOrNil(cfg.LastRotated),
+		"next_vault_rotation":        timeOrNil(next),
+		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
+		"last_rotated":      lastRotated,
+		"next_rotation":     formatTime(next),
+		"history_retention": int64(cfg.historyRetention().Seconds()),
+		"retired_keys":      retiredKeysView(cfg.RetiredKeys),
+	}
+	if note := sched.skippedNote(b.now()); note != "" {
+		data["rotation_skipped"] = note
+	}
+	return &logical.Response{Data: data}, nil
 }
 
 // retiredKeysView is what config read shows of the rotated-out admin keys.
@@ -272,6 +287,10 @@ func retiredKeysView(rks []retiredAdminKey) []map[string]interface{} {
 func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	env := d.Get("environment").(string)
 	if resp := pathEnvironmentError(req, env); resp != nil {
+		return resp, nil
+	}
+
+	if resp := rotationFieldsError(d); resp != nil {
 		return resp, nil
 	}
 
@@ -472,7 +491,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 			mergeConfigSettings(d, cfg, stored)
 		}
 		// With the schedule as it will be stored.
-		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
 		*stored = *cfg
 		return true, nil
 	})
@@ -602,7 +621,7 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 		if w := retiredCapWarning(cfg); w != "" {
 			warnings = append(warnings, w)
 		}
-		warnings = append(warnings, b.registerRotation(ctx, req, cfg)...)
+		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
 		return true, nil
 	})
 	if bad != "" {

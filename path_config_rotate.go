@@ -11,13 +11,23 @@ import (
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
 
-func pathConfigRotate(b *heronBackend) *framework.Path {
+// pathConfigRotate is config/<environment>/rotate and its alias
+// rotate-root/<environment>, Vault's conventional name (same handler, same
+// checks).
+func pathConfigRotate(b *heronBackend) []*framework.Path {
+	return []*framework.Path{
+		pathRotateAdminKey(b, "config/"+environmentPattern+"/rotate$", "admin-key", pathConfigRotateHelpSyn),
+		pathRotateAdminKey(b, "rotate-root/"+environmentPattern+"$", "root", pathConfigRotateHelpSyn+" Alias of config/<environment>/rotate."),
+	}
+}
+
+func pathRotateAdminKey(b *heronBackend, pattern, suffix, syn string) *framework.Path {
 	return &framework.Path{
-		Pattern: "config/" + environmentPattern + "/rotate$",
+		Pattern: pattern,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefixHeron,
 			OperationVerb:   "rotate",
-			OperationSuffix: "admin-key",
+			OperationSuffix: suffix,
 		},
 		Fields: map[string]*framework.FieldSchema{
 			"environment": {
@@ -31,11 +41,13 @@ func pathConfigRotate(b *heronBackend) *framework.Path {
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathConfigRotateWrite,
-				Summary:  "Rotate the environment's admin key following Heron's flow.",
+				Callback:                    b.pathConfigRotateWrite,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Rotate the environment's admin key following Heron's flow.",
 			},
 		},
-		HelpSynopsis:    pathConfigRotateHelpSyn,
+		HelpSynopsis:    syn,
 		HelpDescription: pathConfigRotateHelpDesc,
 	}
 }
@@ -83,7 +95,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 func (b *heronBackend) rotateAdminKeyIf(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
 	cfg, warning, rotated, err := b.rotateAdminKeyOnce(ctx, s, env, due)
 	if err != nil && !errors.Is(err, errConfigNotFound) {
-		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error())
+		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 	}
 	return cfg, warning, rotated, err
 }
@@ -195,7 +207,7 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 	guard.done(ctx)
 	b.resetClient(env)
 	b.recordChange(eventAdminRotate, keyChange{KeyID: newKey.ID, KeyName: name, TokenPrefix: newKey.TokenPrefix,
-		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID)
+		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID, "trigger", rotationTrigger(ctx))
 
 	// Heron's flow deactivates the old key before deleting it; the cleanup
 	// pass retries this if it fails now and deletes it after retention.

@@ -55,13 +55,13 @@ func TestConfig_Validation(t *testing.T) {
 		{"old_key_retention negative", "development", with("old_key_retention", -5), "old_key_retention"},
 		{"rotation_period too short", "development", with("rotation_period", "10s"), "rotation_period must be 0 (off) or at least"},
 		{"rotation_period negative", "development", with("rotation_period", -60), "rotation_period"},
-		{"rotation_schedule not cron", "development", with("rotation_schedule", "every tuesday"), "rotation_schedule is not a valid cron schedule"},
+		{"rotation_schedule not cron", "development", with("rotation_schedule", "every tuesday"), "failed to parse provided rotation_schedule"},
 		{"rotation_schedule and period", "development", func() map[string]interface{} {
 			d := with("rotation_schedule", "0 3 * * *")
 			d["rotation_period"] = "1h"
 			return d
-		}(), "rotation_schedule and rotation_period are mutually exclusive"},
-		{"rotation_window without schedule", "development", with("rotation_window", "1h"), "rotation_window needs rotation_schedule"},
+		}(), "mutually exclusive fields rotation_schedule and rotation_period"},
+		{"rotation_window without schedule", "development", with("rotation_window", "1h"), "cannot use rotation_window without rotation_schedule"},
 		{"verify fails: key unknown to Heron", "development", with("admin_api_key", herontest.NewKeyToken()), "verify: Heron refused the admin key"},
 	}
 	for _, tc := range cases {
@@ -104,6 +104,8 @@ func TestConfig_CRUD(t *testing.T) {
 		"admin_key_prefix":           e.adminKey["development"][:8],
 		"admin_key_id":               adminRec.ID,
 		"last_rotated":               "",
+		"last_vault_rotation":        nil,
+		"next_vault_rotation":        nil,
 	}, resp.Data)
 
 	// Update changes only what is sent.
@@ -193,10 +195,10 @@ func TestErrors_SayWhatToDo(t *testing.T) {
 	e.role("r", map[string]interface{}{})
 	lease := e.issue("r")
 
-	// rotation_window on a server without a rotation manager.
+	// A schedule on a server without a rotation manager: the engine runs it.
 	resp := e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * *", "rotation_window": "1h"})
 	require.NotNil(t, resp)
-	require.Contains(t, strings.Join(resp.Warnings, "\n"), "rotation_window is enforced only by Vault Enterprise's rotation manager")
+	require.Contains(t, strings.Join(resp.Warnings, "\n"), "the engine, not Vault, schedules this rotation")
 
 	// A revoked admin key: revocation names the config and the fix (a dead
 	// key cannot rotate itself).

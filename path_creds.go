@@ -41,12 +41,16 @@ func pathCreds(b *heronBackend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathCredsRead,
-					Summary:  "Issue a Heron API key from a role.",
+					Callback:                    b.pathCredsRead,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Issue a Heron API key from a role.",
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathCredsRead,
-					Summary:  "Issue a Heron API key from a role, with an optional TTL.",
+					Callback:                    b.pathCredsRead,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Issue a Heron API key from a role, with an optional TTL.",
 				},
 			},
 			HelpSynopsis:    pathCredsHelpSyn,

@@ -29,8 +29,10 @@ func pathStaticCreds(b *heronBackend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticCredsRead,
-					Summary:  "Read a static role's current Heron key.",
+					Callback:                    b.pathStaticCredsRead,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Read a static role's current Heron key.",
 				},
 			},
 			HelpSynopsis:    pathStaticCredsHelpSyn,
@@ -85,7 +87,16 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 		"last_rotated": formatTime(r.LastRotated),
 		"ttl":          0,
 	}
-	if next := r.rotationSchedule().next(); !next.IsZero() {
+	// Vault's conventional names (as HashiCorp's engines answer): when the
+	// key was last rotated, and the rotation it lives on.
+	data["last_vault_rotation"] = timeOrNil(r.LastRotated)
+	if r.RotationSchedule != "" {
+		data["rotation_schedule"] = r.RotationSchedule
+	} else {
+		data["rotation_period"] = int64(r.RotationPeriod.Seconds())
+	}
+	next, _ := r.rotationSchedule().nextAt(b.now())
+	if !next.IsZero() {
 		data["ttl"] = max(int64(next.Sub(b.now()).Seconds()), 0)
 	}
 	if r.PreviousKeyID != "" {
@@ -97,7 +108,7 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 	// hand, or a quarantine, can end it sooner). Empty when no rotation is
 	// scheduled.
 	data["valid_until"] = ""
-	if next := r.rotationSchedule().next(); !next.IsZero() {
+	if !next.IsZero() {
 		data["valid_until"] = formatTime(next.Add(r.Overlap))
 	}
 	return &logical.Response{Data: data}, nil

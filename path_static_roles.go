@@ -43,53 +43,70 @@ func pathStaticRoles(b *heronBackend) []*framework.Path {
 			ExistenceCheck: b.pathStaticRolesExistenceCheck,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesRead,
-					Summary:  "Read a static role (never its key).",
+					Callback:  b.pathStaticRolesRead,
+					Summary:   "Read a static role (never its key).",
+					Responses: rotationReadResponses("static role's key"),
 				},
 				logical.CreateOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesWrite,
-					Summary:  "Create a static role: one long-lived Heron key, rotated with an overlap.",
+					Callback:                    b.pathStaticRolesWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Create a static role: one long-lived Heron key, rotated with an overlap.",
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesWrite,
-					Summary:  "Update a static role's rotation settings.",
+					Callback:                    b.pathStaticRolesWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Update a static role's rotation settings.",
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesDelete,
-					Summary:  "Delete a static role; its keys are deactivated now and deleted after retired_key_retention.",
+					Callback:                    b.pathStaticRolesDelete,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Delete a static role; its keys are deactivated now and deleted after retired_key_retention.",
 				},
 			},
 			HelpSynopsis:    pathStaticRolesHelpSyn,
 			HelpDescription: pathStaticRolesHelpDesc,
 		},
-		{
-			Pattern: "static-roles/" + framework.GenericNameRegex("name") + "/rotate$",
-			DisplayAttrs: &framework.DisplayAttributes{
-				OperationPrefix: operationPrefixHeron,
-				OperationVerb:   "rotate",
-				OperationSuffix: "static-role",
-			},
-			Fields: map[string]*framework.FieldSchema{
-				"name": {
-					Type:         framework.TypeString,
-					Description:  "Name of the static role to rotate.",
-					Required:     true,
-					DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
-				},
-			},
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathStaticRolesRotate,
-					Summary:  "Rotate a static role's key now (the previous key keeps working for the overlap).",
-				},
-			},
-			HelpSynopsis:    pathStaticRolesRotateHelpSyn,
-			HelpDescription: pathStaticRolesRotateHelpDesc,
-		},
+		pathRotateStaticRole(b, "static-roles/"+framework.GenericNameRegex("name")+"/rotate$", "static-role", pathStaticRolesRotateHelpSyn),
+		// Vault's conventional name for the same operation.
+		pathRotateStaticRole(b, "rotate-role/"+framework.GenericNameRegex("name")+"$", "role", pathStaticRolesRotateHelpSyn+" Alias of static-roles/<name>/rotate."),
 	}
 	// The list path pages: after and limit.
 	paths[0].Fields = withPaging(paths[0].Fields)
 	return paths
+}
+
+// pathRotateStaticRole is static-roles/<name>/rotate or its alias
+// rotate-role/<name>: one handler, one name check.
+func pathRotateStaticRole(b *heronBackend, pattern, suffix, syn string) *framework.Path {
+	return &framework.Path{
+		Pattern: pattern,
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefixHeron,
+			OperationVerb:   "rotate",
+			OperationSuffix: suffix,
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"name": {
+				Type:         framework.TypeString,
+				Description:  "Name of the static role to rotate.",
+				Required:     true,
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Name"},
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:                    b.pathStaticRolesRotate,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Rotate a static role's key now (the previous key keeps working for the overlap).",
+			},
+		},
+		HelpSynopsis:    syn,
+		HelpDescription: pathStaticRolesRotateHelpDesc,
+	}
 }
 
 func staticRoleFields() map[string]*framework.FieldSchema {
@@ -115,6 +132,16 @@ func staticRoleFields() map[string]*framework.FieldSchema {
 			Type:         framework.TypeString,
 			Description:  "Standard 5-field cron schedule (UTC) of rotations. Exclusive with rotation_period.",
 			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation schedule"},
+		},
+		"rotation_window": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long after a rotation_schedule time a rotation may still start; one that could not start within it waits for the next scheduled time. Needs rotation_schedule.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Rotation window"},
+		},
+		"disable_automated_rotation": {
+			Type:         framework.TypeBool,
+			Description:  "Turn automatic rotation off without forgetting the schedule (rotate-role/<name> still rotates).",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Disable automated rotation"},
 		},
 		"overlap": {
 			Type:         framework.TypeDurationSecond,
@@ -185,29 +212,44 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 	if err != nil || r == nil {
 		return nil, err
 	}
-	return &logical.Response{Data: map[string]interface{}{
-		"environment":             r.Environment,
-		"rotation_period":         int64(r.RotationPeriod.Seconds()),
-		"rotation_schedule":       r.RotationSchedule,
-		"overlap":                 int64(r.Overlap.Seconds()),
-		"max_overlap":             int64(r.MaxOverlap.Seconds()),
-		"unused_for":              int64(r.UnusedFor.Seconds()),
-		"retired_key_retention":   int64(r.RetiredKeyRetention.Seconds()),
-		"skip_import_rotation":    r.SkipImportRotation,
-		"key_id":                  r.KeyID,
-		"key_name":                r.KeyName,
-		"token_prefix":            r.TokenPrefix,
+	sched := r.rotationSchedule()
+	next, _ := sched.nextAt(b.now())
+	data := map[string]interface{}{
+		"environment":                r.Environment,
+		"rotation_period":            int64(r.RotationPeriod.Seconds()),
+		"rotation_schedule":          r.RotationSchedule,
+		"rotation_window":            int64(r.RotationWindow.Seconds()),
+		"disable_automated_rotation": r.DisableAutomatedRotation,
+		"rotation_managed_by_vault":  r.RotationManaged,
+		"overlap":                    int64(r.Overlap.Seconds()),
+		"max_overlap":                int64(r.MaxOverlap.Seconds()),
+		"unused_for":                 int64(r.UnusedFor.Seconds()),
+		"retired_key_retention":      int64(r.RetiredKeyRetention.Seconds()),
+		"skip_import_rotation":       r.SkipImportRotation,
+		"key_id":                     r.KeyID,
+		"key_name":                   r.KeyName,
+		"token_prefix":               r.TokenPrefix,
+		"last_vault_rotation":        timeOrNil(r.LastRotated),
+		"next_vault_rotation":        timeOrNil(next),
+		// Deprecated aliases of last_vault_rotation and next_vault_rotation.
 		"last_rotated":            formatTime(r.LastRotated),
-		"next_rotation":           formatTime(r.rotationSchedule().next()),
+		"next_rotation":           formatTime(next),
 		"previous_key_id":         r.PreviousKeyID,
 		"previous_deactivates_at": formatTime(r.previousDeactivatesAt()),
-	}}, nil
+	}
+	if note := sched.skippedNote(b.now()); note != "" {
+		data["rotation_skipped"] = note
+	}
+	return &logical.Response{Data: data}, nil
 }
 
 // pathStaticRolesWrite handles CREATE and UPDATE static-roles/<name>.
 func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	if resp := pathNameError(req, "static role", name); resp != nil {
+		return resp, nil
+	}
+	if resp := rotationFieldsError(d); resp != nil {
 		return resp, nil
 	}
 	// The environment decides which config lock to take (the config's lock
@@ -249,7 +291,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	if cfg.Deleting {
 		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
 	}
-	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged)
+	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged, existing == nil || setsRotationFields(d))
 	if gap := r.rotationGap(b.now()); gap > 0 && r.Overlap > gap {
 		// Accepted, as Vault accepts a ttl above the mount's max: but each
 		// rotation deactivates the key two generations old, so say what the
@@ -335,10 +377,18 @@ func staticRoleFromRequest(d *framework.FieldData, name string, existing *static
 			r.RotationPeriod = 0
 		}
 	}
+	durationField(d, "rotation_window", create, &r.RotationWindow)
+	boolField(d, "disable_automated_rotation", create, &r.DisableAutomatedRotation)
 	if _, ok := d.GetOk("rotation_period"); ok && r.RotationPeriod > 0 {
 		if _, ok := d.GetOk("rotation_schedule"); !ok {
-			r.RotationSchedule = ""
+			r.RotationSchedule, r.RotationWindow = "", 0
 		}
+	}
+	if r.RotationWindow < 0 {
+		return nil, fmt.Sprintf("rotation_window must not be negative, got %s", r.RotationWindow)
+	}
+	if r.RotationWindow > 0 && r.RotationSchedule == "" {
+		return nil, "cannot use rotation_window without rotation_schedule"
 	}
 	if create || r.RotationSchedule != existing.RotationSchedule {
 		// A schedule fires at its first time after it was set, never for

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/automatedrotationutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
 
@@ -206,8 +208,7 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 			// Due by a read outside the config's lock: asked again under
 			// it, so a rotation by hand in between is not repeated.
 			_, _, rotated, err := b.rotateAdminKeyIf(ctx, s, env, func(cfg *heronConfig) bool {
-				due := cfg.rotationSchedule().next()
-				return !due.IsZero() && !b.now().Before(due)
+				return cfg.rotationSchedule().dueAt(b.now())
 			})
 			return rotated, err
 		},
@@ -226,8 +227,7 @@ func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, e
 	rotated := 0
 	var errs []error
 	for _, t := range targets {
-		due := t.schedule.next()
-		if due.IsZero() || now.Before(due) {
+		if !t.schedule.dueAt(now) {
 			continue
 		}
 		did, err := t.rotate(ctx, s)
@@ -251,16 +251,28 @@ func retiredDue(rk retiredAdminKey, now time.Time) bool {
 // where the server has one (Vault Enterprise 1.19+). Vault Community answers
 // that it is unsupported: the engine's own periodic pass then rotates on the
 // same schedule, so the setting means the same thing on every edition.
-func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, cfg *heronConfig) []string {
+func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, d *framework.FieldData, cfg *heronConfig) []string {
 	sched := cfg.rotationSchedule()
-	sched.Window = cfg.RotationWindow
-	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged)
+	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged,
+		req.Operation == logical.CreateOperation || setsRotationFields(d))
+}
+
+// setsRotationFields reports whether the request sets one of the rotation
+// fields (a write that does is told who schedules the rotation).
+func setsRotationFields(d *framework.FieldData) bool {
+	for _, f := range []string{"rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation"} {
+		if _, ok := d.GetOk(f); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // registerRotationJob registers (or, when no schedule is wanted, removes) the
 // rotation job of the target at path with Vault's rotation manager, and
-// records in *managed whether Vault runs it.
-func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool) []string {
+// records in *managed whether Vault runs it. announce: the write sets the
+// schedule, so its answer says who runs it when Vault cannot.
+func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool, announce bool) []string {
 	wanted := !sched.Disabled && (sched.Period > 0 || sched.Schedule != "")
 	if !wanted {
 		if *managed {
@@ -283,10 +295,11 @@ func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, pat
 	if err != nil {
 		*managed = false
 		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "path", path, "error", err)
-		if sched.Window > 0 {
-			return []string{"rotation_window is enforced only by Vault Enterprise's rotation manager, which this server does not have: the engine rotates on the schedule and ignores the window"}
+		var warnings []string
+		if announce {
+			warnings = append(warnings, communitySchedulingWarning)
 		}
-		return nil
+		return warnings
 	}
 	*managed = true
 	return nil
@@ -320,7 +333,7 @@ func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Reques
 }
 
 // nextRotation is when cfg's admin key is next due for automatic rotation
-// by the engine's own scheduler (zero: never).
+// by the engine's own scheduler (zero: never), rotation_window aside.
 func nextRotation(cfg *heronConfig) time.Time { return cfg.rotationSchedule().next() }
 
 // rotationSchedule is the config's admin key schedule.
@@ -332,9 +345,127 @@ func (c *heronConfig) rotationSchedule() rotationSchedule {
 	return rotationSchedule{
 		Period:        c.RotationPeriod,
 		Schedule:      c.RotationSchedule,
+		Window:        c.RotationWindow,
 		Disabled:      c.DisableAutomatedRotation,
 		Managed:       c.RotationManaged,
 		KeySetAt:      base,
 		ScheduleSetAt: c.ScheduleSetAt,
 	}
+}
+
+// timeOrNil is a time as Vault's rotation fields answer it
+// (last_vault_rotation, next_vault_rotation): RFC 3339 in UTC, or null when
+// unknown, as the sdk's RotationInfoResponseParams.PopulateRotationInfo does.
+func timeOrNil(t time.Time) interface{} {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// communitySchedulingWarning is the warning of a write that schedules
+// rotation on a server without Vault's rotation manager (Vault Community):
+// HashiCorp's engines refuse the rotation fields there; this engine runs
+// the schedule itself, and says so.
+const communitySchedulingWarning = "this Vault server has no rotation manager (Vault Community): the engine, not Vault, schedules this rotation, on its own periodic pass (every minute, on the active node)"
+
+// rotationFieldsError checks the request's rotation fields as the sdk's
+// automatedrotationutil.ParseAutomatedRotationFields does (HashiCorp's
+// engines share it): a window needs a schedule, a schedule and a period
+// exclude each other, a window does not apply to a period, a schedule must
+// parse. A non-nil response is the 400 to answer, with the sdk's message.
+func rotationFieldsError(d *framework.FieldData) *logical.Response {
+	var p automatedrotationutil.AutomatedRotationParams
+	if err := p.ParseAutomatedRotationFields(d); err != nil {
+		return logical.ErrorResponse(err.Error())
+	}
+	return nil
+}
+
+// rotationInfoResponseFields describe, for the OpenAPI document, what reads
+// of a config or static role answer about rotation: Vault's conventional
+// names and this engine's older ones, kept as deprecated aliases.
+func rotationInfoResponseFields(what string) map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"last_vault_rotation": {
+			Type:        framework.TypeTime,
+			Description: "When the " + what + " was last rotated (RFC 3339), or null when never.",
+		},
+		"next_vault_rotation": {
+			Type:        framework.TypeTime,
+			Description: "When the engine's scheduler rotates the " + what + " next (RFC 3339), or null when no automatic rotation is scheduled by the engine.",
+		},
+		"rotation_skipped": {
+			Type:        framework.TypeString,
+			Description: "Present when a scheduled rotation did not run within its rotation_window: which scheduled time was missed, and that the next rotation waits for the next scheduled time.",
+		},
+		"last_rotated": {
+			Type:        framework.TypeString,
+			Description: "Deprecated: use last_vault_rotation. The same time, or \"\" when never; kept for one release.",
+			Deprecated:  true,
+		},
+		"next_rotation": {
+			Type:        framework.TypeString,
+			Description: "Deprecated: use next_vault_rotation. The same time, or \"\" when none; kept for one release.",
+			Deprecated:  true,
+		},
+	}
+}
+
+// rotationReadResponses is the documented answer of a read that carries
+// rotation info.
+func rotationReadResponses(what string) map[int][]framework.Response {
+	return map[int][]framework.Response{
+		200: {{Description: "OK", Fields: rotationInfoResponseFields(what)}},
+	}
+}
+
+// nextAt is when the engine's own scheduler rotates next as seen at now
+// (zero: never). It is next(), unless rotation_window applies (a cron
+// schedule with a window) and the window of that time, the scheduled time
+// plus the window, ended before now with no rotation: then it is the first
+// scheduled time whose window is still open at now, and missed is the
+// scheduled time whose window passed (zero when none did). A rotation owed
+// (Retry) is no scheduled time and has no window.
+func (r rotationSchedule) nextAt(now time.Time) (next, missed time.Time) {
+	next = r.next()
+	if next.IsZero() || r.Window <= 0 || r.Schedule == "" || r.Period > 0 || r.Retry || !now.After(next.Add(r.Window)) {
+		return next, time.Time{}
+	}
+	sched, err := rotation.DefaultScheduler.Parse(r.Schedule)
+	if err != nil {
+		return next, time.Time{}
+	}
+	// The first scheduled time s with s+window >= now (Next is strictly
+	// after its argument).
+	return sched.Next(now.Add(-r.Window).Add(-time.Nanosecond).UTC()), next
+}
+
+// dueAt reports whether the schedule's rotation is due at now.
+func (r rotationSchedule) dueAt(now time.Time) bool {
+	next, _ := r.nextAt(now)
+	return !next.IsZero() && !now.Before(next)
+}
+
+// skippedNote says, for a read, why a scheduled rotation did not happen: its
+// window passed (empty when none did).
+func (r rotationSchedule) skippedNote(now time.Time) string {
+	next, missed := r.nextAt(now)
+	if missed.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("the rotation scheduled at %s did not run within its rotation_window (%s, until %s): the next rotation is at the next scheduled time, %s",
+		formatTime(missed), r.Window, formatTime(missed.Add(r.Window)), formatTime(next))
+}
+
+// rotationTrigger says, for a rotation's log line, what started it, as
+// HashiCorp's engines say it: "scheduled" for the engine's periodic pass and
+// Vault's rotation manager (both run with a background context), "on user
+// request" for a request (the rotate paths, a static role's create, a
+// static-creds read replacing a missing key).
+func rotationTrigger(ctx context.Context) string {
+	if heronapi.IsBackground(ctx) {
+		return "scheduled"
+	}
+	return "on user request"
 }

@@ -47,6 +47,10 @@ type staticRole struct {
 	UnusedFor           time.Duration `json:"unused_for"`
 	RetiredKeyRetention time.Duration `json:"retired_key_retention"`
 	SkipImportRotation  bool          `json:"skip_import_rotation,omitempty"`
+	// RotationWindow and DisableAutomatedRotation: Vault's automated-rotation
+	// fields, as on configs.
+	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
+	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
 	ScheduleSetAt   time.Time `json:"schedule_set_at,omitempty"`
 	RotationManaged bool      `json:"rotation_managed,omitempty"`
@@ -96,7 +100,8 @@ func (r *staticRole) rotationGap(now time.Time) time.Duration {
 
 // rotationSchedule is the static role's schedule.
 func (r *staticRole) rotationSchedule() rotationSchedule {
-	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
+	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Window: r.RotationWindow, Disabled: r.DisableAutomatedRotation,
+		Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
 }
 
 // validate checks the role's own fields and names the first that is wrong.
@@ -244,7 +249,7 @@ func (b *heronBackend) rotateStaticIf(ctx context.Context, s logical.Storage, na
 // dueNow is the periodic pass's reason to rotate: the role's schedule says
 // its time has come.
 func (b *heronBackend) dueNow(_ context.Context, r *staticRole) (bool, error) {
-	due := r.rotationSchedule().next()
+	due, _ := r.rotationSchedule().nextAt(b.now())
 	return !due.IsZero() && !b.now().Before(due), nil
 }
 
@@ -270,7 +275,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	keyName := fmt.Sprintf("vault-static-%s-%d", r.Name, now.Unix())
 	failed := func(err error) error {
 		b.recordChange(eventStaticRotateFail, keyChange{KeyID: r.KeyID, KeyName: r.KeyName, TokenPrefix: r.TokenPrefix,
-			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error())
+			Environment: r.Environment, Role: r.Name, DataPath: "static-creds/" + r.Name}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 		return err
 	}
 	key, guard, err := b.createUnderWAL(ctx, s, client, walKindKey, &walKeyEntry{Environment: r.Environment, Role: r.Name, KeyName: keyName, Static: true}, false)
@@ -342,7 +347,7 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 		}
 	}
 	*r = next
-	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID)
+	b.recordChange(eventStaticRotate, changeOf(rec), "previous_key_id", r.PreviousKeyID, "trigger", rotationTrigger(ctx))
 	return nil
 }
 

@@ -41,7 +41,7 @@ func TestStaticRoles_Validation(t *testing.T) {
 		{"unknown environment", map[string]interface{}{"environment": "staging"}, `environment "staging" has no config`},
 		{"period below a minute", map[string]interface{}{"environment": "development", "rotation_period": "30s"}, "rotation_period must be at least 1m"},
 		{"period and schedule", map[string]interface{}{"environment": "development", "rotation_period": "1h", "rotation_schedule": "0 3 * * *"}, "mutually exclusive"},
-		{"bad schedule", map[string]interface{}{"environment": "development", "rotation_schedule": "every day"}, "not a valid cron schedule"},
+		{"bad schedule", map[string]interface{}{"environment": "development", "rotation_schedule": "every day"}, "failed to parse provided rotation_schedule"},
 		{"max_overlap below overlap", map[string]interface{}{"environment": "development", "overlap": "2h", "max_overlap": "1h"}, "max_overlap (1h0m0s) must not be less than overlap (2h0m0s)"},
 		{"malformed api_key", map[string]interface{}{"environment": "development", "api_key": "nope"}, "api_key is malformed"},
 		{"api_key not in Heron", map[string]interface{}{"environment": "development", "api_key": herontest.NewKeyToken()}, "no key with prefix"},

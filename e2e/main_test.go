@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -18,12 +19,6 @@ const (
 	// pluginName is both the catalog name and the binary's file name, so that
 	// `vault plugin register` finds the command without -command.
 	pluginName = "vault-plugin-secrets-heron"
-	// pluginVersion is stamped into the binary and registered in the catalog;
-	// Vault refuses to run a versioned plugin that reports another version, so
-	// the two must agree.
-	pluginVersion = "v0.1.0-e2e"
-	// userAgent is what every upstream request of this build must carry.
-	userAgent = pluginName + "/" + pluginVersion
 	// testUserAgent marks the suite's own calls to the emulator so they can be
 	// told apart from the engine's.
 	testUserAgent = "heron-e2e-test"
@@ -31,6 +26,13 @@ const (
 
 // Set once by TestMain, read-only afterwards (tests run in parallel).
 var (
+	// pluginVersion is stamped into the binary and registered in the
+	// catalog: the version `make build` gives this tree (scripts/version.sh:
+	// $VERSION, else git describe). Vault refuses to run a versioned plugin
+	// that reports another version, so the two must agree.
+	pluginVersion string
+	// userAgent is what every upstream request of this build must carry.
+	userAgent    string
 	repoRoot     string
 	vaultBin     string
 	pluginDir    string
@@ -64,6 +66,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 
+	if pluginVersion, err = buildVersion(repoRoot); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	userAgent = pluginName + "/" + pluginVersion
 	pluginDir = filepath.Join(tmp, "plugins")
 	if pluginSHA256, err = buildPlugin(repoRoot, pluginDir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -112,6 +119,19 @@ func findVault(root string) (string, error) {
 		return "", fmt.Errorf("no vault binary: VAULT_BIN is unset and %s does not exist; run the suite with `make e2e` (it picks or builds a Vault) or set VAULT_BIN", p)
 	}
 	return p, nil
+}
+
+// buildVersion is the version a build of the tree at root reports, as
+// `make build` stamps it (scripts/version.sh).
+func buildVersion(root string) (string, error) {
+	cmd := exec.Command("bash", "scripts/version.sh")
+	cmd.Dir = root
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("scripts/version.sh: %v", err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // buildPlugin builds the plugin into dir and returns its sha256, which the

@@ -29,10 +29,8 @@ import (
 func TestRaftFailover(t *testing.T) {
 	// Not parallel: its Vault servers (and builds) would starve the
 	// short-lease tests of CPU on a 2-core machine; Go runs it before them.
-	const (
-		background = userAgent + " (background)"
-		shortTTL   = 30 * time.Second
-	)
+	const shortTTL = 30 * time.Second
+	background := userAgent + " (background)"
 	e := startEmulator(t)
 	c := startRaftCluster(t, 3)
 	act, standbys := c.active(30 * time.Second)

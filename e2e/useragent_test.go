@@ -13,7 +13,7 @@ import (
 // " (background)" so Heron-side logs can tell them from user-driven calls.
 func TestUpstreamUserAgent(t *testing.T) {
 	t.Parallel()
-	const background = userAgent + " (background)"
+	background := userAgent + " (background)"
 	e := startEmulator(t)
 	v := startDevVault(t)
 

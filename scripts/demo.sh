@@ -8,7 +8,8 @@
 # Needs Go only. The Vault is the one scripts/vault-bin.sh picks: $VAULT_BIN,
 # else a vault 1.15+ on PATH, else bin/vault, built (as `make vault` does, about
 # 16 minutes the first time on 2 cores) when absent. Environment knobs:
-#   VERSION            plugin version stamped and registered (v0.1.0-dev)
+#   VERSION            plugin version stamped and registered (default: scripts/version.sh,
+#                      from git describe; v0.0.0-dev outside a git checkout)
 #   DEMO_VAULT_PORT    Vault's port (default 8200, else the next free pair)
 #   DEMO_EMULATOR_ADDR emulator listen address (default 127.0.0.1:8787,
 #                      else a free port)
@@ -17,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-VERSION="${VERSION:-v0.1.0-dev}"
+VERSION="$(bash "$ROOT/scripts/version.sh")"
 PLUGIN=vault-plugin-secrets-heron
 WORK=""
 VAULT_PID=""

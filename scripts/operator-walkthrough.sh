@@ -330,6 +330,8 @@ allowed "$APP" "app reads static-creds/billing-batch" vault read heron/static-cr
 denied "$APP" "app writes config" vault write heron/config/production rate_limit_per_minute=200
 denied "$APP" "app writes a role" vault write heron/roles/payments ttl=2h
 denied "$APP" "app rotates a static role" vault write -f heron/static-roles/billing-batch/rotate
+denied "$APP" "app rotates a static role (rotate-role)" vault write -f heron/rotate-role/billing-batch
+denied "$APP" "app rotates the admin key (rotate-root)" vault write -f heron/rotate-root/production
 denied "$APP" "app lists keys" vault list heron/keys
 denied "$APP" "app reads inventory" vault read heron/inventory/production
 denied "$APP" "app runs tidy" vault write -f heron/tidy
@@ -345,6 +347,7 @@ allowed "$OPS" "operator lists roles" vault list heron/roles
 allowed "$OPS" "operator deletes a role" vault delete heron/roles/ops-check
 allowed "$OPS" "operator reads a static role" vault read heron/static-roles/billing-batch
 allowed "$OPS" "operator rotates a static role" vault write -f heron/static-roles/billing-batch/rotate
+allowed "$OPS" "operator rotates a static role (rotate-role)" vault write -f heron/rotate-role/billing-batch
 allowed "$OPS" "operator runs tidy" vault write -f heron/tidy
 allowed "$OPS" "operator lists keys" vault list heron/keys
 allowed "$OPS" "operator reads a key" vault read "heron/keys/$KEY1"
@@ -440,7 +443,7 @@ vault read heron/creds/payments >/dev/null || fail "no credentials after the res
 STEP="after the backup"
 vault read -format=json heron/creds/payments >"$WORK/late.json"
 LATE_KEY="$(jq -r '.data.key_id' "$WORK/late.json")"
-vault write -f heron/config/production/rotate >/dev/null
+vault write -f heron/rotate-root/production >/dev/null
 ROTATED_ADMIN="$(vault read -format=json heron/config/production | jq -r '.data.admin_key_id')"
 [ -n "$LATE_KEY" ] && [ -n "$ROTATED_ADMIN" ] && [ "$ROTATED_ADMIN" != null ] || fail "no key id after issue/rotate"
 log "after the backup: issued $LATE_KEY, rotated the admin key to $ROTATED_ADMIN"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Release build: scripts/release.sh vX.Y.Z (what `make release VERSION=vX.Y.Z` runs).
+# Release build: scripts/release.sh [vX.Y.Z] (what `make release [VERSION=vX.Y.Z]` runs;
+# without a version, the one scripts/version.sh derives from git describe).
 # Cross-builds the plugin for linux and darwin, amd64 and arm64 (static, CGO off,
 # -trimpath, the version stamped with -ldflags) into dist/, writes dist/SHA256SUMS,
 # checks that the binary for this machine (if one of the four) answers -version
@@ -11,7 +12,7 @@ cd "$ROOT"
 
 GO="${GO:-go}"
 PLUGIN=vault-plugin-secrets-heron
-VERSION="${1:-}"
+VERSION="${1:-$(bash "$(dirname "${BASH_SOURCE[0]}")/version.sh")}"
 
 # Vault requires a plugin version to be semantic; the project's versions carry a v.
 if ! [[ "$VERSION" =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$ ]]; then
