@@ -82,3 +82,66 @@ func TestReviewToday_SweepOverdueLosesAConcurrentQuarantine(t *testing.T) {
 	require.NotNil(t, rec)
 	require.True(t, rec.Quarantined, "the pass's write lost the quarantine (quarantined_by=%q)", rec.QuarantinedBy)
 }
+
+// Finding: keys/lookup never matches a rotated-out admin key. The engine
+// created it (config/<env>/rotate) and still holds it in Heron
+// (retired_keys, until old_key_retention ends), yet a leaked copy of it is
+// answered 404 "this engine did not issue a key with this token ... it is
+// no config's admin key": an incident responder is told the key is not
+// the engine's.
+func TestReviewToday_LookupOfRotatedOutAdminKeyIs404(t *testing.T) {
+	e := newTestEnv(t, withoutLeftoverCheck())
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	created := cfg.AdminAPIKey // made by the engine's rotation
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	cfg, err = getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.NotEqual(t, created, cfg.AdminAPIKey)
+	require.NotEmpty(t, cfg.RetiredKeys, "the engine still holds the rotated-out key in Heron")
+
+	resp, err := e.do(logical.UpdateOperation, "keys/lookup", map[string]interface{}{"token": created})
+	require.NoError(t, err, "lookup of an admin key the engine created and still holds in Heron (retired_keys)")
+	require.False(t, resp.IsError(), "%v", resp.Error())
+}
+
+// Finding: the token HMAC secret is created with a read-then-write (no
+// compare-and-set) and cached: two backend instances on one storage (a
+// reload or failover with the old instance still serving) that both find
+// it absent each create their own; the last write wins and the other
+// instance keeps issuing records with HMACs under a secret nobody else
+// has. Those records carry a token_hmac, so keys/lookup does not fall back
+// to the prefix either: their tokens are answered 404 "this engine did not
+// issue a key with this token".
+func TestReviewToday_TwoInstancesCreateDifferentHMACSecrets(t *testing.T) {
+	var gs *gatedStorage
+	e := newTestEnv(t, withoutLeftoverCheck(), withStorage(func(s logical.Storage) logical.Storage { gs = &gatedStorage{Storage: s}; return gs }))
+	other := e.start() // a second instance on the same storage
+	otherDo := func(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+		resp, err := other.HandleRequest(context.Background(), &logical.Request{Operation: op, Path: path, Storage: e.s, Data: data})
+		require.NoError(t, err)
+		require.False(t, resp != nil && resp.IsError(), "%v", resp)
+		return resp
+	}
+
+	gs.mu.Lock()
+	gs.key, gs.reached, gs.release = tokenHMACStorageKey, make(chan struct{}), make(chan struct{})
+	gs.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.configure("development"); close(done) }()
+	<-gs.reached // instance 1 found no secret, and is about to create one
+	otherDo(logical.CreateOperation, "config/production", map[string]interface{}{
+		"admin_api_key": e.adminKey["production"], "base_url": e.srv.URL, "rate_limit_per_minute": maxRateLimitPerMinute,
+	})
+	close(gs.release)
+	<-done
+	otherDo(logical.CreateOperation, "roles/prod", map[string]interface{}{"environment": "production"})
+	lease := otherDo(logical.ReadOperation, "creds/prod", nil)
+
+	e.restart(false)
+	got, err := e.do(logical.UpdateOperation, "keys/lookup", map[string]interface{}{"token": lease.Data["api_key"]})
+	require.NoError(t, err, "key %s was issued by this engine, but lookup says it was not", lease.Data["key_id"])
+	require.False(t, got.IsError())
+}
