@@ -145,4 +145,3 @@ func TestReviewToday_TwoInstancesCreateDifferentHMACSecrets(t *testing.T) {
 	require.NoError(t, err, "key %s was issued by this engine, but lookup says it was not", lease.Data["key_id"])
 	require.False(t, got.IsError())
 }
-
