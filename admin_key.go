@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -143,18 +144,12 @@ func (b *heronBackend) markUnreachable(ctx context.Context, s logical.Storage, t
 // so it is retired (deactivated, then deleted after old_key_retention) rather
 // than left live; and a retired key written back as the admin key is no
 // longer retired, or the cleanup pass would delete the key in use.
-func (b *heronBackend) retireReplacedAdminKey(prev, cfg *heronConfig) {
+func (b *heronBackend) retireReplacedAdminKey(ctx context.Context, s logical.Storage, prev, cfg *heronConfig) {
 	if prev.AdminAPIKey == "" || prev.AdminAPIKey == cfg.AdminAPIKey {
 		return
 	}
 	if prev.AdminKeyByEngine && prev.AdminKeyID != "" && prev.AdminKeyID != cfg.AdminKeyID {
-		now := b.now()
-		cfg.RetiredKeys = append(cfg.RetiredKeys, retiredAdminKey{
-			KeyID:       prev.AdminKeyID,
-			TokenPrefix: keyPrefix(prev.AdminAPIKey),
-			RetiredAt:   now,
-			DeleteAfter: now.Add(cfg.OldKeyRetention),
-		})
+		cfg.RetiredKeys = append(cfg.RetiredKeys, b.retiredEntry(ctx, s, prev, cfg.OldKeyRetention))
 	}
 	kept := cfg.RetiredKeys[:0]
 	for _, rk := range cfg.RetiredKeys {
@@ -210,4 +205,21 @@ func (b *heronBackend) managedKeyAsAdmin(ctx context.Context, s logical.Storage,
 		return "", err
 	}
 	return fmt.Sprintf("config %q: admin_api_key is key %s, which this engine manages (%s key of role %q, state %s) and will deactivate or delete: an admin key must be a key of its own (create one in Heron's dashboard)", cfg.Environment, rec.KeyID, rec.kind(), rec.Role, rec.State), nil
+}
+
+// retiredEntry is cfg's current admin key as a rotated-out one, with its
+// token's HMAC (keys/lookup recognises it once its token is gone from the
+// config) when the mount's secret can be had.
+func (b *heronBackend) retiredEntry(ctx context.Context, s logical.Storage, cfg *heronConfig, retention time.Duration) retiredAdminKey {
+	now := b.now()
+	rk := retiredAdminKey{
+		KeyID:       cfg.AdminKeyID,
+		TokenPrefix: keyPrefix(cfg.AdminAPIKey),
+		RetiredAt:   now,
+		DeleteAfter: now.Add(retention),
+	}
+	if hk, err := b.hmacKey(ctx, s, true); err == nil && hk != nil {
+		rk.TokenHMAC = tokenHMACOf(hk, cfg.AdminAPIKey)
+	}
+	return rk
 }

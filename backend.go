@@ -154,6 +154,7 @@ func backend() *heronBackend {
 				configStoragePrefix,
 				staticRoleStoragePrefix,
 				tokenHMACStorageKey,
+				tokenHMACStoragePrefix,
 			},
 			// Write-ahead records name keys created through this node's own
 			// connection to Heron; like HashiCorp's AWS engine, keep them out
@@ -199,7 +200,7 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
 		b.forgetRole(name)
 	}
-	if key == tokenHMACStorageKey {
+	if key == tokenHMACStorageKey || strings.HasPrefix(key, tokenHMACStoragePrefix) {
 		b.tokenHMAC.forget()
 	}
 }

@@ -59,6 +59,14 @@ func (b *heronBackend) retireOrphanStatic(ctx context.Context, s logical.Storage
 	if r, err := getStaticRole(ctx, s, k.Role); err != nil || (r != nil && (r.KeyID == k.KeyID || r.PreviousKeyID == k.KeyID)) {
 		return false, err
 	}
+	// The record as it is now, under its own lock: a quarantine, an
+	// operator's revoke or another pass may have changed it since it was read.
+	defer b.lockKey(k.KeyID)()
+	cur, err := getTrackedKey(ctx, s, k.KeyID)
+	if err != nil || cur == nil || cur.Kind != keyKindStatic || cur.State != keyStateActive || cur.Pending != "" {
+		return false, err
+	}
+	k = cur
 	k.Pending = pendingDeactivate
 	if k.ExpiredKeyRetention == 0 {
 		k.ExpiredKeyRetention = defaultRetiredKeyRetention
@@ -151,15 +159,33 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 			}
 			continue
 		}
-		if k == nil || k.Kind == keyKindStatic || k.State != keyStateActive || k.Pending != "" || now.Before(k.Expires.Add(overdueGrace)) {
+		overdue := func(k *trackedKey) bool {
+			return k != nil && k.Kind != keyKindStatic && k.State == keyStateActive && k.Pending == "" && !now.Before(k.Expires.Add(overdueGrace))
+		}
+		if !overdue(k) {
 			continue
 		}
-		k.Pending = pendingDeactivate
-		if k.Revoke == pendingDelete || !now.Before(k.Expires.Add(overdueGrace+k.ExpiredKeyRetention)) {
-			k.Pending = pendingDelete
-		}
-		if err := putTrackedKey(ctx, s, k); err != nil {
+		// Decided and written under the record's lock, from a read made
+		// under it: a revocation, renewal or quarantine may have changed
+		// it since the sweep read it.
+		ok, err := func() (bool, error) {
+			defer b.lockKey(id)()
+			cur, err := getKeyRecord(ctx, s, id)
+			if err != nil || !overdue(cur) {
+				return false, err
+			}
+			k = cur
+			k.Pending = pendingDeactivate
+			if k.Revoke == pendingDelete || !now.Before(k.Expires.Add(overdueGrace+k.ExpiredKeyRetention)) {
+				k.Pending = pendingDelete
+			}
+			return true, putTrackedKey(ctx, s, k)
+		}()
+		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if !ok {
 			continue
 		}
 		swept++

@@ -126,6 +126,9 @@ type retiredAdminKey struct {
 	// write to another Heron user), so Heron's 404 for it proves nothing:
 	// it is never taken for deactivated or deleted on one.
 	Unreachable bool `json:"unreachable,omitempty"`
+	// TokenHMAC is its token's HMAC (see token_hmac.go), so that
+	// keys/lookup recognises a leaked rotated-out admin key.
+	TokenHMAC string `json:"token_hmac,omitempty"`
 }
 
 // errRetiredUnreachable says why a retired admin key cannot be settled.

@@ -460,7 +460,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		}
 	}
 
-	b.retireReplacedAdminKey(&prev, cfg)
+	b.retireReplacedAdminKey(ctx, req.Storage, &prev, cfg)
 	if len(tracked) > 0 {
 		// Rotated-out admin keys the new key cannot see are marked like
 		// tracked records: a 404 for them never counts as done.

@@ -167,12 +167,7 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 	next.LastRotated = now
 	next.KeySetAt = now
 	next.AdminKeyByEngine = true
-	next.RetiredKeys = append(append([]retiredAdminKey(nil), cfg.RetiredKeys...), retiredAdminKey{
-		KeyID:       cfg.AdminKeyID,
-		TokenPrefix: keyPrefix(cfg.AdminAPIKey),
-		RetiredAt:   now,
-		DeleteAfter: now.Add(cfg.OldKeyRetention),
-	})
+	next.RetiredKeys = append(append([]retiredAdminKey(nil), cfg.RetiredKeys...), b.retiredEntry(ctx, s, cfg, cfg.OldKeyRetention))
 	if ok, perr := b.pruneRetired(ctx, &next, oldClient); !ok {
 		_ = guard.undo(ctx, oldClient, newKey.ID)
 		return nil, "", fmt.Errorf("%w: config %q holds %d rotated-out admin keys that are not deactivated yet (the most it keeps is %d), so it cannot retire another: run tidy, or see retired_keys in config/%s (%v)",

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -24,6 +25,8 @@ const (
 	lookupMatchPrefix = "token_prefix"
 	lookupMatchAdmin  = "admin_key"
 	lookupMatchStatic = "static_role"
+	// lookupMatchRetiredAdmin: a rotated-out admin key, by its HMAC.
+	lookupMatchRetiredAdmin = "retired_admin_key"
 )
 
 func pathKeysLookup(b *heronBackend) []*framework.Path {
@@ -73,13 +76,15 @@ func (b *heronBackend) pathKeysLookup(ctx context.Context, req *logical.Request,
 		return resp, err
 	}
 
-	hk, err := b.hmacKey(ctx, req.Storage, false)
+	// Under every secret this mount has: two instances may each have
+	// written one (see token_hmac.go).
+	hks, err := hmacKeys(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	want := ""
-	if hk != nil {
-		want = tokenHMACOf(hk, token)
+	var wants []string
+	for _, hk := range hks {
+		wants = append(wants, tokenHMACOf(hk, token))
 	}
 	prefix := keyPrefix(token)
 	ids, err := req.Storage.List(ctx, keyStoragePrefix)
@@ -96,7 +101,7 @@ func (b *heronBackend) pathKeysLookup(ctx context.Context, req *logical.Request,
 		if k == nil {
 			continue
 		}
-		if want != "" && hmacMatches(k.TokenHMAC, want) {
+		if slices.ContainsFunc(wants, func(w string) bool { return hmacMatches(k.TokenHMAC, w) }) {
 			data := keyInfo(k)
 			data["match"] = lookupMatchHMAC
 			return &logical.Response{Data: data}, nil
@@ -145,6 +150,43 @@ func (b *heronBackend) lookupKept(ctx context.Context, s logical.Storage, token 
 				"admin_key_prefix": keyPrefix(cfg.AdminAPIKey),
 			}}
 			resp.AddWarning(fmt.Sprintf("this is the current admin key of config %q: rotate it now (vault write -f <mount>/config/%s/rotate); the old key is deactivated at once", env, env))
+			return resp, nil
+		}
+	}
+	// Rotated-out admin keys: their tokens are gone from the config, their
+	// HMACs are not (older entries: by prefix, as candidates).
+	hks, err := hmacKeys(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, env := range envs {
+		cfg, err := getConfig(ctx, s, env)
+		if err != nil {
+			return nil, err
+		}
+		if cfg == nil {
+			continue
+		}
+		for _, rk := range cfg.RetiredKeys {
+			match := ""
+			switch {
+			case rk.TokenHMAC != "" && slices.ContainsFunc(hks, func(hk []byte) bool { return hmacMatches(rk.TokenHMAC, tokenHMACOf(hk, token)) }):
+				match = lookupMatchRetiredAdmin
+			case rk.TokenHMAC == "" && rk.TokenPrefix == keyPrefix(token):
+				match = lookupMatchPrefix
+			default:
+				continue
+			}
+			state := keyStateActive
+			if rk.Deactivated {
+				state = keyStateDeactivated
+			}
+			resp := &logical.Response{Data: map[string]interface{}{
+				"match": match, "environment": env, "kind": keyKindAdmin,
+				"key_id": rk.KeyID, "token_prefix": rk.TokenPrefix, "state": state,
+				"delete_after": formatTime(rk.DeleteAfter),
+			}}
+			resp.AddWarning(fmt.Sprintf("this is a rotated-out admin key of config %q (state %s): delete it now with Heron's dashboard if it leaked, or wait for old_key_retention", env, state))
 			return resp, nil
 		}
 	}

@@ -45,7 +45,10 @@ func TestKeysLookup_FindsTheRecordOfAToken(t *testing.T) {
 	require.Equal(t, "token-billing", resp.Data["display_name"])
 	require.NotContains(t, resp.Data, "token_hmac")
 
-	secret, err := e.s.Get(context.Background(), tokenHMACStorageKey)
+	names, err := e.s.List(context.Background(), tokenHMACStoragePrefix)
+	require.NoError(t, err)
+	require.Len(t, names, 1, "one secret, written once")
+	secret, err := e.s.Get(context.Background(), tokenHMACStoragePrefix+names[0])
 	require.NoError(t, err)
 	require.NotNil(t, secret)
 	for _, v := range resp.Data {

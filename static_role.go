@@ -522,6 +522,26 @@ func (b *heronBackend) replaceInactiveStatic(ctx context.Context, s logical.Stor
 		if r.KeyID != keyID {
 			return false, nil
 		}
+		// Seen inactive in a list asked before this lock: an operator may
+		// have activated it since (lifting a quarantine). Ask Heron again.
+		client, err := b.getClient(ctx, s, r.Environment)
+		if err != nil {
+			return false, err
+		}
+		found, inactive := false, false
+		if err := heronapi.EachKey(ctx, client, func(k heronapi.Key) {
+			if k.ID == keyID {
+				found, inactive = true, !k.IsActive
+			}
+		}); err != nil {
+			return false, err
+		}
+		if !found || !inactive {
+			// Active again: nothing to replace. Gone: reconcile drops its
+			// record, and static-creds replaces it then.
+			return false, nil
+		}
+		defer b.lockKey(keyID)()
 		rec, err := getTrackedKey(ctx, s, keyID)
 		if err != nil {
 			return false, err

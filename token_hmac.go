@@ -7,8 +7,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"sort"
 	"sync"
 
+	"github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -19,8 +21,17 @@ import (
 // returned by any path. Without the secret a record's token_hmac cannot be
 // checked against guessed tokens.
 
-// tokenHMACStorageKey holds the mount's HMAC secret.
-const tokenHMACStorageKey = "token-hmac-key"
+// tokenHMACStorageKey holds the mount's HMAC secret as the first version
+// of this feature wrote it; tokenHMACStoragePrefix holds the secrets written
+// since, one entry per writer. Storage has no compare-and-set: two instances
+// (a reload, a failover) may each find no secret and write one, and a single
+// entry would keep only the last, leaving the other instance's token_hmacs
+// unmatchable. Each writes its own entry instead; every instance then uses
+// the first entry by name, and keys/lookup tries them all.
+const (
+	tokenHMACStorageKey    = "token-hmac-key"
+	tokenHMACStoragePrefix = "token-hmac-keys/"
+)
 
 // tokenHMACKey is the mount's HMAC secret, cached once read: it never
 // changes, so steady-state issuance costs no storage operation for it.
@@ -42,26 +53,60 @@ func (b *heronBackend) hmacKey(ctx context.Context, s logical.Storage, create bo
 	if b.tokenHMAC.key != nil {
 		return b.tokenHMAC.key, nil
 	}
-	stored, err := getJSON[hmacSecret](ctx, s, tokenHMACStorageKey, "token HMAC secret")
+	keys, err := hmacKeys(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	if stored != nil && len(stored.Key) >= 32 {
-		b.tokenHMAC.key = stored.Key
-		return stored.Key, nil
+	if len(keys) == 0 && create {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("creating the token HMAC secret: %w", err)
+		}
+		name, err := uuid.GenerateUUID()
+		if err != nil {
+			return nil, fmt.Errorf("naming the token HMAC secret: %w", err)
+		}
+		if err := putJSON(ctx, s, tokenHMACStoragePrefix+name, "token HMAC secret", &hmacSecret{Key: key}); err != nil {
+			return nil, err
+		}
+		// Read back: another instance may have written one first.
+		if keys, err = hmacKeys(ctx, s); err != nil {
+			return nil, err
+		}
 	}
-	if !create {
+	if len(keys) == 0 {
 		return nil, nil
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("creating the token HMAC secret: %w", err)
-	}
-	if err := putJSON(ctx, s, tokenHMACStorageKey, "token HMAC secret", &hmacSecret{Key: key}); err != nil {
+	b.tokenHMAC.key = keys[0]
+	return keys[0], nil
+}
+
+// hmacKeys is every stored HMAC secret, the one to use first: the first
+// version's entry, then the others by name.
+func hmacKeys(ctx context.Context, s logical.Storage) ([][]byte, error) {
+	var out [][]byte
+	legacy, err := getJSON[hmacSecret](ctx, s, tokenHMACStorageKey, "token HMAC secret")
+	if err != nil {
 		return nil, err
 	}
-	b.tokenHMAC.key = key
-	return key, nil
+	if legacy != nil && len(legacy.Key) >= 32 {
+		out = append(out, legacy.Key)
+	}
+	names, err := s.List(ctx, tokenHMACStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing token HMAC secrets: %w", err)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		sec, err := getJSON[hmacSecret](ctx, s, tokenHMACStoragePrefix+n, "token HMAC secret")
+		if err != nil {
+			return nil, err
+		}
+		if sec != nil && len(sec.Key) >= 32 {
+			out = append(out, sec.Key)
+		}
+	}
+	return out, nil
 }
 
 // tokenHMACOf is the hex HMAC-SHA256 of token under key.

@@ -10,15 +10,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Finding: the periodic pass decides from Heron's list (read before any
-// lock) that a static role's current key is "inactive in Heron" and, under
-// the role's lock, marks its record deactivated without re-checking that
-// the key is still inactive and still quarantined. An operator who lifted
-// the quarantine between the pass's list and replaceInactiveStatic leaves a
-// key live in Heron whose record says deactivated: retireStaticKey then
-// skips it at the end of the overlap, so it stays live past max_overlap
-// until retired_key_retention deletes it.
-func TestReviewToday_PassReplacesActivatedStaticKeyButLeavesItLive(t *testing.T) {
+// Spec, Invariants 7 (static roles): the pass decides from a list asked
+// before any lock that a static role's current key is inactive in Heron;
+// under the role's lock it asks again, so a key an operator activated in
+// between (a lifted quarantine) is neither replaced nor recorded as
+// deactivated while it is live.
+func TestStaticRole_PassReplacesOnlyAKeyStillInactive(t *testing.T) {
 	e := newTestEnv(t, withoutLeftoverCheck())
 	e.configure("development")
 	e.ok(logical.CreateOperation, "static-roles/batch", map[string]interface{}{"environment": "development", "overlap": "1h"})
@@ -30,27 +27,34 @@ func TestReviewToday_PassReplacesActivatedStaticKeyButLeavesItLive(t *testing.T)
 	// ... the periodic pass lists Heron here: k1 is inactive ...
 	e.ok(logical.UpdateOperation, "keys/"+k1+"/activate", nil)
 	require.True(t, e.authenticates(token1))
-	// ... and then replaces the key it saw inactive.
+	// ... and then acts on the key it saw inactive: asked again under the
+	// role's lock, Heron says it is active, so nothing is replaced.
 	require.NoError(t, e.b.replaceInactiveStatic(context.Background(), e.s, "batch", k1))
 
 	rec, err := getTrackedKey(context.Background(), e.s, k1)
 	require.NoError(t, err)
-	live := e.authenticates(token1)
-	if live {
-		assert.NotEqual(t, keyStateDeactivated, rec.State, "key %s is live in Heron but its record says deactivated", k1)
-	}
-	// max_overlap (= overlap, 1h) is a promise: past it the previous key no longer works.
+	require.True(t, e.authenticates(token1))
+	assert.Equal(t, keyStateActive, rec.State, "key %s is live in Heron: its record must not say deactivated", k1)
+	assert.Equal(t, k1, staticCreds(e, "batch")["key_id"], "the activated key is still the role's current key")
+
+	// Deactivated by hand again, and seen so by a fresh look: replaced, the
+	// record deactivated.
+	e.ok(logical.UpdateOperation, "keys/"+k1+"/deactivate", nil)
+	require.NoError(t, e.b.replaceInactiveStatic(context.Background(), e.s, "batch", k1))
+	require.NotEqual(t, k1, staticCreds(e, "batch")["key_id"])
+	rec, err = getTrackedKey(context.Background(), e.s, k1)
+	require.NoError(t, err)
+	require.Equal(t, keyStateDeactivated, rec.State)
+	require.False(t, e.authenticates(token1))
 	e.atTime(time.Now().Add(2 * time.Hour))
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	require.False(t, e.authenticates(token1), "previous static key still live past max_overlap")
+	require.False(t, e.authenticates(token1), "no pass reactivates it")
 }
 
-// Finding: sweepOverdue reads an overdue lease key's record and writes it
-// back with Pending set, without the record's lock and without re-reading:
-// a quarantine written in between is lost (quarantined=false, no
-// quarantined_by), although every key change is meant to be decided under
-// the record's lock (lockKey).
-func TestReviewToday_SweepOverdueLosesAConcurrentQuarantine(t *testing.T) {
+// Spec, Invariants 7: the sweep's decision about an overdue key is made and
+// written under the record's lock from a read made under it, so a
+// quarantine written after the sweep's first read is kept.
+func TestCleanup_SweepKeepsAConcurrentQuarantine(t *testing.T) {
 	var gs *gatedStorage
 	e := newTestEnv(t, withoutLeftoverCheck(), withStorage(func(s logical.Storage) logical.Storage { gs = &gatedStorage{Storage: s}; return gs }))
 	e.configure("development")
@@ -83,13 +87,10 @@ func TestReviewToday_SweepOverdueLosesAConcurrentQuarantine(t *testing.T) {
 	require.True(t, rec.Quarantined, "the pass's write lost the quarantine (quarantined_by=%q)", rec.QuarantinedBy)
 }
 
-// Finding: keys/lookup never matches a rotated-out admin key. The engine
-// created it (config/<env>/rotate) and still holds it in Heron
-// (retired_keys, until old_key_retention ends), yet a leaked copy of it is
-// answered 404 "this engine did not issue a key with this token ... it is
-// no config's admin key": an incident responder is told the key is not
-// the engine's.
-func TestReviewToday_LookupOfRotatedOutAdminKeyIs404(t *testing.T) {
+// Spec, "Who holds a key": a 404 from keys/lookup means this engine did
+// not issue the key; a rotated-out admin key it created is recognised by
+// its token's HMAC, kept with the retired key.
+func TestKeysLookup_FindsARotatedOutAdminKey(t *testing.T) {
 	e := newTestEnv(t, withoutLeftoverCheck())
 	e.configure("development")
 	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
@@ -107,15 +108,10 @@ func TestReviewToday_LookupOfRotatedOutAdminKeyIs404(t *testing.T) {
 	require.False(t, resp.IsError(), "%v", resp.Error())
 }
 
-// Finding: the token HMAC secret is created with a read-then-write (no
-// compare-and-set) and cached: two backend instances on one storage (a
-// reload or failover with the old instance still serving) that both find
-// it absent each create their own; the last write wins and the other
-// instance keeps issuing records with HMACs under a secret nobody else
-// has. Those records carry a token_hmac, so keys/lookup does not fall back
-// to the prefix either: their tokens are answered 404 "this engine did not
-// issue a key with this token".
-func TestReviewToday_TwoInstancesCreateDifferentHMACSecrets(t *testing.T) {
+// Spec, Invariants 7 (a second instance): two instances that each find no
+// HMAC secret and create one keep both (one entry per writer), and
+// keys/lookup matches a key issued under either.
+func TestKeysLookup_TwoInstancesSecretsBothMatch(t *testing.T) {
 	var gs *gatedStorage
 	e := newTestEnv(t, withoutLeftoverCheck(), withStorage(func(s logical.Storage) logical.Storage { gs = &gatedStorage{Storage: s}; return gs }))
 	other := e.start() // a second instance on the same storage
