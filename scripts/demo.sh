@@ -39,11 +39,10 @@ cleanup() {
 		if [ -n "$pid" ]; then wait "$pid" 2>/dev/null || true; fi
 	done
 	if [ -n "$WORK" ]; then
-		if [ "$rc" -ne 0 ]; then
-			log "logs kept in $WORK"
-		else
-			rm -rf "$WORK"
-		fi
+		# The logs stay (until the next demo) for a look at what happened;
+		# the PID file goes with the processes it names.
+		rm -f "$WORK/demo.pid"
+		log "logs kept in $WORK (vault.log, emulator.log)"
 	fi
 	exit "$rc"
 }
@@ -66,8 +65,17 @@ sha256() {
 VAULT="$(bash "$ROOT/scripts/vault-bin.sh")"
 log "using $("$VAULT" version)"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/heron-demo.XXXXXX")"
-mkdir -p "$WORK/plugins" "$WORK/bin" "$WORK/home"
+# One demo at a time, in bin/demo: its PID file says which is running (and
+# what to kill), its logs outlive it until the next demo starts.
+DEMO_DIR="$ROOT/bin/demo"
+if [ -f "$DEMO_DIR/demo.pid" ] && kill -0 "$(head -n 1 "$DEMO_DIR/demo.pid")" 2>/dev/null; then
+	log "a demo is already running (PID $(head -n 1 "$DEMO_DIR/demo.pid"), see $DEMO_DIR/demo.pid): stop it with Ctrl-C in its shell, or kill $(head -n 1 "$DEMO_DIR/demo.pid")"
+	exit 1
+fi
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR/plugins" "$DEMO_DIR/bin" "$DEMO_DIR/home"
+WORK="$DEMO_DIR"
+echo "$$" >"$WORK/demo.pid"
 log "building the plugin ($VERSION) and the emulator"
 go build -ldflags "-X github.com/heron-vault/vault-plugin-secrets-heron.Version=$VERSION" \
 	-o "$WORK/plugins/$PLUGIN" ./cmd/vault-plugin-secrets-heron
@@ -82,6 +90,7 @@ fi
 "$WORK/bin/heron-emulator" -listen "$EMU_ADDR" -env development -env production \
 	>"$WORK/emulator.out" 2>"$WORK/emulator.log" &
 EMU_PID=$!
+echo "$EMU_PID" >>"$WORK/demo.pid"
 for _ in $(seq 1 100); do
 	grep -q '^listening on ' "$WORK/emulator.out" 2>/dev/null && break
 	kill -0 "$EMU_PID" 2>/dev/null || { cat "$WORK/emulator.log" >&2; exit 1; }
@@ -107,6 +116,7 @@ export HOME="$WORK/home"
 "$VAULT" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$PORT" \
 	-dev-plugin-dir="$WORK/plugins" >"$WORK/vault.log" 2>&1 &
 VAULT_PID=$!
+echo "$VAULT_PID" >>"$WORK/demo.pid"
 for _ in $(seq 1 150); do
 	"$VAULT" status >/dev/null 2>&1 && break
 	kill -0 "$VAULT_PID" 2>/dev/null || { tail -n 40 "$WORK/vault.log" >&2; exit 1; }
@@ -134,7 +144,9 @@ The demo is running. From another shell:
     $VAULT lease revoke -prefix heron/creds/demo
     curl -s $EMU_URL/_emulator/keys    # what Heron (the emulator) holds
 
-Logs: $WORK/vault.log, $WORK/emulator.log. Press Ctrl-C to stop.
+Logs: $WORK/vault.log, $WORK/emulator.log (kept after the demo stops).
+PID file: $WORK/demo.pid (this script; Vault $VAULT_PID, emulator $EMU_PID).
+Press Ctrl-C to stop.
 EOF
 
 while kill -0 "$VAULT_PID" 2>/dev/null && kill -0 "$EMU_PID" 2>/dev/null; do
