@@ -214,7 +214,7 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	share := b.sweepShare(ids, sweep)
 	var sweepErr error
 	counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, share)
-	retained, err := retainedKeys(ctx, s)
+	retained, err := b.retainedKeys(ctx, s)
 	if err != nil {
 		return counts, err
 	}
@@ -550,7 +550,7 @@ func (b *heronBackend) purgeEnvironment(ctx context.Context, s logical.Storage, 
 	if err != nil || cfg == nil {
 		return err
 	}
-	all, err := retainedKeys(ctx, s)
+	all, err := b.retainedKeys(ctx, s)
 	if err != nil {
 		return err
 	}

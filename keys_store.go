@@ -224,7 +224,7 @@ func deleteTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) err
 
 // retainedKeys returns the keys deactivated or owing a deferred revocation,
 // dropping index entries whose record is gone.
-func retainedKeys(ctx context.Context, s logical.Storage) ([]*trackedKey, error) {
+func (b *heronBackend) retainedKeys(ctx context.Context, s logical.Storage) ([]*trackedKey, error) {
 	ids, err := s.List(ctx, retainedKeyStoragePrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing retained keys: %w", err)
@@ -235,15 +235,42 @@ func retainedKeys(ctx context.Context, s logical.Storage) ([]*trackedKey, error)
 		if err != nil {
 			return nil, err
 		}
-		if k == nil || !k.retained() {
-			if err := s.Delete(ctx, retainedKeyStoragePrefix+id); err != nil {
-				return nil, fmt.Errorf("deleting stale retained index of key %s: %w", id, err)
-			}
+		if k != nil && k.retained() {
+			keys = append(keys, k)
 			continue
 		}
-		keys = append(keys, k)
+		// The marker is written before the record it indexes
+		// (putTrackedKey), by a writer holding the record's lock: a record
+		// that is not retained yet may be one being written now. Judged
+		// again under that lock, from a read made under it; only a marker
+		// whose record is still not retained (or gone) is stale.
+		k, stale, err := b.staleRetainedMarker(ctx, s, id)
+		if err != nil {
+			return nil, err
+		}
+		if !stale {
+			keys = append(keys, k)
+		}
 	}
 	return keys, nil
+}
+
+// staleRetainedMarker re-reads id's record under its lock and deletes its
+// retained-keys/ marker when the record is not retained; otherwise it
+// returns the record.
+func (b *heronBackend) staleRetainedMarker(ctx context.Context, s logical.Storage, id string) (*trackedKey, bool, error) {
+	defer b.lockKey(id)()
+	k, err := getTrackedKey(ctx, s, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if k != nil && k.retained() {
+		return k, false, nil
+	}
+	if err := s.Delete(ctx, retainedKeyStoragePrefix+id); err != nil {
+		return nil, false, fmt.Errorf("deleting stale retained index of key %s: %w", id, err)
+	}
+	return nil, true, nil
 }
 
 // listTrackedKeys returns every tracked key.

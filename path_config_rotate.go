@@ -175,7 +175,16 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 	}
 	// The switch, applied to the config as stored: a settings-only write
 	// (which takes no config lock) may have changed its settings meanwhile.
+	// The config lock is this instance's: another instance (a reload or
+	// failover) may have rotated meanwhile, and writing over its switch
+	// would forget the key it made. Only the key this rotation started from
+	// is replaced.
+	changedMeanwhile := false
 	if _, err := b.updateConfig(ctx, s, env, func(stored *heronConfig) (bool, error) {
+		if stored.AdminAPIKey != cfg.AdminAPIKey {
+			changedMeanwhile = true
+			return false, nil
+		}
 		stored.AdminAPIKey, stored.AdminKeyID, stored.AdminKeyByEngine = next.AdminAPIKey, next.AdminKeyID, next.AdminKeyByEngine
 		stored.LastRotated, stored.KeySetAt, stored.RetiredKeys = next.LastRotated, next.KeySetAt, next.RetiredKeys
 		next = *stored
@@ -198,6 +207,13 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 			b.resetClient(env)
 			return nil, "", fmt.Errorf("%w (storage could not say whether the new admin key %s was stored; both keys are kept and the rollback settles it)", err, newKey.ID)
 		}
+	}
+	if changedMeanwhile {
+		b.resetClient(env)
+		if !guard.undo(ctx, oldClient, newKey.ID) {
+			return nil, "", fmt.Errorf("%w: config %q got another admin key while this rotation ran (another instance rotated or a config write landed); the new key %s could not be deleted yet, the rollback deletes it: retry the rotation", errRotateUser, env, newKey.ID)
+		}
+		return nil, "", fmt.Errorf("%w: config %q got another admin key while this rotation ran (another instance rotated or a config write landed); this rotation's key was deleted: retry", errRotateUser, env)
 	}
 	guard.done(ctx)
 	b.resetClient(env)

@@ -321,6 +321,16 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 			superseded = ""
 		}
 	}
+	// The role's lock is this instance's: another instance (a reload or
+	// failover) may have rotated it meanwhile, and writing over its switch
+	// would strand the key it made and cut its previous key's overlap. Only
+	// the key this rotation started from is replaced. (No stored role and
+	// no key yet: a role's creation storing its first key.)
+	if stored, err := getStaticRole(ctx, s, r.Name); err != nil {
+		return undo(err)
+	} else if (stored == nil && r.KeyID != "") || (stored != nil && stored.KeyID != r.KeyID) {
+		return undo(fmt.Errorf("%w %q changed while this rotation ran (another instance rotated or deleted it): retry", errStaticUser, r.Name))
+	}
 	if err := putStaticRole(ctx, s, &next); err != nil {
 		// A failed write may still have been stored: only undo once storage
 		// shows the role without the new key. If storage cannot say, the
