@@ -46,9 +46,24 @@ package heron
 //	HERON_MODEL_CONCURRENT_ACTORS=all,-failover                 actor kinds to use in rounds
 //	HERON_MODEL_INVARIANTS, HERON_MODEL_LOG, HERON_MODEL_IGNORE as for TestModel
 //
-// rapid keeps a failing sequence under testdata/rapid/TestModelConcurrent/
+// rapid keeps a failing sequence under testdata/rapid/TestModelConcurrent_<actors>/
 // and replays it first on later runs; the order of gates is rapid's choice,
-// so a replay takes the same interleaving.
+// so a replay takes the same interleaving (as long as which actors are at a
+// gate, not waiting on a lock, does not depend on timing: a replay may call
+// a failure "flaky").
+//
+// Known engine bugs this test finds (open; not fixed here):
+//   - two instances rotating at once: see mExcludedPairs (kept out of the
+//     default run).
+//   - the pass drops a retained-keys/ marker written before its record
+//     (putTrackedKey writes the marker, then the record; retainedKeys in the
+//     pass reads the old record in between and deletes the marker): the key
+//     stays deactivated and is never deleted (s3, or final's "left after
+//     retention"). Any deactivation racing the pass can hit it; a random
+//     HERON_MODEL_CHECKS run finds it within a few hundred checks, the
+//     default seed does not reach it. Replay:
+//     go test -run 'TestModelConcurrent/default' -rapid.failfile=testdata/rapid-known/TestModelConcurrent-pass-drops-retained-marker.fail .
+//     Look past it: HERON_MODEL_IGNORE='s3: key a static role held is not deleted after retention,left after retention'
 
 import (
 	"context"
@@ -95,7 +110,22 @@ var mConcurrentExcluded = []string{}
 //     key) lands; the pass rotates again (rotateStatic / rotateStaticLocked,
 //     static_role.go): a rotation before its time (t1), the previous key's
 //     overlap cut short (s2).
-var mExcludedPairs = [][2]string{{"failover", "configRotate"}, {"failover", "pass"}, {"failover", "staticRotate"}, {"failover", "staticRead"}}
+//
+// And a second bug, within one instance: putTrackedKey (keys_store.go)
+// writes a retained-keys/ marker, then the record it indexes; the pass's
+// retainedKeys reads the old record in between and deletes the marker, so a
+// key deactivated then is never deleted (s3, final). A static rotation
+// retires its previous key that way while a pass (or tidy, or a failover's
+// pass) runs:
+//
+//   - pass, tidy or failover + staticRotate or staticRead; pass + pass,
+//     pass + tidy, tidy + tidy, failover + tidy (a pass rotates static
+//     roles too).
+var mExcludedPairs = [][2]string{
+	{"failover", "configRotate"}, {"failover", "pass"}, {"failover", "staticRotate"}, {"failover", "staticRead"},
+	{"pass", "staticRotate"}, {"pass", "staticRead"}, {"tidy", "staticRotate"}, {"tidy", "staticRead"},
+	{"pass", "pass"}, {"pass", "tidy"}, {"tidy", "tidy"}, {"failover", "tidy"},
+}
 
 // mPairExcluded: may kind join a round that already has picked?
 func mPairExcluded(picked []string, kind string) bool {
@@ -169,7 +199,7 @@ func TestModelConcurrent(t *testing.T) {
 		_ = flag.Lookup("rapid.checks").Value.Set("30")
 	}
 	name := "default"
-	if spec := strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")); spec != "" && spec != "all" {
+	if spec := strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")); spec != "" {
 		name = "actors=" + regexp.MustCompile(`[^A-Za-z0-9,=+-]`).ReplaceAllString(spec, "_")
 	}
 	t.Run(name, func(t *testing.T) {
