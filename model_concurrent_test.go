@@ -45,6 +45,11 @@ package heron
 //	HERON_MODEL_CHECKS=2000 go test -count=1 -run 'TestModelConcurrent$' -timeout 2h .
 //	HERON_MODEL_CONCURRENT_ACTORS=all,-failover                 actor kinds to use in rounds
 //	HERON_MODEL_INVARIANTS, HERON_MODEL_LOG, HERON_MODEL_IGNORE as for TestModel
+//	HERON_MODEL_TRACE=1                      each round's time and gate count (and t1's details) to stderr
+//
+// The default run (no HERON_MODEL_CONCURRENT_ACTORS) uses the fixed seed of
+// TestModel (mSetChecks), 30 checks, and never puts mExcludedPairs in one
+// round; an explicit HERON_MODEL_CONCURRENT_ACTORS=all does.
 //
 // rapid keeps a failing sequence under testdata/rapid/TestModelConcurrent_<actors>/
 // and replays it first on later runs; the order of gates is rapid's choice,
