@@ -165,14 +165,19 @@ func (b *heronBackend) retireReplacedAdminKey(ctx context.Context, s logical.Sto
 // prev's admin keys, current or rotated out): unreachable is what it does
 // not see of tracked.
 func seesAnyRecord(tracked, unreachable []string, prev *heronConfig) bool {
+	// Sets: a large mount tracks 100,000 keys.
+	notRecord := make(map[string]bool, len(unreachable)+len(prev.RetiredKeys)+1)
+	for _, id := range unreachable {
+		notRecord[id] = true
+	}
+	for _, rk := range prev.RetiredKeys {
+		notRecord[rk.KeyID] = true
+	}
+	notRecord[prev.AdminKeyID] = true
 	for _, id := range tracked {
-		if slices.Contains(unreachable, id) || id == prev.AdminKeyID {
-			continue
+		if !notRecord[id] {
+			return true
 		}
-		if slices.ContainsFunc(prev.RetiredKeys, func(rk retiredAdminKey) bool { return rk.KeyID == id }) {
-			continue
-		}
-		return true
 	}
 	return false
 }

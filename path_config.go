@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -464,10 +463,17 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	if len(tracked) > 0 {
 		// Rotated-out admin keys the new key cannot see are marked like
 		// tracked records: a 404 for them never counts as done.
+		checked, unseen := make(map[string]bool, len(tracked)), make(map[string]bool, len(unreachable))
+		for _, id := range tracked {
+			checked[id] = true
+		}
+		for _, id := range unreachable {
+			unseen[id] = true
+		}
 		for i := range cfg.RetiredKeys {
 			rk := &cfg.RetiredKeys[i]
-			if slices.Contains(tracked, rk.KeyID) {
-				rk.Unreachable = slices.Contains(unreachable, rk.KeyID)
+			if checked[rk.KeyID] {
+				rk.Unreachable = unseen[rk.KeyID]
 			}
 		}
 	}
