@@ -158,7 +158,10 @@ func (b *heronBackend) forgetKey(ctx context.Context, s logical.Storage, k *trac
 // retained-keys/ would never be deleted).
 func putTrackedKey(ctx context.Context, s logical.Storage, k *trackedKey) error {
 	if k.retained() {
-		if err := s.Put(ctx, &logical.StorageEntry{Key: retainedKeyStoragePrefix + k.KeyID}); err != nil {
+		// The marker says when it was written (wall clock, the same for
+		// every instance): the pass leaves a young marker whose record does
+		// not show it yet (see staleRetainedMarker).
+		if err := s.Put(ctx, &logical.StorageEntry{Key: retainedKeyStoragePrefix + k.KeyID, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}); err != nil {
 			return fmt.Errorf("indexing retained key %s: %w", k.KeyID, err)
 		}
 	}
@@ -244,33 +247,50 @@ func (b *heronBackend) retainedKeys(ctx context.Context, s logical.Storage) ([]*
 		// that is not retained yet may be one being written now. Judged
 		// again under that lock, from a read made under it; only a marker
 		// whose record is still not retained (or gone) is stale.
-		k, stale, err := b.staleRetainedMarker(ctx, s, id)
+		k, err = b.staleRetainedMarker(ctx, s, id)
 		if err != nil {
 			return nil, err
 		}
-		if !stale {
+		if k != nil {
 			keys = append(keys, k)
 		}
 	}
 	return keys, nil
 }
 
-// staleRetainedMarker re-reads id's record under its lock and deletes its
-// retained-keys/ marker when the record is not retained; otherwise it
-// returns the record.
-func (b *heronBackend) staleRetainedMarker(ctx context.Context, s logical.Storage, id string) (*trackedKey, bool, error) {
+// retainedMarkerGrace is how long a retained-keys/ marker may go without
+// the record it indexes showing it: its writer writes the record right
+// after (another instance's writer holds no lock of this one's).
+const retainedMarkerGrace = 2 * time.Minute
+
+// staleRetainedMarker re-reads id's record under its lock and returns it
+// when it is retained; otherwise it deletes the marker, unless the marker is
+// young (its record may be being written, by this instance or another).
+func (b *heronBackend) staleRetainedMarker(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
 	defer b.lockKey(id)()
 	k, err := getTrackedKey(ctx, s, id)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if k != nil && k.retained() {
-		return k, false, nil
+		return k, nil
+	}
+	if k != nil {
+		marker, err := s.Get(ctx, retainedKeyStoragePrefix+id)
+		if err != nil {
+			return nil, err
+		}
+		if marker == nil {
+			return nil, nil
+		}
+		if at, perr := time.Parse(time.RFC3339Nano, string(marker.Value)); perr == nil && time.Since(at) < retainedMarkerGrace {
+			return nil, nil
+		}
 	}
 	if err := s.Delete(ctx, retainedKeyStoragePrefix+id); err != nil {
-		return nil, false, fmt.Errorf("deleting stale retained index of key %s: %w", id, err)
+		return nil, fmt.Errorf("deleting stale retained index of key %s: %w", id, err)
 	}
-	return nil, true, nil
+	return nil, nil
 }
 
 // listTrackedKeys returns every tracked key.
