@@ -60,7 +60,9 @@ package heron
 // What the default run leaves out: two instances rotating at once (see
 // mExcludedPairs). The retained-marker race it found (the pass deleting a
 // retained-keys/ marker written just before its record) is fixed, and kept
-// as TestCleanup_PassKeepsAMarkerWrittenJustBeforeItsRecord.
+// as TestCleanup_PassKeepsAMarkerWrittenJustBeforeItsRecord; its form across
+// two instances (whose key locks are their own) by the marker's age, its
+// failfile kept in testdata/rapid/TestModelConcurrent_default.
 
 import (
 	"context"
