@@ -357,25 +357,13 @@ func TestRotate_ScheduledRotationDoesNotRepeatOneMadeByHand(t *testing.T) {
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_period": "1h"})
 	seedID := e.ok(logical.ReadOperation, "config/development", nil).Data["admin_key_id"]
 
-	e.atTime(t0.Add(61 * time.Minute)) // due
-	ps := &parkStorage{Storage: e.s}
-	e.s = ps
-	ps.arm(configStoragePrefix + "development")
-	type result struct {
-		n   int
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := e.b.rotateDue(context.Background(), ps)
-		done <- result{n, err}
-	}()
-	<-ps.reached // the pass has read the config and found it due
+	e.atTime(t0.Add(61 * time.Minute))                                       // due
+	ps, done := passParkedAfterReading(e, configStoragePrefix+"development") // the pass has read the config and found it due
 	byHand := e.ok(logical.UpdateOperation, "config/development/rotate", nil).Data["admin_key_id"].(string)
 	close(ps.proceed)
 	res := <-done
 	require.NoError(t, res.err)
-	require.Zero(t, res.n, "the pass rotates nothing: the admin key is not due any more")
+	require.Zero(t, res.rotated, "the pass rotates nothing: the admin key is not due any more")
 
 	read := e.ok(logical.ReadOperation, "config/development", nil).Data
 	require.Equal(t, byHand, read["admin_key_id"], "the rotation by hand is not repeated")
@@ -575,4 +563,27 @@ func TestRotate_RefusedWhileNoRotatedOutKeyCanBePruned(t *testing.T) {
 	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
 	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
 	require.LessOrEqual(t, len(e.ok(logical.ReadOperation, "config/development", nil).Data["retired_keys"].([]map[string]interface{})), maxRetiredAdminKeys)
+}
+
+// passResult is what one run of the scheduled rotations did.
+type passResult struct {
+	rotated int
+	err     error
+}
+
+// passParkedAfterReading starts the pass's scheduled rotations on storage
+// that parks them right after they read key (found due, before any lock),
+// and returns once they are parked there: close ps.proceed to let them go
+// on, then read done.
+func passParkedAfterReading(e *testEnv, key string) (*parkStorage, <-chan passResult) {
+	ps := &parkStorage{Storage: e.s}
+	e.s = ps
+	ps.arm(key)
+	done := make(chan passResult, 1)
+	go func() {
+		n, err := e.b.rotateDue(context.Background(), ps)
+		done <- passResult{n, err}
+	}()
+	<-ps.reached
+	return ps, done
 }

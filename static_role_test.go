@@ -311,26 +311,14 @@ func TestStaticRotation_PassDoesNotRepeatARotationMadeByHand(t *testing.T) {
 	})
 	first := staticCreds(e, "app")["key_id"].(string)
 
-	e.atTime(t0.Add(61 * time.Minute)) // due
-	ps := &parkStorage{Storage: e.s}
-	e.s = ps
-	ps.arm(staticRoleStoragePrefix + "app")
-	type result struct {
-		n   int
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := e.b.rotateDue(context.Background(), ps)
-		done <- result{n, err}
-	}()
-	<-ps.reached // the pass has read the role and found it due
+	e.atTime(t0.Add(61 * time.Minute))                                   // due
+	ps, done := passParkedAfterReading(e, staticRoleStoragePrefix+"app") // the pass has read the role and found it due
 	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
 	byHand := staticCreds(e, "app")["key_id"].(string)
 	close(ps.proceed)
 	res := <-done
 	require.NoError(t, res.err)
-	require.Zero(t, res.n, "the pass rotates nothing: the role is not due any more")
+	require.Zero(t, res.rotated, "the pass rotates nothing: the role is not due any more")
 
 	creds := staticCreds(e, "app")
 	require.Equal(t, byHand, creds["key_id"], "the rotation by hand is not repeated")
