@@ -524,7 +524,14 @@ func TestIssue9_Case11_RotationCommittedButFailedWrite(t *testing.T) {
 		require.True(t, ok)
 		require.False(t, newRec.Deleted, "the engine must not delete the key storage holds")
 		require.True(t, e.authenticates(cfg.AdminAPIKey), "the stored admin key works")
+		// The creation record stays until the pass confirms the config
+		// holds its key (see walGuard.confirmLater), then goes.
+		e.b.windowNow = func() time.Time { return time.Now().Add(walRollbackMinAge + time.Minute) }
+		e.ok(logical.UpdateOperation, "tidy", nil)
+		e.b.windowNow = time.Now
 		require.Zero(t, walCount(t, e.b, fs), "the write-ahead record is settled")
+		newRec, _ = e.srv.Key(cfg.AdminKeyID)
+		require.False(t, newRec.Deleted, "settling the record keeps the key the config holds")
 
 		lease := e.issue(func() string { e.role("r", map[string]interface{}{}); return "r" }())
 		require.NoError(t, e.revoke(lease))

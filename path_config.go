@@ -774,6 +774,11 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return nil, fmt.Errorf("deleting config %q (its retained keys, and an admin key the engine created, are already deleted in Heron: retry the delete to finish): %w", env, err)
 	}
 	b.resetClient(env)
+	// The purge deleted every rotated-out admin key: their progress records
+	// say nothing any more (a config of the same name starts afresh).
+	if err := dropAllProgress(ctx, req.Storage, env); err != nil {
+		b.Logger().Warn("could not delete the deleted config's rotated-out admin key records; a config of the same name ignores them", "environment", env, "error", err)
+	}
 	if len(warnings) > 0 {
 		return &logical.Response{Warnings: warnings}, nil
 	}

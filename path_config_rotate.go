@@ -173,6 +173,13 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		return nil, "", fmt.Errorf("%w: config %q holds %d rotated-out admin keys that are not deactivated yet (the most it keeps is %d), so it cannot retire another: run tidy, or see retired_keys in config/%s (%v)",
 			errRotateUser, env, len(next.RetiredKeys), maxRetiredAdminKeys, env, perr)
 	}
+	// From here the creation record names the new key by id: should
+	// another instance's write of the config (a reload or failover) land
+	// over this switch, the rollback deletes the key nothing accounts for.
+	if err := guard.nameKey(ctx, newKey.ID); err != nil {
+		_ = guard.undo(ctx, oldClient, newKey.ID)
+		return nil, "", fmt.Errorf("recording the new admin key %s before storing it: %w", newKey.ID, err)
+	}
 	// The switch, applied to the config as stored: a settings-only write
 	// (which takes no config lock) may have changed its settings meanwhile.
 	// The config lock is this instance's: another instance (a reload or
@@ -215,7 +222,7 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		}
 		return nil, "", fmt.Errorf("%w: config %q got another admin key while this rotation ran (another instance rotated or a config write landed); this rotation's key was deleted: retry", errRotateUser, env)
 	}
-	guard.done(ctx)
+	guard.confirmLater(ctx)
 	b.resetClient(env)
 	b.recordChange(eventAdminRotate, keyChange{KeyID: newKey.ID, KeyName: name, TokenPrefix: newKey.TokenPrefix,
 		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID, "trigger", rotationTrigger(ctx))

@@ -19,50 +19,58 @@ import (
 // runs it (Vault's rotation manager where the server has one, else the
 // periodic pass), and the retirement of the key it replaces.
 
-// deactivateRetired deactivates retired admin keys not yet deactivated and
-// stores the result (applied to the config as stored, by key id), leaving
-// cfg as stored.
+// deactivateRetired deactivates the rotated-out admin keys of cfg not yet
+// deactivated and records each in its progress record (never in the
+// config: see retired_admin.go), updating cfg to match.
 func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API) error {
 	var errs []error
-	done := map[string]retiredAdminKey{}
 	for i := range cfg.RetiredKeys {
 		rk := &cfg.RetiredKeys[i]
 		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
 			continue
 		}
-		err := client.DeactivateKey(ctx, rk.KeyID)
-		if errors.Is(err, heronapi.ErrNotFound) && rk.Unreachable {
-			errs = append(errs, errRetiredUnreachable(cfg.Environment, rk.KeyID))
-			continue
-		}
-		if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err))
-			continue
-		}
-		// old_key_retention is how long it stays deactivated: counted from
-		// now, however late the deactivation came after the rotation.
-		now := b.now()
-		rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(cfg.OldKeyRetention)
-		done[rk.KeyID] = *rk
-	}
-	if len(done) > 0 {
-		stored, err := b.updateConfig(ctx, s, cfg.Environment, func(stored *heronConfig) (bool, error) {
-			changed := false
-			for i, rk := range stored.RetiredKeys {
-				if d, ok := done[rk.KeyID]; ok && !rk.Deactivated {
-					stored.RetiredKeys[i] = d
-					changed = true
-				}
-			}
-			return changed, nil
-		})
-		if err != nil {
+		if err := b.deactivateRetiredKey(ctx, s, cfg.Environment, rk, client); err != nil {
 			errs = append(errs, err)
-		} else {
-			*cfg = *stored
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deactivateRetiredKey deactivates one rotated-out admin key, decided under
+// the key's lock from the config read again under it: the config read
+// earlier may be stale (another instance's write may have made the key the
+// admin key again, or this one's pass may have got there first).
+func (b *heronBackend) deactivateRetiredKey(ctx context.Context, s logical.Storage, env string, rk *retiredAdminKey, client heronapi.API) error {
+	defer b.lockKey(rk.KeyID)()
+	fresh, err := getConfig(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	cur := fresh.retired(rk.KeyID)
+	switch {
+	case cur == nil || fresh.isAdminKey(rk.KeyID, rk.TokenPrefix):
+		// No longer retired (written back as the admin key, or deleted).
+		return nil
+	case cur.Deactivated:
+		*rk = *cur
+		return nil
+	}
+	err = client.DeactivateKey(ctx, rk.KeyID)
+	if errors.Is(err, heronapi.ErrNotFound) && cur.Unreachable {
+		return errRetiredUnreachable(env, rk.KeyID)
+	}
+	if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		return fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err)
+	}
+	// old_key_retention is how long it stays deactivated: counted from
+	// now, however late the deactivation came after the rotation.
+	now := b.now()
+	*rk = *cur
+	rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(fresh.OldKeyRetention)
+	if err := putRetiredProgress(ctx, s, env, *rk, time.Time{}); err != nil {
+		return fmt.Errorf("recording the deactivation of old admin key %s: %w", rk.KeyID, err)
+	}
+	return nil
 }
 
 // pruneRetired keeps cfg's rotated-out admin keys within
