@@ -94,7 +94,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 // whether that still holds; when it does not, nothing is rotated.
 func (b *heronBackend) rotateAdminKeyIf(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
 	cfg, warning, rotated, err := b.rotateAdminKeyOnce(ctx, s, env, due)
-	if err != nil && !errors.Is(err, errConfigNotFound) {
+	if err != nil && !errors.Is(err, errConfigNotFound) && !errors.Is(err, errRotationBusy) {
 		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 	}
 	return cfg, warning, rotated, err
@@ -105,7 +105,17 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 	lock := b.configLock(env)
 	lock.Lock()
 	defer lock.Unlock()
+	release, err := b.claimRotation(ctx, s, "admin/"+env)
+	if errors.Is(err, errRotationBusy) {
+		return nil, "", false, fmt.Errorf("%w the admin key of config %q: %w; retry", errRotateUser, env, err)
+	}
+	if err != nil {
+		return nil, "", false, err
+	}
+	defer release()
 
+	// Read after the claim: a rotation another instance finished before it
+	// shows here.
 	cfg, err := getConfig(ctx, s, env)
 	if err != nil {
 		return nil, "", false, err

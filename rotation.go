@@ -199,6 +199,10 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 				// Due by a read outside the role's lock: asked again under it,
 				// so a rotation by hand in between is not repeated.
 				_, rotated, err := b.rotateStaticIf(ctx, s, name, b.dueNow)
+				if errors.Is(err, errRotationBusy) {
+					// Another instance is rotating it: that does what was due.
+					return false, nil
+				}
 				return rotated, err
 			},
 		})
@@ -218,6 +222,10 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 			_, _, rotated, err := b.rotateAdminKeyIf(ctx, s, env, func(cfg *heronConfig) bool {
 				return cfg.rotationSchedule().dueAt(b.now())
 			})
+			if errors.Is(err, errRotationBusy) {
+				// Another instance is rotating it: that does what was due.
+				return false, nil
+			}
 			return rotated, err
 		},
 	}

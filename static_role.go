@@ -218,7 +218,17 @@ func (b *heronBackend) rotateStaticIf(ctx context.Context, s logical.Storage, na
 	lock := b.staticRoleLock(name)
 	lock.Lock()
 	defer lock.Unlock()
+	release, err := b.claimRotation(ctx, s, "static/"+name)
+	if errors.Is(err, errRotationBusy) {
+		return nil, false, fmt.Errorf("%w %q: %w; retry", errStaticUser, name, err)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer release()
 	env := r.Environment
+	// Read after the claim: a rotation another instance finished before it
+	// shows here.
 	if r, err = getStaticRole(ctx, s, name); err != nil {
 		return nil, false, err
 	}
