@@ -317,6 +317,7 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	if err != nil || cfg == nil {
 		return err
 	}
+	b.refreshClient(cfg)
 	client, err := b.getClient(ctx, s, env)
 	if err != nil {
 		return err

@@ -134,6 +134,7 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 // and cfg read under it.
 func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Storage, cfg *heronConfig) (*heronConfig, string, error) {
 	env := cfg.Environment
+	b.refreshClient(cfg)
 	oldClient, err := b.creatingClient(ctx, s, env)
 	if err != nil {
 		return nil, "", err

@@ -184,6 +184,7 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 		if err != nil || cfg == nil {
 			continue
 		}
+		b.refreshClient(cfg)
 		targets = append(targets, b.adminKeyTarget(cfg))
 	}
 	statics, err := listStaticRoles(ctx, s)
