@@ -82,10 +82,11 @@ func mWindowAt(r *staticRole, now time.Time) time.Time {
 
 // mPassBefore is what s5 needs of one static role before a pass.
 type mPassBefore struct {
-	keyID string
-	at    time.Time // the scheduled time whose window holds now (zero: none)
-	retry bool      // the role owes a rotation (RetryRotation)
-	live  bool      // its current key is active in Heron and tracked active
+	keyID    string
+	at       time.Time // the scheduled time whose window holds now (zero: none)
+	retry    bool      // the role owes a rotation (RetryRotation)
+	keySetAt time.Time
+	live     bool // its current key is active in Heron and tracked active
 	// missed: a scheduled time came since the key or schedule was set, but
 	// its window closed before now.
 	missed bool
@@ -100,7 +101,7 @@ func (m *model) beforePass(now time.Time) (map[string]mPassBefore, bool) {
 		k, inHeron := m.srv.Key(r.KeyID)
 		rec := w.tracked[r.KeyID]
 		p := mPassBefore{
-			keyID: r.KeyID, at: mWindowAt(r, now), retry: r.RetryRotation,
+			keyID: r.KeyID, keySetAt: r.KeySetAt, at: mWindowAt(r, now), retry: r.RetryRotation,
 			live: r.KeyID != "" && inHeron && !k.Deleted && k.IsActive && rec != nil && rec.State == keyStateActive && !rec.Quarantined,
 		}
 		if unwindowed := *r; p.at.IsZero() && r.RotationWindow > 0 {
@@ -135,7 +136,7 @@ func (m *model) checkScheduledRotations(before map[string]mPassBefore, healthy b
 		switch {
 		case rotated && p.at.IsZero():
 			m.fail("s5", "the pass rotated a static role outside its schedule's window", "static role %q was rotated by the pass at %s (key %s -> %s), but no scheduled time of %q has its window (%s) open then (key set %s, schedule set %s)",
-				name, fmtTime(now), p.keyID, r.KeyID, r.RotationSchedule, r.RotationWindow, fmtTime(r.KeySetAt), fmtTime(r.ScheduleSetAt))
+				name, fmtTime(now), p.keyID, r.KeyID, r.RotationSchedule, r.RotationWindow, fmtTime(p.keySetAt), fmtTime(r.ScheduleSetAt))
 		case rotated && p.at.Equal(ms.lastFired):
 			m.fail("s5", "the pass rotated a static role twice for one scheduled time", "static role %q was rotated by the pass at %s for its scheduled time %s, which a rotation already served", name, fmtTime(now), fmtTime(p.at))
 		case rotated:
