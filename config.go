@@ -74,6 +74,9 @@ type heronConfig struct {
 	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
 	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	RotationManaged          bool          `json:"rotation_managed,omitempty"`
+	// NextVaultRotation is when Vault's rotation manager said it rotates
+	// next (at registration, and at each of its calls): RotationManaged only.
+	NextVaultRotation time.Time `json:"next_vault_rotation,omitempty"`
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
 	ScheduleSetAt time.Time `json:"schedule_set_at,omitempty"`
 	// BudgetKey names the rate limiter this config spends: the SHA-256 of the

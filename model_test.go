@@ -42,6 +42,9 @@ package heron
 //	s3 every key a static role held ends deactivated (role deleted, or its
 //	   overlap over and max_overlap passed) and deleted after retention.
 //	s4 invariant d for static keys (current/previous of a role also counts).
+//	s5 the static roles' cron rotation_schedule (UTC, with a rotation_window,
+//	   on the virtual clock) fires at its time, once, and never outside its
+//	   window (model_schedule_test.go).
 //	q  a key whose quarantine (keys/<id>/deactivate) the engine reported done
 //	   is never active in Heron again: no renewal, revocation retry, rotation,
 //	   tidy or periodic pass reactivates it (the model never lifts one).
@@ -234,7 +237,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 	return sel, nil
 }
 
-var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "q", "final"}
+var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "s5", "q", "final"}
 
 func mSelectedInvariants(spec string) (map[string]bool, error) {
 	sel := map[string]bool{}
@@ -1958,10 +1961,11 @@ func mPrintStats(t *testing.T) {
 
 // mStaticRole is what the model knows of one static role name.
 type mStaticRole struct {
-	token       string // the token the application read last
-	lastCurrent string // the role's current key at the previous check
-	rotAttempts int    // rotations tried (rotate, scheduled, static-creds replacing a key)
-	attemptsObs int    // rotAttempts at the previous check
+	token       string    // the token the application read last
+	lastCurrent string    // the role's current key at the previous check
+	rotAttempts int       // rotations tried (rotate, scheduled, static-creds replacing a key)
+	attemptsObs int       // rotAttempts at the previous check
+	lastFired   time.Time // s5: the scheduled time the pass's last rotation served
 }
 
 // mStaticKey is a key a static role held.
@@ -2049,7 +2053,7 @@ func (m *model) actStaticAdopt(name string, skipRotation bool) {
 	m.tick()
 	tok := m.srv.AddAdminKey(mEnv)
 	k, _ := m.srv.KeyByToken(tok)
-	data := m.staticData()
+	data := m.scheduledStaticData()
 	data["api_key"] = tok
 	data["skip_import_rotation"] = skipRotation
 	err := outcome(m.do(logical.CreateOperation, "static-roles/"+name, data))
@@ -2137,15 +2141,12 @@ func (m *model) actStaticDelete(name string) {
 func (m *model) actPeriodic() {
 	m.tick()
 	now := m.clock.Now()
-	for _, r := range m.snapshot().statics {
-		if due := r.rotationSchedule().next(); !due.IsZero() && !now.Before(due) {
-			m.static(r.Name).rotAttempts++
-		}
-	}
+	before, healthy := m.beforePass(now)
 	ctx, cancel := context.WithTimeout(context.Background(), mReqDeadline)
 	defer cancel()
 	err := m.b.periodicFunc(ctx, &logical.Request{Operation: logical.RollbackOperation, Storage: m.st})
 	m.logStep("periodic pass: %s", short(err))
+	m.checkScheduledRotations(before, healthy, now)
 }
 
 func (m *model) rapidStaticActions() map[string]func(*rapid.T) {
@@ -2164,7 +2165,7 @@ func (m *model) rapidStaticActions() map[string]func(*rapid.T) {
 		return rapid.SampledFrom(names).Draw(t, "static")
 	}
 	return map[string]func(*rapid.T){
-		"staticCreate": func(t *rapid.T) { m.actStaticCreate(name(t)) },
+		"staticCreate": func(t *rapid.T) { m.actStaticCreateOnSchedule(name(t)) },
 		"staticAdopt": func(t *rapid.T) {
 			m.actStaticAdopt(name(t), rapid.Bool().Draw(t, "skip_import_rotation"))
 		},
