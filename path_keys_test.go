@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
@@ -652,4 +654,62 @@ func TestCreds_IssuanceStaysAtTwoStorageWrites(t *testing.T) {
 	for _, l := range []*logical.Response{first, second, third} {
 		require.NoError(t, e.revoke(l))
 	}
+}
+
+// Spec invariant 4 ("those keys are reported in keys/ as unreachable"):
+// after a forced config write, keys/ (key_info) and keys/<id> say so.
+func TestKeys_ReportUnreachableKeys(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	require.True(t, trackedRecord(t, e.s, id).Unreachable)
+
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	info := list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})
+	assert.Equal(t, true, info["unreachable"], "keys/ key_info must report the key unreachable; got fields %v", mapKeys(info))
+	read := e.ok(logical.ReadOperation, "keys/"+id, nil)
+	assert.Equal(t, true, read.Data["unreachable"], "keys/<id> must report the key unreachable; got %v", read.Data)
+
+	// Put things back so the leftover check passes.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": e.adminKey["development"]})
+	require.NoError(t, e.revoke(lease))
+}
+
+// Spec invariant 5 (never a 500): keys/<id> of a tracked key whose config
+// entry is gone (removed from storage directly, as a replicated delete or a
+// restore could leave it) still answers with the engine's record.
+func TestKeys_ReadOfAKeyWhoseConfigIsGone(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	require.NoError(t, e.s.Delete(context.Background(), configStoragePrefix+"development"))
+	e.b.invalidate(context.Background(), configStoragePrefix+"development")
+	resp, err := e.do(logical.ReadOperation, "keys/"+id, nil)
+	code := vaultHTTPStatus(logical.ReadOperation, resp, err)
+	var msg string
+	switch {
+	case err != nil:
+		msg = "error: " + err.Error()
+	case resp != nil && resp.IsError():
+		msg = "error response: " + resp.Error().Error()
+	case resp != nil:
+		msg = fmt.Sprintf("data: %v", resp.Data)
+	}
+	t.Logf("keys/%s without config: HTTP %d, %s", id, code, msg)
+	assert.NotEqual(t, http.StatusInternalServerError, code, "keys/<id> of a key whose config is gone must not be a 500 (%s)", msg)
+	if resp != nil && !resp.IsError() && err == nil {
+		assert.Equal(t, id, resp.Data["key_id"], "the engine's record is still readable")
+	}
+
+	// Restore the config so the lease can be revoked.
+	e.configure("development")
+	require.NoError(t, e.revoke(lease))
 }
