@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -118,6 +117,6 @@ func TestNameTemplate_TextTemplateBuiltinsAccepted(t *testing.T) {
 	} {
 		resp, err := e.do(logical.CreateOperation, "roles/builtin-"+name, map[string]interface{}{"environment": "development", "name_template": tmpl})
 		require.NoError(t, err)
-		assert.False(t, resp != nil && resp.IsError(), "%s: a template using the text/template builtin %q must be accepted: %v", name, name, resp)
+		require.False(t, resp != nil && resp.IsError(), "%s: a template using the text/template builtin %q must be accepted: %v", name, name, resp)
 	}
 }

@@ -142,11 +142,16 @@ func TestRotate_WhileIssuing(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Each rotation waits for issuances made since the one before (counted,
+	// not slept for), so every rotation lands among running issuances.
+	issued := func() int { mu.Lock(); defer mu.Unlock(); return len(leases) + len(failures) }
+	seen := 0
 	for i := 0; i < 3; i++ {
+		require.Eventually(t, func() bool { return issued() >= seen+2 }, 30*time.Second, time.Millisecond, "issuances go on")
 		e.ok(logical.UpdateOperation, "config/development/rotate", nil)
-		time.Sleep(50 * time.Millisecond)
+		seen = issued()
 	}
+	require.Eventually(t, func() bool { return issued() >= seen+2 }, 30*time.Second, time.Millisecond, "issuances go on after the last rotation")
 	close(stop)
 	wg.Wait()
 	require.Empty(t, failures, "no issuance fails during rotation")
@@ -608,12 +613,15 @@ func TestRotate_ConfigStoredButReportedFailedKeepsTheNewKey(t *testing.T) {
 		fs.set(true, true)
 		resp, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
 		fs.set(false, false)
-		t.Logf("rotate answered resp=%v err=%v (%d writes reported failed)", resp, err, fs.failed)
 		require.Positive(t, fs.failed, "the fault was hit")
+		require.NoError(t, err, "storage holds the new key: the rotation is done")
+		require.NotNil(t, resp)
+		require.False(t, resp.IsError(), "%v", resp.Error())
 
 		cfg, err := getConfig(ctx, fs, "development")
 		require.NoError(t, err)
 		require.NotEqual(t, oldKey, cfg.AdminAPIKey, "storage holds the new key")
+		require.Equal(t, cfg.AdminKeyID, resp.Data["admin_key_id"], "the answer names the key storage holds")
 		newRec, ok := e.srv.Key(cfg.AdminKeyID)
 		require.True(t, ok)
 		require.False(t, newRec.Deleted, "the engine must not delete the key storage holds")

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
@@ -671,9 +670,9 @@ func TestKeys_ReportUnreachableKeys(t *testing.T) {
 
 	list := e.ok(logical.ListOperation, "keys/", nil)
 	info := list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})
-	assert.Equal(t, true, info["unreachable"], "keys/ key_info must report the key unreachable; got fields %v", mapKeys(info))
+	require.Equal(t, true, info["unreachable"], "keys/ key_info must report the key unreachable; got fields %v", mapKeys(info))
 	read := e.ok(logical.ReadOperation, "keys/"+id, nil)
-	assert.Equal(t, true, read.Data["unreachable"], "keys/<id> must report the key unreachable; got %v", read.Data)
+	require.Equal(t, true, read.Data["unreachable"], "keys/<id> must report the key unreachable; got %v", read.Data)
 
 	// Put things back so the leftover check passes.
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": e.adminKey["development"]})
@@ -693,21 +692,12 @@ func TestKeys_ReadOfAKeyWhoseConfigIsGone(t *testing.T) {
 	require.NoError(t, e.s.Delete(context.Background(), configStoragePrefix+"development"))
 	e.b.invalidate(context.Background(), configStoragePrefix+"development")
 	resp, err := e.do(logical.ReadOperation, "keys/"+id, nil)
-	code := vaultHTTPStatus(logical.ReadOperation, resp, err)
-	var msg string
-	switch {
-	case err != nil:
-		msg = "error: " + err.Error()
-	case resp != nil && resp.IsError():
-		msg = "error response: " + resp.Error().Error()
-	case resp != nil:
-		msg = fmt.Sprintf("data: %v", resp.Data)
-	}
-	t.Logf("keys/%s without config: HTTP %d, %s", id, code, msg)
-	assert.NotEqual(t, http.StatusInternalServerError, code, "keys/<id> of a key whose config is gone must not be a 500 (%s)", msg)
-	if resp != nil && !resp.IsError() && err == nil {
-		assert.Equal(t, id, resp.Data["key_id"], "the engine's record is still readable")
-	}
+	require.NotEqual(t, http.StatusInternalServerError, vaultHTTPStatus(logical.ReadOperation, resp, err), "keys/<id> of a key whose config is gone must not be a 500: %v %v", resp, err)
+	require.NoError(t, err)
+	require.NotNil(t, resp)
+	require.False(t, resp.IsError(), "%v", resp.Error())
+	require.Equal(t, id, resp.Data["key_id"], "the engine's record is still readable")
+	require.Equal(t, "development", resp.Data["environment"])
 
 	// Restore the config so the lease can be revoked.
 	e.configure("development")

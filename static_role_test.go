@@ -13,7 +13,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
@@ -677,10 +676,10 @@ func TestStaticRotation_LostAnswerKeyIsReportedAsTheRolesUnconfirmedKey(t *testi
 	lost := ids[0]
 	u, err := getJSON[unconfirmedKey](context.Background(), e.s, unconfirmedStoragePrefix+lost, "")
 	require.NoError(t, err)
-	assert.Equal(t, keyKindStatic, u.Kind)
-	assert.Equal(t, "app", u.Role)
+	require.Equal(t, keyKindStatic, u.Kind)
+	require.Equal(t, "app", u.Role)
 	k := heronKey(e, lost)
-	assert.True(t, k.IsActive && !k.Deleted, "never deleted on a name match alone")
+	require.True(t, k.IsActive && !k.Deleted, "never deleted on a name match alone")
 
 	require.Eventually(t, func() bool {
 		events.Lock()
@@ -804,8 +803,8 @@ func TestStaticRole_PassReplacesOnlyAKeyStillInactive(t *testing.T) {
 	rec, err := getTrackedKey(context.Background(), e.s, k1)
 	require.NoError(t, err)
 	require.True(t, e.authenticates(token1))
-	assert.Equal(t, keyStateActive, rec.State, "key %s is live in Heron: its record must not say deactivated", k1)
-	assert.Equal(t, k1, staticCreds(e, "batch")["key_id"], "the activated key is still the role's current key")
+	require.Equal(t, keyStateActive, rec.State, "key %s is live in Heron: its record must not say deactivated", k1)
+	require.Equal(t, k1, staticCreds(e, "batch")["key_id"], "the activated key is still the role's current key")
 
 	// Deactivated by hand again, and seen so by a fresh look: replaced, the
 	// record deactivated.

@@ -287,38 +287,29 @@ func (s *holdPutStorage) Put(ctx context.Context, e *logical.StorageEntry) error
 	return s.Storage.Put(ctx, e)
 }
 
-// Invariant 1 (and crash safety), HA failover / reload with requests in
-// flight. Two backend instances on one storage: the old active node (or the
-// old instance of a reload) is still serving while the new one runs its
-// periodic pass.
+// Spec invariants 1 and 7 (a second instance on the same storage): a
+// settle pass never deletes a creation record that the owning instance has
+// written again into the same slot meanwhile. Two backend instances on one
+// storage: the old active node (or the old instance of a reload) is still
+// serving while the new one runs its periodic pass.
 //
 // Interleaving:
 //  1. old instance issues lease A in slot creating/<old>.0; the record stays
 //     (keep) and the slot is free in the old pool.
 //  2. new instance starts (old not cleaned: partitioned old active node, or
 //     in-flight requests of a reload); its periodic pass claims
-//     creating/<old>.0 (state 0: "another instance's"), reads A's record,
-//     finds A's key tracked, decides "settled" and goes to delete the path.
-//  3. before that Delete lands, the old instance issues B: take() hands out
-//     the free slot creating/<old>.0 again, B's record overwrites A's, the
-//     POST creates key K_B, keys/<K_B> fails to store and Heron's DELETE of
-//     K_B fails too, so K_B is left to the rollback by B's record (slot held).
-//  4. the new instance's Delete lands: B's record is gone.
-//  5. nothing can settle K_B any more: the old instance's claim of its held
-//     slot reads no record and calls it settled; the new instance lists no
-//     record. K_B stays live in Heron and untracked.
+//     creating/<old>.0 (another instance's), reads A's record, finds A's key
+//     tracked, decides "settled" and goes to delete the path.
+//  3. before that Delete lands, the old instance issues B, whose key record
+//     fails to store and whose undo DELETE fails too, so K_B is left to the
+//     rollback by B's record.
+//  4. the new instance's Delete lands.
 //
-// Root cause: settleCreation (wal_slots.go) reads a slot record and later
-// deletes the slot path; the owning instance may rewrite that path between
-// the two (slotPool.take reuses free slots), and logical.Storage has no
-// compare-and-delete. With one Vault WAL entry per creation the ids were
-// unique, so a stale delete could not hit a later creation's record. Reading
-// the record again just before the Delete narrows the window but does not
-// close it (the gate below sits after any such re-read): the owner must stop
-// rewriting a slot once a settler may act on its record (an age fence:
-// reuse only slots whose record is younger than walRollbackMinAge/2, and
-// never delete another instance's record younger than walRollbackMinAge,
-// tidy and config writes included), or the pool must close (see RO5).
+// logical.Storage has no compare-and-delete, so what keeps B's record is an
+// age fence: an instance reuses only slots whose record is younger than
+// slotReuseWithin (an older free slot is retired), and a settle deletes
+// another instance's record only once it is walRollbackMinAge old; a drained
+// pool (Clean) frees nothing. K_B is then deleted by the rollback.
 func TestSlots_SettleNeverDeletesAReusedSlotsRecord(t *testing.T) {
 	t.Run("failover: old active node still serving", func(t *testing.T) { reusedSlotScenario(t, false) })
 	t.Run("reload: request in flight across Clean", func(t *testing.T) { reusedSlotScenario(t, true) })
@@ -399,7 +390,9 @@ func reusedSlotScenario(t *testing.T, reload bool) {
 		}
 	}
 	require.NotEmpty(t, kb, "B's key is live in Heron; only B's record names it")
-	if rec, _ := getJSON[creationRecord](context.Background(), e.s, oldSlot, "creation record"); rec != nil && rec.Entry.KeyName != a.Data["key_name"] {
+	if rec, err := getJSON[creationRecord](context.Background(), e.s, oldSlot, "creation record"); err != nil {
+		t.Fatalf("reading %s: %v", oldSlot, err)
+	} else if rec != nil && rec.Entry.KeyName != a.Data["key_name"] {
 		t.Logf("B's record now sits in %s, the slot A's record was read from", oldSlot)
 	}
 
@@ -417,23 +410,13 @@ func reusedSlotScenario(t *testing.T, reload bool) {
 	require.True(t, k.Deleted, "invariant 1: key %s (%q) created by B is live in Heron, untracked, and no record names it any more", kb, k.Name)
 }
 
-// Invariant 3, storage error on the slot record's write AND on its take-back.
-// The follow-up commit ("a write-ahead record whose write reported an error
-// is taken back out") only helps when that Delete succeeds; in a storage
-// outage the two fail together.
-//
-// Interleaving: role ci renders the constant name "ci-ci" (no random part:
-// keep=false, Listed). putCreation(creating/<id>.0) is committed but reports
-// an error; the take-back s.Delete fails too; createUnderWAL logs a warning,
-// frees the slot and returns. No POST was sent. A customer then creates
-// their own key "ci-ci". The plugin crashes (or is killed before it reuses
-// or cleans that slot); the next instance's tidy settles the record by name:
-// the customer's key is not in Existing (created after the list), lies
-// inside [Since, Since+lateKeyWindow], is untracked: it is deleted.
-//
-// Root cause: wal.go createUnderWAL, the putCreation error branch: a failed
-// take-back leaves a record of a creation that never happened in a slot
-// marked free, indistinguishable after a crash from a real creation.
+// Spec invariant 3 (storage errors): the slot record's write is committed
+// but reports an error, and its take-back Delete fails too (a storage
+// outage). No POST was sent; a customer then creates their own key of the
+// role's constant name "ci-ci". The next pass deletes the stale record
+// without any lookup by name, so no later settle takes the customer's key
+// for the creation's. (A crash before that pass, on top of the two storage
+// faults, is the documented limit.)
 func TestSlots_FailedRecordWriteAndTakeBackLeaveCustomersKey(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
@@ -462,27 +445,13 @@ func TestSlots_FailedRecordWriteAndTakeBackLeaveCustomersKey(t *testing.T) {
 	require.True(t, k.IsActive && !k.Deleted, "invariant 3: the customer's key %s named ci-ci was deleted by the settle of a creation that never sent a POST", customer)
 }
 
-// Invariant 3, crash safety: storage error on the Delete that ends a
-// constant-name creation (or, equivalently, a crash between the key's record
-// and that Delete). The commit's answer to the model test's finding ("a
-// crashed instance's finished record of a constant name made the settle
-// delete a customer's key") is that such names delete their record when
-// done; that Delete is one more point where a fault leaves the record.
-//
-// Interleaving: role ci ("ci-ci", keep=false). Issuance: record put, Heron
-// listed (no ci-ci yet: Existing empty), POST, keys/<id> stored, walGuard.end
-// deletes creating/<id>.0 -> storage error (or crash right here); the slot is
-// marked free and the lease is returned. A customer creates "ci-ci" a moment
-// later. The instance crashes any time before that slot is reused (LIFO pool:
-// an idle slot can wait for hours) or cleaned. The next instance's settle
-// (tidy, or the periodic pass) lists Heron: the lease's key is tracked and
-// skipped, the customer's key has the name, is not in Existing, was created
-// inside the window and is untracked: deleted.
-//
-// Root cause: wal.go walGuard.end (keep=false) plus wal_slots.go
-// settleCreation/rollbackEntry: a finished creation's record cannot be told
-// from an unfinished one after a crash, and for a non-unique name recovery
-// by name then takes any same-named key of the window.
+// Spec invariant 3 (storage errors, plugin crash): the Delete that ends a
+// constant-name creation fails (or the plugin crashes right before it), so a
+// finished creation's record stays in a free slot; a customer creates a key
+// of that name a moment later. The next pass deletes the stale record
+// without any lookup by name, so no settle after a restart takes the
+// customer's key. (A crash between the key's record and that delete is the
+// documented limit, as it was with Vault's WAL.)
 func TestSlots_UndeletedConstantNameRecordLeavesCustomersKey(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
@@ -509,25 +478,12 @@ func TestSlots_UndeletedConstantNameRecordLeavesCustomersKey(t *testing.T) {
 	require.True(t, k.IsActive && !k.Deleted, "invariant 3: the customer's key %s named ci-ci was deleted by the settle of a creation that had finished", customer)
 }
 
-// Crash safety (and invariant 5: no 500 for an operator's ordinary steps).
-// A finished creation's record stays in its free slot (keep); config delete
-// settles only records that claim() gives it, never this instance's free
-// slots. So the record outlives its environment's config. Without a crash,
-// Clean deletes it; after a crash (or a failover without Clean) the next
-// instance claims it as another instance's and cannot settle it without a
-// config: settleCreation -> rollbackEntry returns "config is gone ... write
-// config/development again", the record is kept forever, and every tidy
-// answers with that error (500) and every periodic pass logs it.
-//
-// Interleaving: issue (record kept in creating/<id>.0) -> revoke (key deleted
-// in Heron) -> delete role -> delete config (succeeds: nothing pending) ->
-// crash -> tidy.
-//
-// Root cause: path_config.go pathConfigDelete / wal.go rollbackStaleWALs ->
-// wal_slots.go settleCreations skip this instance's free slots (their
-// records are finished, but only this instance knows it) and nothing
-// deletes them when their environment goes; the next instance cannot tell
-// them from a creation that never finished.
+// Spec invariant 5 (no 500 for an operator's ordinary steps) and crash
+// safety: a finished creation's record stays in its free slot (keep). Issue,
+// revoke, delete the role, delete the config, crash: the next instance's
+// tidy must not find a record naming a config that is gone (which it could
+// never settle, failing every tidy for good): config delete drops its
+// environment's finished records.
 func TestSlots_ConfigDeleteStrandsNoFinishedRecord(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
@@ -535,7 +491,7 @@ func TestSlots_ConfigDeleteStrandsNoFinishedRecord(t *testing.T) {
 	require.NoError(t, e.revoke(e.issue("r")))
 	e.ok(logical.DeleteOperation, "roles/r", nil)
 	e.ok(logical.DeleteOperation, "config/development", nil)
-	t.Logf("creation records left after the config delete: %v", creationRecords(t, e.s))
+	require.Empty(t, creationRecords(t, e.s), "config delete drops its environment's finished creation records")
 
 	e.restart(true)
 	closeWindow(e)
