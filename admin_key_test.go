@@ -1,5 +1,9 @@
 package heron
 
+// Verifying an admin key and what it can see (admin_key.go): a config write
+// whose admin key cannot see the tracked keys, the retired-keys list, and
+// how Heron's failures during verify are answered.
+
 import (
 	"context"
 	"net"
@@ -9,13 +13,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
-)
 
-// Verifying an admin key and what it can see (admin_key.go): a config write
-// whose admin key cannot see the tracked keys, the retired-keys list, and
-// how Heron's failures during verify are answered.
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
 
 // Spec invariant 4: a config write whose admin key (or base_url) cannot see
 // the keys the engine tracks is refused (400 with the count) unless

@@ -1,5 +1,8 @@
 package heron
 
+// The cleanup pass (cleanup.go): overdue keys, retained keys and their
+// markers, orphan static keys, and what runs at the same time.
+
 import (
 	"context"
 	"strings"
@@ -8,12 +11,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
-)
 
-// The cleanup pass (cleanup.go): overdue keys, retained keys and their
-// markers, orphan static keys, and what runs at the same time.
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
 
 // Spec invariant 1 (plugin crash, Vault restart): Vault loses a lease after
 // the engine answered, or gives it up as irrevocable: no revocation ever

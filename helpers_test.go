@@ -1,5 +1,10 @@
 package heron
 
+// Shared test helpers: storage that fails or parks on cue, a scriptable Heron
+// client, a second mount, and small readers of the engine's state. The
+// concern files (wal_test.go, admin_key_test.go, ...) use them; the test
+// environment itself (testEnv) lives in backend_test.go.
+
 import (
 	"context"
 	"errors"
@@ -13,15 +18,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/require"
+
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
-	"github.com/stretchr/testify/require"
 )
-
-// Shared test helpers: storage that fails or parks on cue, a scriptable Heron
-// client, a second mount, and small readers of the engine's state. The
-// concern files (wal_test.go, admin_key_test.go, ...) use them; the test
-// environment itself (testEnv) lives in backend_test.go.
 
 // ---------------------------------------------------------------------------
 // Storage that fails or waits on cue.

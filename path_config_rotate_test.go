@@ -727,7 +727,10 @@ func TestRotate_TwoInstancesAtOnceForgetNoKey(t *testing.T) {
 	}
 	done := make(chan *logical.Response, 1)
 	go func() {
-		resp, _ := newInst.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config/development/rotate", Storage: storage})
+		resp, err := newInst.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config/development/rotate", Storage: storage})
+		if err != nil {
+			t.Errorf("the second instance's rotation: an internal error instead of a refusal: %v", err)
+		}
 		done <- resp
 	}()
 	<-gate.entered // the new instance created its key, not stored yet

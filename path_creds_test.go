@@ -1,15 +1,16 @@
 package heron
 
+// Issuance (path_creds.go): creating and tracking a lease's key.
+
 import (
 	"context"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
-)
 
-// Issuance (path_creds.go): creating and tracking a lease's key.
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
 
 // Spec invariant 1 (storage errors): the key record's write reports an
 // error (committed or not) and the undo's DELETE fails too. No record may

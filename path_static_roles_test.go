@@ -1,5 +1,8 @@
 package heron
 
+// static-roles/<name> handlers (path_static_roles.go): writes and deletes
+// racing a rotation, adoption of an existing key, and the rotation job.
+
 import (
 	"context"
 	"strings"
@@ -7,12 +10,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
-)
 
-// static-roles/<name> handlers (path_static_roles.go): writes and deletes
-// racing a rotation, adoption of an existing key, and the rotation job.
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
+)
 
 // Spec invariants 1 and 7 (held by a static role, whatever runs at the same
 // time): an update of a static role's settings racing a rotation re-reads
@@ -60,7 +61,10 @@ func TestStaticRoleDelete_DeactivatesAConcurrentRotationsKey(t *testing.T) {
 	ps.arm(staticRoleStoragePrefix + "app")
 	done := make(chan error, 1)
 	go func() {
-		_, err := e.do(logical.DeleteOperation, "static-roles/app", nil)
+		resp, err := e.do(logical.DeleteOperation, "static-roles/app", nil)
+		if err == nil && resp != nil && resp.IsError() {
+			err = resp.Error()
+		}
 		done <- err
 	}()
 	<-ps.reached

@@ -7,8 +7,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 // The periodic pass runs every minute; on a mount with 100,000 tracked keys

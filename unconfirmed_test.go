@@ -7,8 +7,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 // Spec, Invariants 3: recovery by name never deletes a key it cannot prove
