@@ -19,6 +19,13 @@ func (l *Limiter) pausedFor() time.Duration {
 	return l.pausedUntil.Sub(l.clock.now())
 }
 
+// pauseSet reports whether a pause was ever set (one that has ended counts).
+func (l *Limiter) pauseSet() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.pausedUntil.IsZero()
+}
+
 // countingClock is the wall clock, counting how often the limiter reads it
 // and sleeps on it: "refused at once" is then "refused without sleeping",
 // which does not depend on how fast the machine runs the test.
@@ -226,7 +233,13 @@ func Test429PausesWholeEnvironment(t *testing.T) {
 	errA := make(chan error, 1)
 	go func() { _, err := a.ListKeys(context.Background()); errA <- err }()
 	at := <-got429
-	time.Sleep(50 * time.Millisecond) // let the client see the answer
+	// Wait until the client has seen the answer (the limiter is paused), not
+	// for a fixed time a loaded machine may need more of.
+	for deadline := time.Now().Add(5 * time.Second); !l.pauseSet(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the 429 never paused the limiter")
+		}
+	}
 	noErr(t, b.Hello(context.Background()))
 	noErr(t, <-errA)
 
