@@ -242,6 +242,19 @@ func TestSlots_IdleSlotIsRetiredAndItsRecordDeleted(t *testing.T) {
 	require.NoError(t, e.revoke(b))
 }
 
+// Known limits of recovery by name, found by reading the code and left open
+// (no test fails for them):
+//   - a constant-name role: a key of the same name made concurrently by
+//     another instance (failover overlap) or by a second mount sharing the
+//     admin key, and missing from the record's Existing list, can be counted
+//     as this creation's, so its own late key may still have to appear when
+//     the record goes; likewise mount A's recovery by name sees only A's
+//     storage, so B's live key of that name created in A's window can be
+//     taken for A's (spec invariant 3; a unique name avoids both).
+//   - on a performance standby an issuance takes a slot before its write
+//     fails with ErrReadOnly; Vault forwards the request by that error's
+//     text, which the wrapping keeps.
+
 // gateDeleteStorage parks every Delete under prefix until released, then
 // performs it: a settle pass that has read a record and decided to delete
 // it, and is slow to get there (a Heron list, a storage round trip).
