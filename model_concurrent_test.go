@@ -1,8 +1,9 @@
 package heron
 
-// TestModelConcurrent: the model of model_test.go (its world, its Vault-like
-// driver, its invariants a, b, c, d, e, s1-s4 and final) with actors running
-// at the same time (spec, Invariants 7 and 8; issue 18, "Method").
+// TestModelConcurrent: the model of TestModel (its world and its Vault-like
+// driver, model_world_test.go; its invariants a, b, c, d, e, s1-s4 and final,
+// model_invariants_test.go) with actors running at the same time (spec,
+// Invariants 7 and 8; issue 18, "Method").
 //
 // A step is either a round or a sequential step. A round starts two or three
 // actors at once on the model's storage, each one engine request or pass:
