@@ -488,7 +488,7 @@ func (c *virtualClock) parkedLocked(n int) bool {
 // advance waits until n goroutines are parked, then moves time to the
 // earliest wake-up among them, or to limit if that comes first, and reports
 // the new time. Nobody wakes before fireDue.
-func (c *virtualClock) advance(t *testing.T, n int, limit time.Time) time.Time {
+func (c *virtualClock) advance(t budgetT, n int, limit time.Time) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for !c.parkedLocked(n) {
@@ -522,6 +522,14 @@ func (c *virtualClock) fireDue() {
 	}
 }
 
+// budgetT is what budgetRun needs of its test: a *testing.T, or the
+// *rapid.T of TestLimiterBudget_AnyPausesObservationsAndChanges.
+type budgetT interface {
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+}
+
 // budgetRun drives a limiter on the virtual clock with workers that send as
 // fast as it lets them, until it has granted sends requests. After its i-th
 // grant a worker reacts to Heron's answer (answer), as the client's transport
@@ -543,7 +551,7 @@ type budgetChange struct {
 // (t-60s, t] never outnumber the budget in force at t (+1, as the spec
 // tolerates), and no budget change or pause's end lets a burst through: two
 // sends are never closer than the spacing of the budget at the later one.
-func (r budgetRun) run(t *testing.T) {
+func (r budgetRun) run(t budgetT) {
 	c := newVirtualClock()
 	t0 := c.now()
 	l := newLimiter(r.start, c)
