@@ -121,6 +121,18 @@ type heronBackend struct {
 	sweepLock   sync.Mutex
 	sweepCursor string
 
+	// statics is this instance's view of the static roles' keys, and when
+	// it last read them all (static_index.go).
+	statics staticView
+	// passes counts this instance's periodic passes: the lists of every
+	// tracked key id and of Heron's keys are made every passListEvery
+	// passes, not every pass (see cleanupPass).
+	passLock sync.Mutex
+	passes   int
+	// unreconciled holds the sweep's shares of the passes since Heron was
+	// last listed: the next listing judges them (reconcile).
+	unreconciled []string
+
 	// keyLocks serialise the state changes of one key record: each is
 	// decided from a read made under the record's lock (see lockKey).
 	keyLocks keyLocker
@@ -199,6 +211,9 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	}
 	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
 		b.forgetRole(name)
+	}
+	if name, ok := strings.CutPrefix(key, staticRoleStoragePrefix); ok && name != "" {
+		b.statics.invalidate(name)
 	}
 	if key == tokenHMACStorageKey || strings.HasPrefix(key, tokenHMACStoragePrefix) {
 		b.tokenHMAC.forget()

@@ -138,10 +138,6 @@ func getStaticRole(ctx context.Context, s logical.Storage, name string) (*static
 	return getJSON[staticRole](ctx, s, staticRoleStoragePrefix+name, fmt.Sprintf("static role %q", name))
 }
 
-func putStaticRole(ctx context.Context, s logical.Storage, r *staticRole) error {
-	return putJSON(ctx, s, staticRoleStoragePrefix+r.Name, fmt.Sprintf("static role %q", r.Name), r)
-}
-
 // listStaticRoles returns every static role, by name.
 func listStaticRoles(ctx context.Context, s logical.Storage) ([]*staticRole, error) {
 	names, err := s.List(ctx, staticRoleStoragePrefix)
@@ -326,12 +322,13 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	// would strand the key it made and cut its previous key's overlap. Only
 	// the key this rotation started from is replaced. (No stored role and
 	// no key yet: a role's creation storing its first key.)
-	if stored, err := getStaticRole(ctx, s, r.Name); err != nil {
+	stored, err := getStaticRole(ctx, s, r.Name)
+	if err != nil {
 		return undo(err)
 	} else if (stored == nil && r.KeyID != "") || (stored != nil && stored.KeyID != r.KeyID) {
 		return undo(fmt.Errorf("%w %q changed while this rotation ran (another instance rotated or deleted it): retry", errStaticUser, r.Name))
 	}
-	if err := putStaticRole(ctx, s, &next); err != nil {
+	if err := b.putStaticRole(ctx, s, stored, &next); err != nil {
 		// A failed write may still have been stored: only undo once storage
 		// shows the role without the new key. If storage cannot say, the
 		// new key may be the one the role hands out: keep it (its record
@@ -487,8 +484,9 @@ func (b *heronBackend) finishOverlap(ctx context.Context, s logical.Storage, cli
 	if err := b.retireStaticKey(ctx, s, client, r, prevID, why); err != nil {
 		return err
 	}
+	old := *r
 	r.PreviousKeyID, r.PreviousSince = "", time.Time{}
-	return putStaticRole(ctx, s, r)
+	return b.putStaticRole(ctx, s, &old, r)
 }
 
 // staticPreviousKeys is the set of env's static roles' previous keys.
