@@ -120,6 +120,10 @@ type heronBackend struct {
 	// sweepShare); empty: the next pass starts from the first.
 	sweepLock   sync.Mutex
 	sweepCursor string
+	// sweepQueue holds the shares of the passes up to the next list of the
+	// key ids (see passShare); sweepTracked: that list was not empty.
+	sweepQueue   [][]string
+	sweepTracked bool
 
 	// statics is this instance's view of the static roles' keys, and when
 	// it last read them all (static_index.go).
@@ -396,7 +400,7 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 		return nil
 	}
 	ctx = heronapi.Background(ctx)
-	if _, err := b.rotateDue(ctx, req.Storage); err != nil {
+	if _, err := b.rotateDueAdmin(ctx, req.Storage); err != nil {
 		b.Logger().Warn("scheduled admin key rotation failed", "error", err)
 	}
 	// Creations that another instance left (a restart, a reload, a
@@ -411,10 +415,19 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 	if slotErr != nil {
 		slotErr = fmt.Errorf("settling creation records: %w", slotErr)
 	}
-	if _, err := b.cleanup(ctx, req.Storage, false); err != nil {
-		return errors.Join(slotErr, fmt.Errorf("cleanup pass: %w", err))
+	// Static roles' scheduled rotations come after the cleanup, so that
+	// overlaps ending now never wait behind a storm of rotations (which is
+	// bounded per pass: see rotateDueStatic).
+	_, work, err := b.cleanupPass(ctx, req.Storage, false, true)
+	if err != nil {
+		err = fmt.Errorf("cleanup pass: %w", err)
 	}
-	return slotErr
+	if work != nil {
+		if _, rerr := b.rotateDueStatic(ctx, req.Storage, work); rerr != nil {
+			b.Logger().Warn("scheduled static role rotation failed", "error", rerr)
+		}
+	}
+	return errors.Join(slotErr, err)
 }
 
 // writesHere reports whether background work may run on this node, as

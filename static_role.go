@@ -409,16 +409,13 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 	return nil
 }
 
-// settleOverlaps retires the previous keys of env's static roles whose
-// overlap is over: as soon as Heron's last_used shows the key unused for
+// settleOverlaps retires the previous keys of env's static roles (roles: the
+// ones the pass found in their overlap's end, see staticScan) whose overlap
+// is over: as soon as Heron's last_used shows the key unused for
 // unused_for (never used: unused since it stopped being current), at
 // max_overlap regardless. live is Heron's list, just asked; when Heron could
 // not be listed (listed false), only max_overlap, which needs no list.
-func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, live []heronapi.Key, listed bool) error {
-	roles, err := listStaticRoles(ctx, s)
-	if err != nil {
-		return err
-	}
+func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, roles []*staticRole, live []heronapi.Key, listed bool) error {
 	byID := make(map[string]heronapi.Key, len(live))
 	for _, k := range live {
 		byID[k.ID] = k
