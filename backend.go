@@ -128,6 +128,8 @@ type heronBackend struct {
 	// statics is this instance's view of the static roles' keys, and when
 	// it last read them all (static_index.go).
 	statics staticView
+	// staticRotationsPerPass overrides maxStaticRotationsPerPass (tests).
+	staticRotationsPerPass int
 	// passes counts this instance's periodic passes: the lists of every
 	// tracked key id and of Heron's keys are made every passListEvery
 	// passes, not every pass (see cleanupPass).

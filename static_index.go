@@ -467,10 +467,14 @@ func (b *heronBackend) rotateDueStatic(ctx context.Context, s logical.Storage, w
 		}
 	}
 	start := time.Now()
+	limit := maxStaticRotationsPerPass
+	if b.staticRotationsPerPass > 0 {
+		limit = b.staticRotationsPerPass
+	}
 	rotated := 0
 	var errs []error
 	for i, name := range w.rotate {
-		if i >= maxStaticRotationsPerPass || time.Since(start) >= staticRotationPassBudget {
+		if i >= limit || time.Since(start) >= staticRotationPassBudget {
 			b.Logger().Info("static rotations left for the next pass", "rotated", rotated, "left", len(w.rotate)-i)
 			break
 		}
