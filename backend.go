@@ -91,6 +91,7 @@ type heronBackend struct {
 	keyIDsLock  sync.Mutex
 	keyIDsCache []string
 	keyIDsAt    time.Time
+	keyIDsGen   uint64
 
 	// nameLocks serialise creation and rollback of keys of one name in one
 	// environment (see nameLock), so that recovery by name never deletes a
