@@ -125,6 +125,7 @@ type heronBackend struct {
 	// key ids (see passShare); sweepTracked: that list was not empty.
 	sweepQueue   [][]string
 	sweepTracked bool
+	sweepListed  bool
 
 	// statics is this instance's view of the static roles' keys, and when
 	// it last read them all (static_index.go).

@@ -214,14 +214,16 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 
 // passListEvery: the periodic pass lists every tracked key id (from storage)
 // and Heron's keys (per environment) only every this many passes, on
-// different passes (passIDsPhase, passHeronPhase), so that no pass of a mount
-// with 100,000 keys pays both; the passes in between take the rolling
-// sweep's next shares from the last list, and the next listing of Heron
+// different passes, so that no pass of a mount with 100,000 keys pays both:
+// Heron on passes 1, 6, 11, ... (passHeronPhase); the ids on passes 1, 4, 9,
+// 14, ... (the first list prepares passIDsFirstQueue shares, each later one
+// passListEvery-1). The passes in between take the rolling sweep's next
+// shares, prepared by the last list of the ids, and the next list of Heron
 // judges all those shares (reconcile). tidy lists both every time.
 const (
-	passListEvery  = 5
-	passHeronPhase = 1
-	passIDsPhase   = 3
+	passListEvery     = 5
+	passHeronPhase    = 1
+	passIDsFirstQueue = 2
 )
 
 // cleanupPass is cleanup; periodic is the pass that runs every minute
@@ -229,14 +231,13 @@ const (
 // for static roles (their rotations are the caller's, after the cleanup).
 func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep, periodic bool) (*cleanupCounts, *staticWork, error) {
 	counts := &cleanupCounts{}
-	listIDs, listHeron := true, true
+	listHeron := true
 	if periodic && !sweep {
 		b.passLock.Lock()
 		b.passes++
 		n := b.passes
 		b.passLock.Unlock()
-		listHeron = n == 1 || n%passListEvery == passHeronPhase
-		listIDs = n == 1 || n%passListEvery == passIDsPhase
+		listHeron = n%passListEvery == passHeronPhase
 	}
 	// Static roles first: the ones due by the index (every one on tidy,
 	// on this instance's first pass and hourly); their overlaps end below,
@@ -249,7 +250,7 @@ func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep
 	// retained ones, are read: the pass runs every minute and must not cost
 	// O(keys) storage reads. The records read this pass: all of them for
 	// tidy, else the next share of a rolling sweep (see sweepShare).
-	share, haveIDs, err := b.passShare(ctx, s, sweep, listIDs)
+	share, haveIDs, err := b.passShare(ctx, s, sweep)
 	if err != nil {
 		return counts, work, errors.Join(fmt.Errorf("listing key records: %w", err), staticErr)
 	}
@@ -317,18 +318,17 @@ func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep
 }
 
 // passShare is the ids whose records this pass reads (see sweepShare), and
-// whether any key is tracked. With list false (a periodic pass between two
-// lists) it is the next share prepared by the last list; a list prepares
-// the shares of the passes up to the next one, so that only those ids, not
-// all 100,000, stay in memory.
-func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all, list bool) ([]string, bool, error) {
+// whether any key is tracked: every id for all (tidy), else the next share
+// prepared by the last list of the ids, listing them again once those are
+// used up. A list prepares the shares of the passes up to the next one, so
+// that only those ids, not all 100,000, stay in memory, and every share is
+// read in turn.
+func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all bool) ([]string, bool, error) {
 	b.sweepLock.Lock()
-	if !all && !list && b.sweepQueue != nil {
-		var share []string
-		if len(b.sweepQueue) > 0 {
-			share = b.sweepQueue[0]
-			b.sweepQueue = b.sweepQueue[1:]
-		}
+	first := !b.sweepListed
+	if !all && len(b.sweepQueue) > 0 {
+		share := b.sweepQueue[0]
+		b.sweepQueue = b.sweepQueue[1:]
 		tracked := b.sweepTracked
 		b.sweepLock.Unlock()
 		return share, tracked, nil
@@ -342,12 +342,16 @@ func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all, li
 	if all {
 		return share, len(ids) > 0, nil
 	}
-	queue := make([][]string, 0, passListEvery-1)
-	for range passListEvery - 1 {
+	n := passListEvery - 1
+	if first {
+		n = passIDsFirstQueue
+	}
+	queue := make([][]string, 0, n)
+	for range n {
 		queue = append(queue, slices.Clone(b.sweepShare(ids, false)))
 	}
 	b.sweepLock.Lock()
-	b.sweepQueue, b.sweepTracked = queue, len(ids) > 0
+	b.sweepQueue, b.sweepTracked, b.sweepListed = queue, len(ids) > 0, true
 	b.sweepLock.Unlock()
 	return slices.Clone(share), len(ids) > 0, nil
 }
