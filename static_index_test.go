@@ -284,3 +284,59 @@ func TestStaticIndex_NewInstanceFindsDueRoles(t *testing.T) {
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
 	e.ok(logical.DeleteOperation, "static-roles/other", nil)
 }
+
+// An entry its role does not show (left by a failed write, or by another
+// instance) costs a read when it comes due; it is dropped once
+// staticIndexGrace past, never earlier (another instance may be writing the
+// role it was put for), and never makes the role rotate early. So is the
+// entry of a role that is gone.
+func TestStaticIndex_LeftoverEntriesAreDroppedAfterTheirGrace(t *testing.T) {
+	cs := &prefixCountStorage{}
+	e := newTestEnv(t, withStorage(func(s logical.Storage) logical.Storage { cs.Storage = s; return cs }))
+	e.configure("development")
+	t0 := time.Now()
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "rotation_period": "1h"})
+	first := staticKeyOf(t, e, "app")
+	e.atTime(t0.Add(time.Minute))
+	e.pass() // the full sweep
+	leftover := staticIndexKey("app", t0.Add(10*time.Minute))
+	ghost := staticIndexKey("ghost", t0.Add(10*time.Minute))
+	for _, k := range []string{leftover, ghost} {
+		require.NoError(t, e.s.Put(context.Background(), &logical.StorageEntry{Key: k}))
+	}
+	exists := func(k string) bool {
+		entry, err := e.s.Get(context.Background(), k)
+		require.NoError(t, err)
+		return entry != nil
+	}
+
+	e.atTime(t0.Add(11 * time.Minute))
+	cs.reset()
+	e.pass()
+	require.Equal(t, 2, cs.count(staticRoleStoragePrefix), "both due entries are read")
+	require.True(t, exists(leftover), "kept within its grace")
+	require.True(t, exists(ghost), "kept within its grace")
+	require.Equal(t, first, staticKeyOf(t, e, "app"), "a leftover entry never makes a role rotate early")
+
+	e.atTime(t0.Add(13 * time.Minute))
+	e.pass()
+	require.False(t, exists(leftover), "dropped once past its grace")
+	require.False(t, exists(ghost), "dropped once past its grace")
+	require.True(t, exists(staticIndexKey("app", staticRoleNext(t, e, "app"))), "the role's own entry stays")
+
+	e.atTime(t0.Add(14 * time.Minute))
+	cs.reset()
+	e.pass()
+	require.Zero(t, cs.count(staticRoleStoragePrefix))
+	require.Equal(t, first, staticKeyOf(t, e, "app"))
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+}
+
+// staticRoleNext is the role's next event, as the index keeps it.
+func staticRoleNext(t *testing.T, e *testEnv, name string) time.Time {
+	t.Helper()
+	r, err := getStaticRole(context.Background(), e.s, name)
+	require.NoError(t, err)
+	require.NotNil(t, r)
+	return r.nextEvent(e.b.now())
+}
