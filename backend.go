@@ -250,11 +250,27 @@ func (b *heronBackend) clean(ctx context.Context) {
 // cachedClient is an environment's client and the budget it holds.
 type cachedClient struct {
 	api heronapi.API
+	// adminKey and baseURL are what it was built with (see refreshClient).
+	adminKey, baseURL string
 	// historyRetention is the config's, so that a revocation turning the
 	// record into a tombstone needs no read of the config.
 	historyRetention time.Duration
 	// release gives up this mount's claim on the shared limiter.
 	release func()
+}
+
+// refreshClient forgets env's cached client when cfg, just read from
+// storage, holds another admin key or base URL than it was built with: a
+// write by another instance (the old one of a reload finishing a rotation)
+// invalidates nothing here. Callers that read the config anyway (the pass,
+// a rotation) call it, so a request never needs a read of its own for it.
+func (b *heronBackend) refreshClient(cfg *heronConfig) {
+	b.clientsLock.RLock()
+	c, ok := b.clients[cfg.Environment]
+	b.clientsLock.RUnlock()
+	if ok && (c.adminKey != cfg.AdminAPIKey || c.baseURL != cfg.BaseURL) {
+		b.resetClient(cfg.Environment)
+	}
 }
 
 // resetClient forgets the cached client of env.
@@ -346,7 +362,7 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
 	api = b.patchingClient(env, api)
-	b.clients[env] = &cachedClient{api: api, release: release, historyRetention: cfg.historyRetention()}
+	b.clients[env] = &cachedClient{api: api, adminKey: cfg.AdminAPIKey, baseURL: cfg.BaseURL, release: release, historyRetention: cfg.historyRetention()}
 	return api, nil
 }
 

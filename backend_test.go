@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
 
@@ -362,4 +363,123 @@ func setActiveDirect(t *testing.T, e *testEnv, id string, active bool) {
 	res.Body.Close()
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	e.adminKey["helper-"+id+action] = helper
+}
+
+// Spec invariant 6: two mounts in one process with the same admin key and
+// Heron, at 60 and 100000 requests a minute, share one limiter at 60/min
+// whichever wrote its config or built its client last; a config write whose
+// verify fails (Heron 500, or 401 for the deactivated key) leaves the budget
+// as it was, on either mount.
+func TestBudget_MountsSharingAnAdminKeyRunAtTheSmallestRate(t *testing.T) {
+	ctx := context.Background()
+	e := getTestBackend(t)
+	key := e.adminKey["development"]
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": key, "base_url": e.srv.URL, "rate_limit_per_minute": 60, "max_retries": 0,
+	})
+	otherStorage := &logical.InmemStorage{}
+	other := newMount(t, nil, otherStorage)
+	writeOther := func(data map[string]interface{}) {
+		t.Helper()
+		resp, err := mountDo(other, otherStorage, logical.UpdateOperation, "config/dev-copy", data)
+		require.NoError(t, err)
+		require.False(t, resp != nil && resp.IsError(), "%v", resp)
+	}
+	writeOther(map[string]interface{}{"admin_api_key": key, "base_url": e.srv.URL, "rate_limit_per_minute": maxRateLimitPerMinute, "max_retries": 0})
+
+	shared := func() float64 {
+		t.Helper()
+		_, err := e.b.getClient(ctx, e.s, "development")
+		require.NoError(t, err)
+		_, err = other.getClient(ctx, otherStorage, "dev-copy")
+		require.NoError(t, err)
+		mine, err := getConfig(ctx, e.s, "development")
+		require.NoError(t, err)
+		theirs, err := getConfig(ctx, otherStorage, "dev-copy")
+		require.NoError(t, err)
+		require.Same(t, e.b.peekLimiter(mine), other.peekLimiter(theirs), "one budget")
+		return limiterRate(t, e.b.peekLimiter(mine))
+	}
+
+	require.InDelta(t, 60, shared(), 0.001, "the 100000 mount wrote last")
+	// The 100000 mount rebuilds its client last.
+	other.resetClient("dev-copy")
+	require.InDelta(t, 60, shared(), 0.001, "the 100000 mount built its client last")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 0})
+	require.InDelta(t, 60, shared(), 0.001, "the 60 mount wrote last")
+	writeOther(map[string]interface{}{"max_retries": 0})
+	require.InDelta(t, 60, shared(), 0.001, "the 100000 mount wrote last again")
+
+	// A write on the 60 mount asking for 100000 with the same key, whose
+	// verify fails with a 500: nothing saved, budget unchanged.
+	e.srv.FailNext("GET", "/api/credentials/keys", 5, herontest.FaultStatus500)
+	resp, err := e.do(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": key, "rate_limit_per_minute": maxRateLimitPerMinute})
+	require.Error(t, err)
+	require.Equal(t, http.StatusBadGateway, vaultHTTPStatus(logical.UpdateOperation, resp, err))
+	e.srv.ResetFaults()
+	cfg, err := getConfig(ctx, e.s, "development")
+	require.NoError(t, err)
+	require.Equal(t, 60, cfg.RateLimitPerMinute)
+	require.InDelta(t, 60, limiterRate(t, e.b.peekLimiter(cfg)), 0.001, "a write whose verify failed changed the budget")
+	require.InDelta(t, 60, shared(), 0.001)
+
+	// Same with Heron answering 401 (the shared key deactivated meanwhile).
+	id := keyIDByToken(t, e, key)
+	setActiveDirect(t, e, id, false)
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": key, "rate_limit_per_minute": maxRateLimitPerMinute}, "Heron refused the admin key")
+	setActiveDirect(t, e, id, true)
+	cfg, err = getConfig(ctx, e.s, "development")
+	require.NoError(t, err)
+	require.Equal(t, 60, cfg.RateLimitPerMinute)
+	require.InDelta(t, 60, limiterRate(t, e.b.peekLimiter(cfg)), 0.001, "a write refused by Heron changed the budget")
+	require.InDelta(t, 60, shared(), 0.001)
+
+	// And the other mount failing to lower its own rate changes nothing either.
+	e.srv.FailNext("GET", "/api/credentials/keys", 5, herontest.FaultStatus503)
+	_, err = mountDo(other, otherStorage, logical.UpdateOperation, "config/dev-copy", map[string]interface{}{"admin_api_key": key, "rate_limit_per_minute": 1})
+	require.Error(t, err)
+	e.srv.ResetFaults()
+	require.InDelta(t, 60, shared(), 0.001)
+}
+
+// Spec invariant 7 (the periodic pass): the pass (and rotations) reach
+// Heron only where this node's storage is writable: never on a performance
+// standby or a DR secondary, and on a performance secondary only for a local
+// mount.
+func TestPeriodic_RunsOnlyWhereStorageIsWritable(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r") // a tracked key: the cleanup pass has a list call to make
+
+	for _, tc := range []struct {
+		name  string
+		state consts.ReplicationState
+		local bool
+		runs  bool
+	}{
+		{"performance standby", consts.ReplicationPerformanceStandby, false, false},
+		{"performance standby, local mount", consts.ReplicationPerformanceStandby, true, false},
+		{"DR secondary", consts.ReplicationDRSecondary, false, false},
+		{"DR secondary, local mount", consts.ReplicationDRSecondary, true, false},
+		{"performance secondary", consts.ReplicationPerformanceSecondary, false, false},
+		{"performance secondary, local mount", consts.ReplicationPerformanceSecondary, true, true},
+		{"primary", consts.ReplicationPerformancePrimary, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newMount(t, &logical.StaticSystemView{
+				DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL,
+				ReplicationStateVal: tc.state, LocalMountVal: tc.local,
+			}, e.s)
+			e.srv.ResetRequests()
+			require.NoError(t, b.Backend.PeriodicFunc(context.Background(), &logical.Request{Storage: e.s}))
+			n := len(e.srv.Requests())
+			if tc.runs {
+				require.Positive(t, n, "the pass runs here")
+			} else {
+				require.Zero(t, n, "no request may reach Heron from this node")
+			}
+		})
+	}
+	require.NoError(t, e.revoke(lease))
 }

@@ -418,6 +418,7 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 	if err != nil || cfg == nil {
 		return err
 	}
+	b.refreshClient(cfg)
 	client, err := b.getClient(ctx, s, env)
 	if err != nil {
 		return err
@@ -572,7 +573,8 @@ func (b *heronBackend) finishPending(ctx context.Context, s logical.Storage, cli
 }
 
 // cleanupRetired deactivates rotated-out admin keys still active and deletes
-// those past old_key_retention.
+// those past old_key_retention. It never writes the config (see
+// retired_admin.go): each key's progress goes into its own record.
 func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API, counts *cleanupCounts) error {
 	if len(cfg.RetiredKeys) == 0 {
 		return nil
@@ -597,58 +599,69 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 	}
 
 	all := slices.Clone(cfg.RetiredKeys)
-	before = len(cfg.RetiredKeys)
 	if _, err := b.pruneRetired(ctx, cfg, client); err != nil {
 		errs = append(errs, err)
 	}
-	pruned := before - len(cfg.RetiredKeys)
 	now := b.now()
-	remaining := cfg.RetiredKeys[:0]
-	deleted, dropped := pruned, 0
+	kept := make(map[string]bool, len(cfg.RetiredKeys))
+	for _, rk := range cfg.RetiredKeys {
+		kept[rk.KeyID] = true
+	}
+	for _, rk := range all {
+		if kept[rk.KeyID] {
+			continue
+		}
+		// Deleted over the cap by pruneRetired.
+		if err := putRetiredProgress(ctx, s, cfg.Environment, rk, now); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts.AdminKeysDeleted++
+	}
 	for _, rk := range cfg.RetiredKeys {
 		if cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
 			// Written back by hand as the admin key: never delete the key in
 			// use (config writes drop such entries; this guards older ones).
-			dropped++
-			b.Logger().Warn("a retired admin key is the current admin key again: no longer retired", "environment", cfg.Environment, "key_id", rk.KeyID)
+			b.Logger().Warn("a retired admin key is the current admin key again: not deleted", "environment", cfg.Environment, "key_id", rk.KeyID)
 			continue
 		}
 		if !retiredDue(rk, now) {
-			remaining = append(remaining, rk)
 			continue
 		}
-		if err := b.deleteRetired(ctx, client, cfg, rk, reasonRetention); err != nil {
-			errs = append(errs, err)
-			remaining = append(remaining, rk)
-			continue
-		}
-		deleted++
-	}
-	if deleted > 0 || dropped > 0 {
-		// Applied to the config as stored: by key id, what this pass
-		// deleted or found written back as the admin key goes.
-		keep := make(map[string]bool, len(remaining))
-		for _, rk := range remaining {
-			keep[rk.KeyID] = true
-		}
-		gone := map[string]bool{}
-		for _, rk := range all {
-			if !keep[rk.KeyID] {
-				gone[rk.KeyID] = true
-			}
-		}
-		_, err := b.updateConfig(ctx, s, cfg.Environment, func(stored *heronConfig) (bool, error) {
-			n := len(stored.RetiredKeys)
-			stored.RetiredKeys = slices.DeleteFunc(stored.RetiredKeys, func(rk retiredAdminKey) bool { return gone[rk.KeyID] })
-			return len(stored.RetiredKeys) != n, nil
-		})
+		done, err := b.deleteRetiredKey(ctx, s, cfg.Environment, rk.KeyID, client)
 		if err != nil {
 			errs = append(errs, err)
-		} else {
-			counts.AdminKeysDeleted += deleted
+			continue
+		}
+		if done {
+			counts.AdminKeysDeleted++
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deleteRetiredKey deletes one rotated-out admin key past its retention,
+// decided under the key's lock from the config read again under it, and
+// records it deleted in its progress record; it reports whether it did.
+func (b *heronBackend) deleteRetiredKey(ctx context.Context, s logical.Storage, env, id string, client heronapi.API) (bool, error) {
+	defer b.lockKey(id)()
+	fresh, err := getConfig(ctx, s, env)
+	if err != nil {
+		return false, err
+	}
+	cur := fresh.retired(id)
+	if cur == nil || fresh.isAdminKey(cur.KeyID, cur.TokenPrefix) || !retiredDue(*cur, b.now()) {
+		return false, nil
+	}
+	if err := b.deleteRetired(ctx, client, fresh, *cur, reasonRetention); err != nil {
+		return false, err
+	}
+	if err := putRetiredProgress(ctx, s, env, *cur, b.now()); err != nil {
+		// Deleted in Heron, still retired in storage: the next pass's
+		// delete finds it gone.
+		return false, fmt.Errorf("recording the deletion of old admin key %s: %w", id, err)
+	}
+	return true, nil
 }
 
 // purgeEnvironment deletes, ahead of their retention, the deactivated keys and

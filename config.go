@@ -74,6 +74,9 @@ type heronConfig struct {
 	RotationWindow           time.Duration `json:"rotation_window,omitempty"`
 	DisableAutomatedRotation bool          `json:"disable_automated_rotation,omitempty"`
 	RotationManaged          bool          `json:"rotation_managed,omitempty"`
+	// NextVaultRotation is when Vault's rotation manager said it rotates
+	// next (at registration, and at each of its calls): RotationManaged only.
+	NextVaultRotation time.Time `json:"next_vault_rotation,omitempty"`
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
 	ScheduleSetAt time.Time `json:"schedule_set_at,omitempty"`
 	// BudgetKey names the rate limiter this config spends: the SHA-256 of the
@@ -89,8 +92,13 @@ type heronConfig struct {
 	KeySetAt time.Time `json:"key_set_at"`
 	// RetiredKeys are rotated-out admin keys still to deactivate or delete.
 	// They live in the config entry so that switching to the new key and
-	// remembering the old one is a single atomic write.
+	// remembering the old one is a single atomic write; how far each got
+	// is in records of their own (retired_admin.go), which getConfig
+	// applies.
 	RetiredKeys []retiredAdminKey `json:"retired_keys,omitempty"`
+	// progressIDs are the retired keys' progress records getConfig applied
+	// (never stored).
+	progressIDs []string
 	// HistoryRetention is how long a deleted key's tombstone stays readable
 	// in keys/ (nil: the default, for configs written before it existed).
 	HistoryRetention *time.Duration `json:"history_retention,omitempty"`
@@ -196,8 +204,17 @@ func budgetKey(adminKey string) string {
 func keyPrefix(key string) string { return heronapi.TokenPrefix(key) }
 
 // getConfig returns the stored config of env, or (nil, nil) when there is none.
+// The rotated-out admin keys' progress records are applied (see
+// retired_admin.go).
 func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig, error) {
-	return getJSON[heronConfig](ctx, s, configStoragePrefix+env, fmt.Sprintf("config %q", env))
+	cfg, err := getJSON[heronConfig](ctx, s, configStoragePrefix+env, fmt.Sprintf("config %q", env))
+	if err != nil || cfg == nil {
+		return cfg, err
+	}
+	if err := applyRetiredProgress(ctx, s, cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // updateConfig is the one transition of a config's storage entry: under
@@ -205,8 +222,9 @@ func getConfig(ctx context.Context, s logical.Storage, env string) (*heronConfig
 // and apply what it changes to that read (reporting whether anything did),
 // and writes it back. The lock is held only for the read and the write,
 // never across an upstream call, so that every writer (a config write, a
-// rotation, the cleanup pass settling rotated-out admin keys) applies its
-// change to what the others stored instead of writing back an older copy.
+// rotation) applies its change to what the others stored instead of
+// writing back an older copy. The cleanup pass is no writer: it records
+// the rotated-out admin keys' progress in records of their own.
 // Callers that decided from an earlier read re-check under it.
 func (b *heronBackend) updateConfig(ctx context.Context, s logical.Storage, env string, change func(cfg *heronConfig) (bool, error)) (*heronConfig, error) {
 	lock := locksutil.LockForKey(b.configEntryLocks, env)
@@ -226,6 +244,7 @@ func (b *heronBackend) updateConfig(ctx context.Context, s logical.Storage, env 
 	if err := putConfig(ctx, s, cfg); err != nil {
 		return cfg, err
 	}
+	b.dropFoldedProgress(ctx, s, cfg)
 	return cfg, nil
 }
 
@@ -246,6 +265,19 @@ func (c *heronConfig) isAdminKey(id, prefix string) bool {
 		return id == c.AdminKeyID
 	}
 	return prefix != "" && prefix == keyPrefix(c.AdminAPIKey)
+}
+
+// retired returns the rotated-out admin key id, or nil (also for a nil c).
+func (c *heronConfig) retired(id string) *retiredAdminKey {
+	if c == nil {
+		return nil
+	}
+	for i := range c.RetiredKeys {
+		if c.RetiredKeys[i].KeyID == id {
+			return &c.RetiredKeys[i]
+		}
+	}
+	return nil
 }
 
 // accountsFor reports whether k is one of the config's own keys: the current

@@ -1,8 +1,9 @@
 package heron
 
-// TestModelConcurrent: the model of model_test.go (its world, its Vault-like
-// driver, its invariants a, b, c, d, e, s1-s4 and final) with actors running
-// at the same time (spec, Invariants 7 and 8; issue 18, "Method").
+// TestModelConcurrent: the model of TestModel (its world and its Vault-like
+// driver, model_world_test.go; its invariants a, b, c, d, e, s1-s4 and final,
+// model_invariants_test.go) with actors running at the same time (spec,
+// Invariants 7 and 8; issue 18, "Method").
 //
 // A step is either a round or a sequential step. A round starts two or three
 // actors at once on the model's storage, each one engine request or pass:
@@ -57,8 +58,8 @@ package heron
 // gate, not waiting on a lock, does not depend on timing: a replay may call
 // a failure "flaky").
 //
-// What the default run leaves out: two instances rotating at once (see
-// mExcludedPairs). The retained-marker race it found (the pass deleting a
+// The default run puts every actor kind in rounds (see mExcludedPairs).
+// The retained-marker race it found (the pass deleting a
 // retained-keys/ marker written just before its record) is fixed, and kept
 // as TestCleanup_PassKeepsAMarkerWrittenJustBeforeItsRecord, with its form
 // across two instances (whose key locks are their own: fixed by the
@@ -90,30 +91,15 @@ var mActorKinds = []string{"issue", "revoke", "staticRead", "staticRotate", "con
 var mConcurrentExcluded = []string{}
 
 // mExcludedPairs are actor kinds the default run never puts in one round
-// (an explicit HERON_MODEL_CONCURRENT_ACTORS puts them back). The locks that
-// serialize rotations (config and static role locks) live in each backend
-// instance, so two instances on one storage (a reload or failover, the old
-// one finishing its request) can both decide to rotate. A rotation now
-// replaces only the key it started from (its final write re-reads the
-// record: TestRotate_TwoInstancesAtOnceForgetNoKey), so nothing is
-// forgotten; but the later one still creates its key before it finds out,
-// and deletes it again, which invariant t1 (no key created before a target
-// is due) counts as a rotation before its time. Left out until rotations
-// hold a lock that spans instances:
-//
-//   - failover + configRotate, failover + pass: two admin rotations at once.
-//   - failover + staticRotate, failover + staticRead: a pass's due static
-//     rotation racing a manual one or static-creds replacing a key.
-//   - failover + tidy (and + pass): the config entry lock (updateConfig) is
-//     per instance too, so the old instance's cleanup pass writing back the
-//     config it read (dropping a deleted rotated-out admin key) between the
-//     new instance's read and write of its rotation loses the rotated-in
-//     admin key (invariant d). Keeping rotated-out admin keys in records of
-//     their own (so that the pass never writes the config) removes it.
-var mExcludedPairs = [][2]string{
-	{"failover", "configRotate"}, {"failover", "pass"}, {"failover", "staticRotate"}, {"failover", "staticRead"},
-	{"failover", "tidy"},
-}
+// (an explicit HERON_MODEL_CONCURRENT_ACTORS puts them back): none now.
+// Failover with rotations, the pass and tidy was left out until two
+// instances could no longer both rotate one target (rotation claims,
+// rotation_claim.go) and the pass no longer wrote back a config over another
+// instance's rotation (rotated-out admin keys' progress in records of their
+// own, retired_admin.go); the run with them back found a third case: a new
+// instance's cached client holding the admin key the old one had just
+// rotated out (refreshClient).
+var mExcludedPairs = [][2]string{}
 
 // mPairExcluded: may kind join a round that already has picked?
 func mPairExcluded(picked []string, kind string) bool {

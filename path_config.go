@@ -227,7 +227,7 @@ func (b *heronBackend) pathConfigRead(ctx context.Context, req *logical.Request,
 		lastRotated = cfg.LastRotated.UTC().Format(time.RFC3339)
 	}
 	sched := cfg.rotationSchedule()
-	next, _ := sched.nextAt(b.now())
+	next := sched.readNext(b.now())
 	data := map[string]interface{}{
 		"environment":                cfg.Environment,
 		"base_url":                   cfg.BaseURL,
@@ -492,15 +492,25 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 
 	// A settings-only write (which takes no config lock) may have stored
 	// settings since cfg was read: kept, unless this write sets them too.
+	var bad string
 	_, err = b.updateConfig(ctx, req.Storage, env, func(stored *heronConfig) (bool, error) {
 		if stored.AdminAPIKey != "" {
 			mergeConfigSettings(d, cfg, stored)
 		}
-		// With the schedule as it will be stored.
-		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
+		// With the schedule as it will be stored; a rotation manager's
+		// refusal stores nothing.
+		w, refused := b.registerRotation(ctx, req, d, cfg)
+		if refused != "" {
+			bad = refused
+			return false, nil
+		}
+		warnings = append(warnings, w...)
 		*stored = *cfg
 		return true, nil
 	})
+	if bad != "" {
+		return logical.ErrorResponse(bad), nil
+	}
 	// The write may have been stored although it reported an error: the
 	// cached client must not go on with a key storage no longer holds.
 	b.resetClient(env)
@@ -597,7 +607,7 @@ func mergeConfigSettings(d *framework.FieldData, final, stored *heronConfig) {
 	if !set("rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation") {
 		final.RotationPeriod, final.RotationSchedule, final.RotationWindow = stored.RotationPeriod, stored.RotationSchedule, stored.RotationWindow
 		final.DisableAutomatedRotation, final.ScheduleSetAt = stored.DisableAutomatedRotation, stored.ScheduleSetAt
-		final.RotationManaged = stored.RotationManaged
+		final.RotationManaged, final.NextVaultRotation = stored.RotationManaged, stored.NextVaultRotation
 	}
 }
 
@@ -627,7 +637,12 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 		if w := retiredCapWarning(cfg); w != "" {
 			warnings = append(warnings, w)
 		}
-		warnings = append(warnings, b.registerRotation(ctx, req, d, cfg)...)
+		w, refused := b.registerRotation(ctx, req, d, cfg)
+		if refused != "" {
+			bad = refused
+			return false, nil
+		}
+		warnings = append(warnings, w...)
 		return true, nil
 	})
 	if bad != "" {
@@ -774,6 +789,11 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 		return nil, fmt.Errorf("deleting config %q (its retained keys, and an admin key the engine created, are already deleted in Heron: retry the delete to finish): %w", env, err)
 	}
 	b.resetClient(env)
+	// The purge deleted every rotated-out admin key: their progress records
+	// say nothing any more (a config of the same name starts afresh).
+	if err := dropAllProgress(ctx, req.Storage, env); err != nil {
+		b.Logger().Warn("could not delete the deleted config's rotated-out admin key records; a config of the same name ignores them", "environment", env, "error", err)
+	}
 	if len(warnings) > 0 {
 		return &logical.Response{Warnings: warnings}, nil
 	}

@@ -94,7 +94,7 @@ func (b *heronBackend) rotateAdminKey(ctx context.Context, s logical.Storage, en
 // whether that still holds; when it does not, nothing is rotated.
 func (b *heronBackend) rotateAdminKeyIf(ctx context.Context, s logical.Storage, env string, due func(*heronConfig) bool) (*heronConfig, string, bool, error) {
 	cfg, warning, rotated, err := b.rotateAdminKeyOnce(ctx, s, env, due)
-	if err != nil && !errors.Is(err, errConfigNotFound) {
+	if err != nil && !errors.Is(err, errConfigNotFound) && !errors.Is(err, errRotationBusy) {
 		b.recordChange(eventAdminRotateFail, keyChange{Environment: env, DataPath: configStoragePrefix + env}, "error", err.Error(), "trigger", rotationTrigger(ctx))
 	}
 	return cfg, warning, rotated, err
@@ -105,7 +105,17 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 	lock := b.configLock(env)
 	lock.Lock()
 	defer lock.Unlock()
+	release, err := b.claimRotation(ctx, s, "admin/"+env)
+	if errors.Is(err, errRotationBusy) {
+		return nil, "", false, fmt.Errorf("%w the admin key of config %q: %w; retry", errRotateUser, env, err)
+	}
+	if err != nil {
+		return nil, "", false, err
+	}
+	defer release()
 
+	// Read after the claim: a rotation another instance finished before it
+	// shows here.
 	cfg, err := getConfig(ctx, s, env)
 	if err != nil {
 		return nil, "", false, err
@@ -124,6 +134,7 @@ func (b *heronBackend) rotateAdminKeyOnce(ctx context.Context, s logical.Storage
 // and cfg read under it.
 func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Storage, cfg *heronConfig) (*heronConfig, string, error) {
 	env := cfg.Environment
+	b.refreshClient(cfg)
 	oldClient, err := b.creatingClient(ctx, s, env)
 	if err != nil {
 		return nil, "", err
@@ -173,6 +184,13 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		return nil, "", fmt.Errorf("%w: config %q holds %d rotated-out admin keys that are not deactivated yet (the most it keeps is %d), so it cannot retire another: run tidy, or see retired_keys in config/%s (%v)",
 			errRotateUser, env, len(next.RetiredKeys), maxRetiredAdminKeys, env, perr)
 	}
+	// From here the creation record names the new key by id: should
+	// another instance's write of the config (a reload or failover) land
+	// over this switch, the rollback deletes the key nothing accounts for.
+	if err := guard.nameKey(ctx, newKey.ID); err != nil {
+		_ = guard.undo(ctx, oldClient, newKey.ID)
+		return nil, "", fmt.Errorf("recording the new admin key %s before storing it: %w", newKey.ID, err)
+	}
 	// The switch, applied to the config as stored: a settings-only write
 	// (which takes no config lock) may have changed its settings meanwhile.
 	// The config lock is this instance's: another instance (a reload or
@@ -215,7 +233,7 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 		}
 		return nil, "", fmt.Errorf("%w: config %q got another admin key while this rotation ran (another instance rotated or a config write landed); this rotation's key was deleted: retry", errRotateUser, env)
 	}
-	guard.done(ctx)
+	guard.confirmLater(ctx)
 	b.resetClient(env)
 	b.recordChange(eventAdminRotate, keyChange{KeyID: newKey.ID, KeyName: name, TokenPrefix: newKey.TokenPrefix,
 		Environment: env, DataPath: configStoragePrefix + env}, "old_key_id", cfg.AdminKeyID, "trigger", rotationTrigger(ctx))

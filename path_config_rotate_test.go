@@ -142,11 +142,16 @@ func TestRotate_WhileIssuing(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Each rotation waits for issuances made since the one before (counted,
+	// not slept for), so every rotation lands among running issuances.
+	issued := func() int { mu.Lock(); defer mu.Unlock(); return len(leases) + len(failures) }
+	seen := 0
 	for i := 0; i < 3; i++ {
+		require.Eventually(t, func() bool { return issued() >= seen+2 }, 30*time.Second, time.Millisecond, "issuances go on")
 		e.ok(logical.UpdateOperation, "config/development/rotate", nil)
-		time.Sleep(50 * time.Millisecond)
+		seen = issued()
 	}
+	require.Eventually(t, func() bool { return issued() >= seen+2 }, 30*time.Second, time.Millisecond, "issuances go on after the last rotation")
 	close(stop)
 	wg.Wait()
 	require.Empty(t, failures, "no issuance fails during rotation")
@@ -586,4 +591,182 @@ func passParkedAfterReading(e *testEnv, key string) (*parkStorage, <-chan passRe
 	}()
 	<-ps.reached
 	return ps, done
+}
+
+// Spec invariant 1: a rotation whose config write reports an error although
+// it was committed keeps the new admin key storage holds (it works, the
+// write-ahead record is settled) and retires the old one: deactivated, then
+// deleted after old_key_retention. When the write was not committed the new
+// key is deleted and the old one stays.
+func TestRotate_ConfigStoredButReportedFailedKeepsTheNewKey(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("committed, then reported failed", func(t *testing.T) {
+		e := getTestBackend(t)
+		e.configure("development")
+		e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"old_key_retention": "1h"})
+		oldKey := e.adminKey["development"]
+		oldID := keyIDByToken(t, e, oldKey)
+		fs := &switchFailStorage{Storage: e.s, prefix: configStoragePrefix}
+		e.s = fs
+
+		fs.set(true, true)
+		resp, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
+		fs.set(false, false)
+		require.Positive(t, fs.failed, "the fault was hit")
+		require.NoError(t, err, "storage holds the new key: the rotation is done")
+		require.NotNil(t, resp)
+		require.False(t, resp.IsError(), "%v", resp.Error())
+
+		cfg, err := getConfig(ctx, fs, "development")
+		require.NoError(t, err)
+		require.NotEqual(t, oldKey, cfg.AdminAPIKey, "storage holds the new key")
+		require.Equal(t, cfg.AdminKeyID, resp.Data["admin_key_id"], "the answer names the key storage holds")
+		newRec, ok := e.srv.Key(cfg.AdminKeyID)
+		require.True(t, ok)
+		require.False(t, newRec.Deleted, "the engine must not delete the key storage holds")
+		require.True(t, e.authenticates(cfg.AdminAPIKey), "the stored admin key works")
+		// The creation record stays until the pass confirms the config
+		// holds its key (see walGuard.confirmLater), then goes.
+		e.b.windowNow = func() time.Time { return time.Now().Add(walRollbackMinAge + time.Minute) }
+		e.ok(logical.UpdateOperation, "tidy", nil)
+		e.b.windowNow = time.Now
+		require.Zero(t, walCount(t, e.b, fs), "the write-ahead record is settled")
+		newRec, _ = e.srv.Key(cfg.AdminKeyID)
+		require.False(t, newRec.Deleted, "settling the record keeps the key the config holds")
+
+		lease := e.issue(func() string { e.role("r", map[string]interface{}{}); return "r" }())
+		require.NoError(t, e.revoke(lease))
+
+		retired := retiredKeyStates(t, e, "development")
+		require.Contains(t, retired, oldID, "the old key is in retired_keys")
+		e.ok(logical.UpdateOperation, "tidy", nil)
+		require.Equal(t, keyStateDeactivated, retiredKeyStates(t, e, "development")[oldID])
+		require.False(t, e.authenticates(oldKey), "the old key ends deactivated")
+
+		e.atTime(time.Now().Add(61 * time.Minute))
+		tidy := e.ok(logical.UpdateOperation, "tidy", nil)
+		require.Equal(t, 1, tidy.Data["admin_keys_deleted"])
+		k, _ := e.srv.Key(oldID)
+		require.True(t, k.Deleted, "the old key is deleted after old_key_retention")
+		require.NotContains(t, retiredKeyStates(t, e, "development"), oldID)
+		require.True(t, e.authenticates(cfg.AdminAPIKey))
+	})
+
+	t.Run("not committed", func(t *testing.T) {
+		e := getTestBackend(t)
+		e.configure("development")
+		oldKey := e.adminKey["development"]
+		fs := &switchFailStorage{Storage: e.s, prefix: configStoragePrefix}
+		e.s = fs
+
+		fs.set(true, false)
+		resp, err := e.do(logical.UpdateOperation, "config/development/rotate", nil)
+		fs.set(false, false)
+		require.True(t, err != nil || (resp != nil && resp.IsError()), "the rotation fails")
+
+		cfg, err := getConfig(ctx, fs, "development")
+		require.NoError(t, err)
+		require.Equal(t, oldKey, cfg.AdminAPIKey)
+		require.True(t, e.authenticates(oldKey), "the old key still works")
+		for _, k := range e.srv.KeysIn("development") {
+			if strings.HasPrefix(k.Name, "vault-admin-") {
+				require.True(t, k.Deleted, "the new key %s is deleted", k.ID)
+			}
+		}
+		require.Zero(t, walCount(t, e.b, fs))
+		e.role("r", map[string]interface{}{})
+		require.NoError(t, e.revoke(e.issue("r")))
+	})
+}
+
+// blockingCreate holds the instance's first CreateKey, once Heron answered,
+// until released.
+type blockingCreate struct {
+	heronapi.API
+	once             sync.Once
+	entered, proceed chan struct{}
+}
+
+func (b *blockingCreate) CreateKey(ctx context.Context, name string) (*heronapi.Key, error) {
+	k, err := b.API.CreateKey(ctx, name)
+	b.once.Do(func() {
+		close(b.entered)
+		<-b.proceed
+	})
+	return k, err
+}
+
+// Spec invariants 1 and 7: two backend instances on one storage (a reload or
+// failover: the old one finishing its request) rotate the admin key at once.
+// The one that starts while the other runs backs off (a rotation claim)
+// and creates nothing; the key the other one stored is held or retired,
+// never forgotten while active.
+func TestRotate_TwoInstancesAtOnceForgetNoKey(t *testing.T) {
+	admin := herontest.NewKeyToken()
+	srv := herontest.NewServer(herontest.Options{Environments: map[string][]string{"development": {admin}}, RateLimitPerMinute: -1})
+	defer srv.Close()
+	storage := &logical.InmemStorage{}
+	start := func() *heronBackend {
+		conf := logical.TestBackendConfig()
+		conf.StorageView = storage
+		conf.System = &logical.StaticSystemView{DefaultLeaseTTLVal: time.Hour, MaxLeaseTTLVal: 24 * time.Hour}
+		b := backend()
+		if err := b.Setup(context.Background(), conf); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	do := func(b *heronBackend, op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+		resp, err := b.HandleRequest(context.Background(), &logical.Request{Operation: op, Path: path, Storage: storage, Data: data})
+		if err != nil || (resp != nil && resp.IsError()) {
+			t.Fatalf("%s %s: %v %v", op, path, err, resp)
+		}
+		return resp
+	}
+	oldInst, newInst := start(), start()
+	do(oldInst, logical.CreateOperation, "config/development", map[string]interface{}{"admin_api_key": admin, "base_url": srv.URL})
+
+	gate := &blockingCreate{entered: make(chan struct{}), proceed: make(chan struct{})}
+	newInst.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+		api, err := heronapi.New(newInst.clientConfig(cfg, lim))
+		gate.API = api
+		return gate, err
+	}
+	done := make(chan *logical.Response, 1)
+	go func() {
+		resp, err := newInst.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config/development/rotate", Storage: storage})
+		if err != nil {
+			t.Errorf("the second instance's rotation: an internal error instead of a refusal: %v", err)
+		}
+		done <- resp
+	}()
+	<-gate.entered // the new instance created its key, not stored yet
+	// The old instance's rotation sees the new one's claim and backs off,
+	// creating nothing (spec, Invariant 8: rotate once).
+	refused, err := oldInst.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config/development/rotate", Storage: storage})
+	if err != nil || refused == nil || !refused.IsError() || !strings.Contains(refused.Error().Error(), "another rotation of it is running") {
+		t.Fatalf("the old instance's rotation while the new one's runs: %v %v, want it refused", refused, err)
+	}
+	close(gate.proceed)
+	second := <-done
+	if second == nil || second.IsError() {
+		t.Fatalf("the new instance's rotation: %v, want it done", second)
+	}
+	firstID := second.Data["admin_key_id"].(string)
+	for _, k := range srv.Keys() {
+		if strings.HasPrefix(k.Name, "vault-admin-") && k.ID != firstID {
+			t.Fatalf("a second rotation's key %s (%q) was created", k.ID, k.Name)
+		}
+	}
+
+	cfg := do(newInst, logical.ReadOperation, "config/development", nil)
+	held := cfg.Data["admin_key_id"] == firstID
+	for _, rk := range cfg.Data["retired_keys"].([]map[string]interface{}) {
+		held = held || rk["key_id"] == firstID
+	}
+	k, _ := srv.Key(firstID)
+	if !held && !k.Deleted && k.IsActive {
+		t.Fatalf("admin key %s that the old instance's rotation created and stored is active in Heron, but the config neither holds nor retires it (current %v): forgotten", firstID, cfg.Data["admin_key_id"])
+	}
 }

@@ -3,12 +3,14 @@ package heron
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
@@ -433,4 +435,173 @@ func TestConfig_ManagedKeyIsRefusedAsAdminKey(t *testing.T) {
 	read := e.ok(logical.ReadOperation, "config/development", nil).Data
 	require.Equal(t, e.adminKey["development"][:8], read["admin_key_prefix"], "the admin key is unchanged")
 	require.NoError(t, e.revoke(lease))
+}
+
+// Spec "config/<environment>" (delete) and invariant 8 (schedules fire
+// once, at their time): deleting a config removes its job from Vault's
+// rotation manager, which would otherwise call back for a config that is
+// gone.
+func TestConfigDelete_DeregistersTheRotationJob(t *testing.T) {
+	e := getTestBackend(t)
+	view := &rotationManagerView{
+		StaticSystemView: logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL},
+		jobs:             map[string]*rotation.RotationJobConfigureRequest{},
+	}
+	e.b = newMount(t, view, e.s)
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rotation_schedule": "0 3 * * SAT"})
+	require.Contains(t, view.jobs, "config/development")
+	e.ok(logical.DeleteOperation, "config/development", nil)
+	require.Empty(t, view.jobs, "deleting the config deregisters its rotation job")
+}
+
+// Spec invariant 1 (config deleted meanwhile): a config delete settles the
+// write-ahead records of its environment first (rolling back what it can),
+// and is refused while a key may still appear; a record whose config is gone
+// anyway is kept until a config can settle it.
+func TestConfigDelete_SettlesPendingCreationsFirst(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	name := "vault-r-crashed-1"
+	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", Role: "r", KeyName: name, Since: time.Now()})
+	require.NoError(t, err)
+	orphan := createDirect(t, e, name)
+
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "unknown outcome")
+	k, _ := e.srv.Key(orphan)
+	require.True(t, k.Deleted, "the delete already rolled back what it could")
+	require.Equal(t, 1, walCount(t, e.b, e.s), "a late key may still appear: the record and the config stay")
+
+	closeWindow(e)
+	e.ok(logical.DeleteOperation, "config/development", nil)
+	require.Zero(t, walCount(t, e.b, e.s))
+
+	// A record whose config is gone anyway is kept, not dropped.
+	_, err = framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: "x", Since: time.Now()})
+	require.NoError(t, err)
+	rollback(t, e)
+	require.Equal(t, 1, walCount(t, e.b, e.s), "without an admin key the record cannot be settled, so it stays")
+	e.configure("development")
+	rollback(t, e)
+	require.Zero(t, walCount(t, e.b, e.s))
+}
+
+// Spec invariant 1 (storage errors): a config delete deletes the admin key
+// the engine created before the config entry; when the entry's delete then
+// fails, the config is marked deleting: nothing may use or rewrite it until a
+// retry of the delete finishes.
+func TestConfigDelete_HalfDoneIsFinishedByARetry(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	rotated := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	engineKey := rotated.Data["admin_key_id"].(string)
+	fs := &deleteFailStorage{Storage: e.s, key: configStoragePrefix + "development", fail: true}
+	e.s = fs
+
+	_, err := e.do(logical.DeleteOperation, "config/development", nil)
+	require.ErrorContains(t, err, "retry the delete")
+	k, _ := e.srv.Key(engineKey)
+	require.True(t, k.Deleted, "the engine-created admin key is gone already")
+
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"max_retries": 1}, "is being deleted")
+	e.badRequest(logical.CreateOperation, "roles/r", map[string]interface{}{"environment": "development"}, "is being deleted")
+	_, err = e.b.creatingClient(context.Background(), e.s, "development")
+	require.ErrorContains(t, err, "is being deleted", "nothing creates keys with a config being deleted")
+
+	fs.fail = false
+	e.ok(logical.DeleteOperation, "config/development", nil)
+	resp, err := e.do(logical.ReadOperation, "config/development", nil)
+	require.NoError(t, err)
+	require.Nil(t, resp)
+}
+
+// Spec invariants 1 and 4: a key whose revocation waits for an admin key that
+// can see it (unreachable, pending delete) is never forgotten by a config
+// delete: the delete is refused (400 saying why) and the record stays until
+// an admin key that sees the key lets tidy delete it.
+func TestConfigDelete_RefusedWhileAKeyIsUnreachable(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	require.Error(t, e.revoke(lease))
+	require.Equal(t, pendingDelete, trackedRecord(t, e.s, id).Pending)
+	e.ok(logical.DeleteOperation, "roles/r", nil)
+
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "unreachable with the current admin key")
+	k, _ := e.srv.Key(id)
+	require.True(t, k.IsActive && !k.Deleted, "the key is still live in Heron")
+	require.NotNil(t, trackedRecord(t, e.s, id), "a key live in Heron stays tracked while the admin key cannot see it")
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.NotNil(t, cfg, "the refused delete keeps the config")
+
+	// An admin key that sees the key again: tidy finishes the deletion.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": e.adminKey["development"]})
+	tidy := e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Equal(t, 1, tidy.Data["pending_revocations"])
+	k, _ = e.srv.Key(id)
+	require.True(t, k.Deleted, "tidy deleted the key")
+	require.Nil(t, trackedRecord(t, e.s, id))
+}
+
+// Spec invariants 1 and 4: while a creation's outcome is unknown the admin
+// key cannot change, force or not: only the current key is sure to see what
+// it made, so the rollback deletes a late key with the key that sees it.
+func TestConfigWrite_AdminKeyChangeWaitsForUnknownCreations(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	e.srv.FailNextLate("POST", "/api/credentials/keys", 1, http.StatusGatewayTimeout, time.Hour)
+	lease := e.issue("r")
+	require.Equal(t, 1, walCount(t, e.b, e.s))
+	require.NoError(t, e.revoke(lease))
+
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	// While a creation's outcome is unknown the admin key cannot change,
+	// force or not: only the current key is sure to see what it made.
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true}, "unknown outcome")
+	require.Equal(t, 1, e.srv.FlushLate(), "Heron finishes the 504'd POST")
+
+	closeWindow(e)
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.Zero(t, walCount(t, e.b, e.s))
+	require.Empty(t, liveIssued(e), "the late key was deleted with the admin key that sees it")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+}
+
+// Spec invariant 5 and "Upstream calls": a config write blocked by unsettled
+// creations while Heron refuses the current admin key (a snapshot restored
+// from before a rotation) says what helps, since waiting does not.
+func TestConfigWrite_DeadAdminKeyBlockedByCreationsSaysWhatHelps(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	_, err := framework.PutWAL(context.Background(), e.s, walKindKey, &walKeyEntry{Environment: "development", KeyName: "x", Since: time.Now()})
+	require.NoError(t, err)
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeactivateKey(context.Background(), heronKeyByToken(t, e, e.adminKey["development"]).ID))
+	hand := e.srv.AddAdminKey("development")
+	e.adminKey["hand"] = hand
+	e.badRequest(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand, "verify": false, "force": false},
+		"Heron refuses the current admin key (401), so they cannot be: reactivate that key in Heron's dashboard and write again, or write the new key with force=true")
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": hand, "force": true})
+}
+
+// Spec "config/<environment>" (delete) and "static-roles" (delete): a config
+// delete blocked by a static key no role holds says what helps (tidy), not
+// "revoke the leases".
+func TestConfigDelete_OrphanStaticKeyBlockNamesTidy(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 20, herontest.FaultStatus503)
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+	e.srv.ResetFaults()
+	e.badRequest(logical.DeleteOperation, "config/development", nil, "vault write -f heron/tidy")
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }

@@ -414,3 +414,22 @@ func TestInventory_ReadersShareTheShortLivedList(t *testing.T) {
 	require.Equal(t, 2, lists()-before, "20 readers at once after the list expired: one more list")
 	e.ok(logical.DeleteOperation, "static-roles/svc", nil)
 }
+
+// Spec "inventory" (unmanaged: not created or adopted by this engine): with
+// two configs of the same Heron user, a lease key issued through one is a
+// lease in the other's inventory, not unmanaged.
+func TestInventory_LeaseKeyOfAnotherConfigIsLease(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.adminKey["dev-batch"] = e.srv.AddAdminKey("development") // same Heron user
+	e.configure("dev-batch")
+	e.role("batch", map[string]interface{}{"environment": "dev-batch"})
+	lease := e.issue("batch")
+	defer func() { require.NoError(t, e.revoke(lease)) }()
+	id := lease.Data["key_id"].(string)
+
+	inv := e.ok(logical.ReadOperation, "inventory/development", nil)
+	entry, ok := inv.Data["keys"].(map[string]interface{})[id].(map[string]interface{})
+	require.True(t, ok, "precondition: the development admin key sees the key")
+	require.Equal(t, inventoryLease, entry["class"], "a key this engine issued (lease of role batch) is a lease, not %v", entry["class"])
+}

@@ -158,3 +158,58 @@ func TestKeysLookup_FindsAStaticRolesKey(t *testing.T) {
 	require.NotEmpty(t, rec.TokenHMAC, "a static role's key holds token_hmac")
 	e.ok(logical.DeleteOperation, "static-roles/batch", nil)
 }
+
+// Spec "Who holds a key" (a 404 means this engine did not issue it): a
+// rotated-out admin key the engine created is recognised by its token's
+// HMAC, kept with the retired key.
+func TestKeysLookup_FindsARotatedOutAdminKey(t *testing.T) {
+	e := newTestEnv(t, withoutLeftoverCheck())
+	e.configure("development")
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	created := cfg.AdminAPIKey // made by the engine's rotation
+	e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	cfg, err = getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.NotEqual(t, created, cfg.AdminAPIKey)
+	require.NotEmpty(t, cfg.RetiredKeys, "the engine still holds the rotated-out key in Heron")
+
+	resp, err := e.do(logical.UpdateOperation, "keys/lookup", map[string]interface{}{"token": created})
+	require.NoError(t, err, "lookup of an admin key the engine created and still holds in Heron (retired_keys)")
+	require.False(t, resp.IsError(), "%v", resp.Error())
+}
+
+// Spec invariant 7 (a second instance) and "Who holds a key": two instances
+// that each find no HMAC secret and create one keep both (one entry per
+// writer), and keys/lookup matches a key issued under either.
+func TestKeysLookup_TwoInstancesSecretsBothMatch(t *testing.T) {
+	var gs *gatedStorage
+	e := newTestEnv(t, withoutLeftoverCheck(), withStorage(func(s logical.Storage) logical.Storage { gs = &gatedStorage{Storage: s}; return gs }))
+	other := e.start() // a second instance on the same storage
+	otherDo := func(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+		resp, err := other.HandleRequest(context.Background(), &logical.Request{Operation: op, Path: path, Storage: e.s, Data: data})
+		require.NoError(t, err)
+		require.False(t, resp != nil && resp.IsError(), "%v", resp)
+		return resp
+	}
+
+	gs.mu.Lock()
+	gs.key, gs.reached, gs.release = tokenHMACStorageKey, make(chan struct{}), make(chan struct{})
+	gs.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.configure("development"); close(done) }()
+	<-gs.reached // instance 1 found no secret, and is about to create one
+	otherDo(logical.CreateOperation, "config/production", map[string]interface{}{
+		"admin_api_key": e.adminKey["production"], "base_url": e.srv.URL, "rate_limit_per_minute": maxRateLimitPerMinute,
+	})
+	close(gs.release)
+	<-done
+	otherDo(logical.CreateOperation, "roles/prod", map[string]interface{}{"environment": "production"})
+	lease := otherDo(logical.ReadOperation, "creds/prod", nil)
+
+	e.restart(false)
+	got, err := e.do(logical.UpdateOperation, "keys/lookup", map[string]interface{}{"token": lease.Data["api_key"]})
+	require.NoError(t, err, "key %s was issued by this engine, but lookup says it was not", lease.Data["key_id"])
+	require.False(t, got.IsError())
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -346,12 +347,18 @@ func TestStorage_NoTokenAnywhere(t *testing.T) {
 		leases = append(leases, l)
 		tokens = append(tokens, l.Data["api_key"].(string))
 	}
-	require.NotNil(t, e.ok(logical.UpdateOperation, "config/development/rotate", nil))
+	rotated := e.ok(logical.UpdateOperation, "config/development/rotate", nil)
+	require.NotNil(t, rotated)
 	e.atTime(time.Now().Add(2 * time.Hour))
 	require.NoError(t, e.revoke(leases[0]))
 
-	cfgDev, _ := getConfig(context.Background(), e.s, "development")
-	cfgProd, _ := getConfig(context.Background(), e.s, "production")
+	cfgDev, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	require.NotEqual(t, e.adminKey["development"], cfgDev.AdminAPIKey, "the rotation stored a new admin key, so storage holds two to look for")
+	require.Equal(t, cfgDev.AdminKeyID, rotated.Data["admin_key_id"])
+	cfgProd, err := getConfig(context.Background(), e.s, "production")
+	require.NoError(t, err)
+	require.NotNil(t, cfgProd)
 	keys, err := logical.CollectKeys(context.Background(), e.s)
 	require.NoError(t, err)
 	require.NotEmpty(t, keys)
@@ -652,4 +659,53 @@ func TestCreds_IssuanceStaysAtTwoStorageWrites(t *testing.T) {
 	for _, l := range []*logical.Response{first, second, third} {
 		require.NoError(t, e.revoke(l))
 	}
+}
+
+// Spec invariant 4 ("those keys are reported in keys/ as unreachable"):
+// after a forced config write, keys/ (key_info) and keys/<id> say so.
+func TestKeys_ReportUnreachableKeys(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	require.True(t, trackedRecord(t, e.s, id).Unreachable)
+
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	info := list.Data["key_info"].(map[string]interface{})[id].(map[string]interface{})
+	require.Equal(t, true, info["unreachable"], "keys/ key_info must report the key unreachable; got fields %v", mapKeys(info))
+	read := e.ok(logical.ReadOperation, "keys/"+id, nil)
+	require.Equal(t, true, read.Data["unreachable"], "keys/<id> must report the key unreachable; got %v", read.Data)
+
+	// Put things back so the leftover check passes.
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": e.adminKey["development"]})
+	require.NoError(t, e.revoke(lease))
+}
+
+// Spec invariant 5 (never a 500): keys/<id> of a tracked key whose config
+// entry is gone (removed from storage directly, as a replicated delete or a
+// restore could leave it) still answers with the engine's record.
+func TestKeys_ReadOfAKeyWhoseConfigIsGone(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	require.NoError(t, e.s.Delete(context.Background(), configStoragePrefix+"development"))
+	e.b.invalidate(context.Background(), configStoragePrefix+"development")
+	resp, err := e.do(logical.ReadOperation, "keys/"+id, nil)
+	require.NotEqual(t, http.StatusInternalServerError, vaultHTTPStatus(logical.ReadOperation, resp, err), "keys/<id> of a key whose config is gone must not be a 500: %v %v", resp, err)
+	require.NoError(t, err)
+	require.NotNil(t, resp)
+	require.False(t, resp.IsError(), "%v", resp.Error())
+	require.Equal(t, id, resp.Data["key_id"], "the engine's record is still readable")
+	require.Equal(t, "development", resp.Data["environment"])
+
+	// Restore the config so the lease can be revoked.
+	e.configure("development")
+	require.NoError(t, e.revoke(lease))
 }

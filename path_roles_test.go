@@ -7,6 +7,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 func TestRoles_Validation(t *testing.T) {
@@ -107,4 +109,23 @@ func TestRoles_CapAddedLaterCountsEarlierKeys(t *testing.T) {
 	n, err = countActiveForRole(context.Background(), e.s, "r")
 	require.NoError(t, err)
 	require.Zero(t, n)
+}
+
+// Spec "roles" (max_active_keys): a static role's key never counts against
+// max_active_keys of a lease role of the same name.
+func TestRoles_StaticKeyNotCountedForALeaseRoleOfTheSameName(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 20, herontest.FaultStatus503)
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+	// The orphan sweep marks the key pending while Heron still fails.
+	_, err := e.do(logical.UpdateOperation, "tidy", nil)
+	require.Error(t, err, "precondition: the deactivation still fails")
+	n, err := countActiveForRole(context.Background(), e.s, "app")
+	require.NoError(t, err)
+	require.Zero(t, n, "a static key is no lease of role app")
+	e.srv.ResetFaults()
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	tidyAfterRetention(e)
 }

@@ -95,7 +95,7 @@ func (b *heronBackend) pathStaticCredsRead(ctx context.Context, req *logical.Req
 	} else {
 		data["rotation_period"] = int64(r.RotationPeriod.Seconds())
 	}
-	next, _ := r.rotationSchedule().nextAt(b.now())
+	next := r.rotationSchedule().readNext(b.now())
 	if !next.IsZero() {
 		data["ttl"] = max(int64(next.Sub(b.now()).Seconds()), 0)
 	}

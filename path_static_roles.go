@@ -213,7 +213,7 @@ func (b *heronBackend) pathStaticRolesRead(ctx context.Context, req *logical.Req
 		return nil, err
 	}
 	sched := r.rotationSchedule()
-	next, _ := sched.nextAt(b.now())
+	next := sched.readNext(b.now())
 	data := map[string]interface{}{
 		"environment":                r.Environment,
 		"rotation_period":            int64(r.RotationPeriod.Seconds()),
@@ -291,7 +291,13 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	if cfg.Deleting {
 		return logical.ErrorResponse(errDeleting(r.Environment).Error()), nil
 	}
-	warnings := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(), &r.RotationManaged, existing == nil || setsRotationFields(d))
+	// Registered before anything is stored or created: a rotation manager's
+	// refusal is the write's error, as on HashiCorp's engines.
+	warnings, refused := b.registerRotationJob(ctx, req.MountPoint, "heron-static-role-"+name, staticRoleStoragePrefix+name, r.rotationSchedule(),
+		&r.RotationManaged, &r.NextVaultRotation, create, setsRotationFields(d))
+	if refused != "" {
+		return logical.ErrorResponse(refused), nil
+	}
 	if gap := r.rotationGap(b.now()); gap > 0 && r.Overlap > gap {
 		// Accepted, as Vault accepts a ttl above the mount's max: but each
 		// rotation deactivates the key two generations old, so say what the
@@ -314,12 +320,21 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 		return resp, nil
 	}
 
+	// A create that stores no role takes its job back out of Vault's
+	// rotation manager.
+	dropJob := func() {
+		if ws := b.deregisterRotationJob(ctx, req.MountPoint, staticRoleStoragePrefix+name, r.RotationManaged); len(ws) > 0 {
+			b.Logger().Warn("static role not created, and its rotation job could not be deregistered", "role", name, "warning", ws[0])
+		}
+	}
 	client, err := b.creatingClient(ctx, req.Storage, r.Environment)
 	if err != nil {
+		dropJob()
 		return nil, err
 	}
 	if apiKey != "" {
 		if resp, err := b.adoptStaticKey(ctx, req.Storage, client, cfg, r, apiKey); resp != nil || err != nil {
+			dropJob()
 			return resp, err
 		}
 		if r.SkipImportRotation {
@@ -328,6 +343,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 	}
 	if err := b.rotateStaticLocked(ctx, req.Storage, client, r); err != nil {
 		if apiKey == "" {
+			dropJob()
 			return nil, err
 		}
 		// The adopted key is stored and tracked: the role exists, and the

@@ -11,6 +11,8 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/automatedrotationutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 )
@@ -19,50 +21,58 @@ import (
 // runs it (Vault's rotation manager where the server has one, else the
 // periodic pass), and the retirement of the key it replaces.
 
-// deactivateRetired deactivates retired admin keys not yet deactivated and
-// stores the result (applied to the config as stored, by key id), leaving
-// cfg as stored.
+// deactivateRetired deactivates the rotated-out admin keys of cfg not yet
+// deactivated and records each in its progress record (never in the
+// config: see retired_admin.go), updating cfg to match.
 func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage, cfg *heronConfig, client heronapi.API) error {
 	var errs []error
-	done := map[string]retiredAdminKey{}
 	for i := range cfg.RetiredKeys {
 		rk := &cfg.RetiredKeys[i]
 		if rk.Deactivated || cfg.isAdminKey(rk.KeyID, rk.TokenPrefix) {
 			continue
 		}
-		err := client.DeactivateKey(ctx, rk.KeyID)
-		if errors.Is(err, heronapi.ErrNotFound) && rk.Unreachable {
-			errs = append(errs, errRetiredUnreachable(cfg.Environment, rk.KeyID))
-			continue
-		}
-		if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err))
-			continue
-		}
-		// old_key_retention is how long it stays deactivated: counted from
-		// now, however late the deactivation came after the rotation.
-		now := b.now()
-		rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(cfg.OldKeyRetention)
-		done[rk.KeyID] = *rk
-	}
-	if len(done) > 0 {
-		stored, err := b.updateConfig(ctx, s, cfg.Environment, func(stored *heronConfig) (bool, error) {
-			changed := false
-			for i, rk := range stored.RetiredKeys {
-				if d, ok := done[rk.KeyID]; ok && !rk.Deactivated {
-					stored.RetiredKeys[i] = d
-					changed = true
-				}
-			}
-			return changed, nil
-		})
-		if err != nil {
+		if err := b.deactivateRetiredKey(ctx, s, cfg.Environment, rk, client); err != nil {
 			errs = append(errs, err)
-		} else {
-			*cfg = *stored
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deactivateRetiredKey deactivates one rotated-out admin key, decided under
+// the key's lock from the config read again under it: the config read
+// earlier may be stale (another instance's write may have made the key the
+// admin key again, or this one's pass may have got there first).
+func (b *heronBackend) deactivateRetiredKey(ctx context.Context, s logical.Storage, env string, rk *retiredAdminKey, client heronapi.API) error {
+	defer b.lockKey(rk.KeyID)()
+	fresh, err := getConfig(ctx, s, env)
+	if err != nil {
+		return err
+	}
+	cur := fresh.retired(rk.KeyID)
+	switch {
+	case cur == nil || fresh.isAdminKey(rk.KeyID, rk.TokenPrefix):
+		// No longer retired (written back as the admin key, or deleted).
+		return nil
+	case cur.Deactivated:
+		*rk = *cur
+		return nil
+	}
+	err = client.DeactivateKey(ctx, rk.KeyID)
+	if errors.Is(err, heronapi.ErrNotFound) && cur.Unreachable {
+		return errRetiredUnreachable(env, rk.KeyID)
+	}
+	if err != nil && !errors.Is(err, heronapi.ErrNotFound) {
+		return fmt.Errorf("deactivating old admin key %s: %w", rk.KeyID, err)
+	}
+	// old_key_retention is how long it stays deactivated: counted from
+	// now, however late the deactivation came after the rotation.
+	now := b.now()
+	*rk = *cur
+	rk.Deactivated, rk.DeactivatedAt, rk.DeleteAfter = true, now, now.Add(fresh.OldKeyRetention)
+	if err := putRetiredProgress(ctx, s, env, *rk, time.Time{}); err != nil {
+		return fmt.Errorf("recording the deactivation of old admin key %s: %w", rk.KeyID, err)
+	}
+	return nil
 }
 
 // pruneRetired keeps cfg's rotated-out admin keys within
@@ -112,7 +122,10 @@ type rotationSchedule struct {
 	Window   time.Duration
 	Disabled bool
 	Managed  bool
-	KeySetAt time.Time
+	// VaultNext is when Vault's rotation manager said it rotates next
+	// (Managed only; zero when it did not say).
+	VaultNext time.Time
+	KeySetAt  time.Time
 	// ScheduleSetAt is when Schedule was set: a cron schedule fires at its
 	// first time after both the key and the schedule were set.
 	ScheduleSetAt time.Time
@@ -177,6 +190,7 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 		if err != nil || cfg == nil {
 			continue
 		}
+		b.refreshClient(cfg)
 		targets = append(targets, b.adminKeyTarget(cfg))
 	}
 	return targets, nil
@@ -194,6 +208,10 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 			_, _, rotated, err := b.rotateAdminKeyIf(ctx, s, env, func(cfg *heronConfig) bool {
 				return cfg.rotationSchedule().dueAt(b.now())
 			})
+			if errors.Is(err, errRotationBusy) {
+				// Another instance is rotating it: that does what was due.
+				return false, nil
+			}
 			return rotated, err
 		},
 	}
@@ -242,11 +260,13 @@ func retiredDue(rk retiredAdminKey, now time.Time) bool {
 // registerRotation hands the config's schedule to Vault's rotation manager
 // where the server has one (Vault Enterprise 1.19+). Vault Community answers
 // that it is unsupported: the engine's own periodic pass then rotates on the
-// same schedule, so the setting means the same thing on every edition.
-func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, d *framework.FieldData, cfg *heronConfig) []string {
+// same schedule, so the setting means the same thing on every edition. A
+// non-empty bad is the 400 to answer (nothing may be stored): Vault has a
+// rotation manager and refused the job.
+func (b *heronBackend) registerRotation(ctx context.Context, req *logical.Request, d *framework.FieldData, cfg *heronConfig) (warnings []string, bad string) {
 	sched := cfg.rotationSchedule()
-	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched, &cfg.RotationManaged,
-		req.Operation == logical.CreateOperation || setsRotationFields(d))
+	return b.registerRotationJob(ctx, req.MountPoint, "heron-admin-key-"+cfg.Environment, configStoragePrefix+cfg.Environment, sched,
+		&cfg.RotationManaged, &cfg.NextVaultRotation, req.Operation == logical.CreateOperation, setsRotationFields(d))
 }
 
 // setsRotationFields reports whether the request sets one of the rotation
@@ -260,23 +280,66 @@ func setsRotationFields(d *framework.FieldData) bool {
 	return false
 }
 
+// rotationMethodMissing reports whether err says that the server has no
+// such system view method: a Vault older than the method (gRPC
+// Unimplemented), or the sdk's StaticSystemView (logical.TestSystemView),
+// which stands for a server without a rotation manager.
+func rotationMethodMissing(err error) bool {
+	return status.Code(err) == codes.Unimplemented || strings.Contains(err.Error(), "not implemented in StaticSystemView")
+}
+
+// rotationManagerUnsupported reports whether err is Vault Community's answer
+// to a rotation job (automatedrotationutil.ErrRotationManagerUnsupported;
+// across the plugin's gRPC boundary only its text survives), or a server
+// with no rotation manager at all.
+func rotationManagerUnsupported(err error) bool {
+	return errors.Is(err, automatedrotationutil.ErrRotationManagerUnsupported) ||
+		strings.Contains(err.Error(), automatedrotationutil.ErrRotationManagerUnsupported.Error()) ||
+		rotationMethodMissing(err)
+}
+
+// registerWithVault registers a rotation job, returning the rotation
+// manager's next scheduled time (zero when the server does not say). A
+// server that predates RegisterRotationJobWithResponse (Vault Enterprise
+// 1.19) is asked with RegisterRotationJob.
+func (b *heronBackend) registerWithVault(ctx context.Context, req *rotation.RotationJobConfigureRequest) (time.Time, error) {
+	info, err := b.System().RegisterRotationJobWithResponse(ctx, req)
+	if err != nil && rotationMethodMissing(err) {
+		_, err = b.System().RegisterRotationJob(ctx, req)
+		return time.Time{}, err
+	}
+	if err != nil || info == nil {
+		return time.Time{}, err
+	}
+	return info.NextVaultRotation.UTC().Truncate(time.Second), nil
+}
+
 // registerRotationJob registers (or, when no schedule is wanted, removes) the
 // rotation job of the target at path with Vault's rotation manager, and
-// records in *managed whether Vault runs it. announce: the write sets the
-// schedule, so its answer says who runs it when Vault cannot.
-func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool, announce bool) []string {
+// records in *managed whether Vault runs it and in *next when Vault said it
+// rotates next. As HashiCorp's engines do, a rotation manager's refusal is an
+// error of the write (bad: the 400 to answer, before anything is stored);
+// Vault Community's "unsupported" is not: the engine schedules the rotation
+// itself, and a write that sets the schedule (announce) is told so. A job
+// Vault already runs is registered again only when the write sets the
+// rotation fields (or creates the target): registering again restarts a
+// period, which a write of other settings must not do.
+func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, path string, sched rotationSchedule, managed *bool, next *time.Time, create, announce bool) (warnings []string, bad string) {
 	wanted := !sched.Disabled && (sched.Period > 0 || sched.Schedule != "")
 	if !wanted {
 		if *managed {
 			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mount, ReqPath: path})
-			if err != nil {
-				return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
+			if err != nil && !rotationManagerUnsupported(err) {
+				return nil, fmt.Sprintf("error deregistering rotation job: %v", err)
 			}
-			*managed = false
 		}
-		return nil
+		*managed, *next = false, time.Time{}
+		return nil, ""
 	}
-	_, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
+	if *managed && !create && !announce {
+		return nil, ""
+	}
+	at, err := b.registerWithVault(ctx, &rotation.RotationJobConfigureRequest{
 		Name:             name,
 		MountPoint:       mount,
 		ReqPath:          path,
@@ -284,17 +347,19 @@ func (b *heronBackend) registerRotationJob(ctx context.Context, mount, name, pat
 		RotationWindow:   sched.Window,
 		RotationPeriod:   sched.Period,
 	})
+	if err != nil && !rotationManagerUnsupported(err) {
+		return nil, fmt.Sprintf("error registering rotation job: %v", err)
+	}
 	if err != nil {
-		*managed = false
+		*managed, *next = false, time.Time{}
 		b.Logger().Debug("rotation manager unavailable; the engine schedules rotation itself", "path", path, "error", err)
-		var warnings []string
-		if announce {
+		if announce || create {
 			warnings = append(warnings, communitySchedulingWarning)
 		}
-		return warnings
+		return warnings, ""
 	}
-	*managed = true
-	return nil
+	*managed, *next = true, at
+	return nil, ""
 }
 
 // deregisterRotationJob removes a target's job from Vault's rotation manager
@@ -303,24 +368,75 @@ func (b *heronBackend) deregisterRotationJob(ctx context.Context, mount, path st
 	if !managed {
 		return nil
 	}
-	if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mount, ReqPath: path}); err != nil {
+	if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mount, ReqPath: path}); err != nil && !rotationManagerUnsupported(err) {
 		return []string{fmt.Sprintf("could not deregister the rotation job from Vault's rotation manager: %v", err)}
 	}
 	return nil
 }
 
 // rotateCredential is Vault's rotation manager calling back for a job
-// registered by registerRotation (req.Path names the target).
+// registered by registerRotationJob (req.Path names the target): the same
+// rotation as the target's rotate path, with trigger "scheduled". The time
+// Vault says it rotates next (req.RotationInfo) is stored for reads. A
+// target deleted, or whose automated rotation was disabled, since Vault
+// scheduled the call is not rotated.
 func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Request) error {
+	ctx = heronapi.Background(ctx)
+	var vaultNext time.Time
+	if req.RotationInfo != nil {
+		vaultNext = req.RotationInfo.NextVaultRotation.UTC().Truncate(time.Second)
+	}
 	if name, ok := strings.CutPrefix(req.Path, staticRoleStoragePrefix); ok && name != "" {
-		_, err := b.rotateStatic(heronapi.Background(ctx), req.Storage, name)
-		return err
+		r, err := getStaticRole(ctx, req.Storage, name)
+		if err != nil {
+			return err
+		}
+		if r == nil || r.DisableAutomatedRotation {
+			b.Logger().Warn("rotation manager called for a static role that is deleted or has automated rotation disabled: not rotated", "role", name)
+			return nil
+		}
+		if _, err := b.rotateStatic(ctx, req.Storage, name); err != nil {
+			return err
+		}
+		if vaultNext.IsZero() {
+			return nil
+		}
+		lock := b.staticRoleLock(name)
+		lock.Lock()
+		defer lock.Unlock()
+		r, err = getStaticRole(ctx, req.Storage, name)
+		if err != nil || r == nil || !r.RotationManaged {
+			return err
+		}
+		old := *r
+		r.NextVaultRotation = vaultNext
+		return b.putStaticRole(ctx, req.Storage, &old, r)
 	}
 	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
 	if !ok || env == "" {
 		return fmt.Errorf("rotation request for unexpected path %q", req.Path)
 	}
-	_, _, err := b.rotateAdminKey(heronapi.Background(ctx), req.Storage, env)
+	cfg, err := getConfig(ctx, req.Storage, env)
+	if err != nil {
+		return err
+	}
+	if cfg == nil || cfg.DisableAutomatedRotation {
+		b.Logger().Warn("rotation manager called for a config that is deleted or has automated rotation disabled: not rotated", "environment", env)
+		return nil
+	}
+	if _, _, err := b.rotateAdminKey(ctx, req.Storage, env); err != nil {
+		return err
+	}
+	if vaultNext.IsZero() {
+		return nil
+	}
+	_, err = b.updateConfig(ctx, req.Storage, env, func(stored *heronConfig) (bool, error) {
+		if stored.AdminAPIKey == "" || !stored.RotationManaged {
+			return false, nil
+		}
+		stored.NextVaultRotation = vaultNext
+		return true, nil
+	})
 	return err
 }
 
@@ -340,6 +456,7 @@ func (c *heronConfig) rotationSchedule() rotationSchedule {
 		Window:        c.RotationWindow,
 		Disabled:      c.DisableAutomatedRotation,
 		Managed:       c.RotationManaged,
+		VaultNext:     c.NextVaultRotation,
 		KeySetAt:      base,
 		ScheduleSetAt: c.ScheduleSetAt,
 	}
@@ -385,7 +502,7 @@ func rotationInfoResponseFields(what string) map[string]*framework.FieldSchema {
 		},
 		"next_vault_rotation": {
 			Type:        framework.TypeTime,
-			Description: "When the engine's scheduler rotates the " + what + " next (RFC 3339), or null when no automatic rotation is scheduled by the engine.",
+			Description: "When the " + what + " is rotated next (RFC 3339): by Vault's rotation manager when it runs the schedule (Vault Enterprise, rotation_managed_by_vault=true), else by the engine's own scheduler; null when no automatic rotation is scheduled or Vault did not say.",
 		},
 		"rotation_skipped": {
 			Type:        framework.TypeString,
@@ -431,6 +548,16 @@ func (r rotationSchedule) nextAt(now time.Time) (next, missed time.Time) {
 	// The first scheduled time s with s+window >= now (Next is strictly
 	// after its argument).
 	return sched.Next(now.Add(-r.Window).Add(-time.Nanosecond).UTC()), next
+}
+
+// readNext is the next rotation a read shows at now: Vault's rotation
+// manager's time when it runs the schedule, else the engine's own (nextAt).
+func (r rotationSchedule) readNext(now time.Time) time.Time {
+	if r.Managed && !r.Disabled && !r.Retry {
+		return r.VaultNext
+	}
+	next, _ := r.nextAt(now)
+	return next
 }
 
 // dueAt reports whether the schedule's rotation is due at now.

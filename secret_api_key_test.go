@@ -1,11 +1,15 @@
 package heron
 
 import (
+	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 // Invariant 2 (the lease's end is counted from when Vault registers the
@@ -63,5 +67,120 @@ func TestLease_VaultLeaseEnd(t *testing.T) {
 			got := vaultLeaseEnd(tc.rec, tc.secret)
 			require.True(t, tc.want.Equal(got), "want %s, got %s", tc.want, got)
 		})
+	}
+}
+
+// Spec invariant 2: a revocation that fails while Heron is down and is
+// retried by Vault after the lease's original end still deletes the key; an
+// expiry whose first attempt failed stays an expiry (the decision of the
+// first attempt holds for Vault's retries, whatever the clock says).
+func TestRevoke_RetryAfterLeaseEndStillDeletes(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0, "rate_limit_per_minute": maxRateLimitPerMinute,
+	})
+	e.role("r", map[string]interface{}{"ttl": "1h"})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	e.srv.FailNext("DELETE", "/api/credentials/keys/", 3, herontest.FaultStatus503)
+	require.Error(t, e.revoke(lease), "Heron is down: Vault will retry")
+	e.srv.ResetFaults()
+
+	// Vault's retry lands after the lease would have ended.
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(lease))
+	k, _ := e.srv.Key(id)
+	require.True(t, k.Deleted, "a revocation deletes the key, however late its retry lands")
+	rec, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.Nil(t, rec)
+
+	// And an expiry whose first attempt failed stays an expiry: the decision
+	// of the first attempt holds for Vault's retries whatever the clock says.
+	e.b.now = time.Now
+	lease2 := e.issue("r")
+	id2 := lease2.Data["key_id"].(string)
+	e.atTime(time.Now().Add(2 * time.Hour))
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 3, herontest.FaultStatus503)
+	require.Error(t, e.revoke(lease2))
+	e.srv.ResetFaults()
+	e.atTime(time.Now())
+	require.NoError(t, e.revoke(lease2))
+	k2, _ := e.srv.Key(id2)
+	require.False(t, k2.Deleted)
+	require.False(t, k2.IsActive, "the expiry decided on the first attempt is carried out")
+	e.atTime(time.Now().Add(100 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+}
+
+// Spec invariant 2: the lease is counted from Heron's answer (as Vault counts
+// it from registering the lease), so when Heron takes two hours of the
+// engine's clock to create the key, an early revocation still deletes it.
+func TestRevoke_SlowCreationDoesNotMakeARevocationAnExpiry(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("r", map[string]interface{}{"ttl": "1h"})
+	clock := time.Now()
+	var mu sync.Mutex
+	e.b.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	api := scripted(e)
+	// The POST takes two hours of the engine's clock (a queue, Retry-After, a
+	// slow network: any delay between the request and Heron's answer).
+	api.creating = func() { mu.Lock(); clock = clock.Add(2 * time.Hour); mu.Unlock() }
+
+	lease := e.issue("r")
+	require.NoError(t, e.revoke(lease), "revoked at once, right after Vault registered the lease")
+	k, _ := e.srv.Key(lease.Data["key_id"].(string))
+	require.True(t, k.Deleted, "an early revocation deletes")
+}
+
+// Spec invariant 2 and "The lease": the first revocation attempt fails and
+// stores "delete"; the revoke did not go through, so the lease lives on and
+// is renewed. When it later runs out, that is an expiry: the key is
+// deactivated and retained, not deleted by the stale decision.
+func TestRevoke_RenewalClearsAFailedRevocationsDecision(t *testing.T) {
+	e := getTestBackend(t)
+	e.ok(logical.CreateOperation, "config/development", map[string]interface{}{
+		"admin_api_key": e.adminKey["development"], "base_url": e.srv.URL, "max_retries": 0, "rate_limit_per_minute": maxRateLimitPerMinute,
+	})
+	e.role("r", map[string]interface{}{"ttl": "1h", "max_ttl": "10h"})
+	lease := e.issue("r")
+	id := lease.Data["key_id"].(string)
+
+	e.srv.FailNext("DELETE", "/api/credentials/keys/", 1, herontest.FaultStatus503)
+	require.Error(t, e.revoke(lease), "Heron is down: the operator's revoke fails")
+	e.srv.ResetFaults()
+
+	resp, err := e.renew(lease, time.Hour)
+	require.NoError(t, err)
+	require.False(t, resp.IsError())
+
+	// The renewed lease runs out: Vault's expiry revocation.
+	e.atTime(time.Now().Add(2 * time.Hour))
+	require.NoError(t, e.revoke(lease))
+	k, _ := e.srv.Key(id)
+	require.False(t, k.Deleted, "an expiry after a renewal deactivates the key: the failed revocation's decision is stale")
+	require.False(t, k.IsActive)
+	e.atTime(time.Now().Add(200 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+}
+
+// Spec "The lease": a lease whose internal data has no key_id or no
+// environment can never be revoked; the answer is logical.ErrUnrecoverable
+// itself (the gRPC boundary compares by identity, a wrapped one would make
+// Vault retry for ever).
+func TestRevoke_SecretWithoutKeyIDIsUnrecoverable(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	for name, internal := range map[string]map[string]interface{}{
+		"no key_id":      {"secret_type": secretTypeAPIKey, "environment": "development", "role": "r"},
+		"no environment": {"secret_type": secretTypeAPIKey, "key_id": "k-1", "role": "r"},
+	} {
+		_, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.RevokeOperation, Path: "creds/x", Storage: e.s,
+			Secret: &logical.Secret{InternalData: internal},
+		})
+		require.True(t, err == logical.ErrUnrecoverable, "%s: want logical.ErrUnrecoverable itself, got %#v", name, err)
 	}
 }

@@ -479,6 +479,10 @@ func (b *heronBackend) rotateDueStatic(ctx context.Context, s logical.Storage, w
 			break
 		}
 		_, did, err := b.rotateStaticIf(ctx, s, name, b.dueNow)
+		if errors.Is(err, errRotationBusy) {
+			// Another instance is rotating it: that does what was due.
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", staticRoleStoragePrefix+name, err))
 			continue

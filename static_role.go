@@ -54,6 +54,8 @@ type staticRole struct {
 	// ScheduleSetAt is when RotationSchedule was last set or changed.
 	ScheduleSetAt   time.Time `json:"schedule_set_at,omitempty"`
 	RotationManaged bool      `json:"rotation_managed,omitempty"`
+	// NextVaultRotation: as on configs (Vault's rotation manager's time).
+	NextVaultRotation time.Time `json:"next_vault_rotation,omitempty"`
 
 	// The current key.
 	KeyID       string    `json:"key_id"`
@@ -101,7 +103,7 @@ func (r *staticRole) rotationGap(now time.Time) time.Duration {
 // rotationSchedule is the static role's schedule.
 func (r *staticRole) rotationSchedule() rotationSchedule {
 	return rotationSchedule{Period: r.RotationPeriod, Schedule: r.RotationSchedule, Window: r.RotationWindow, Disabled: r.DisableAutomatedRotation,
-		Managed: r.RotationManaged, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
+		Managed: r.RotationManaged, VaultNext: r.NextVaultRotation, KeySetAt: r.KeySetAt, ScheduleSetAt: r.ScheduleSetAt, Retry: r.RetryRotation}
 }
 
 // validate checks the role's own fields and names the first that is wrong.
@@ -214,7 +216,17 @@ func (b *heronBackend) rotateStaticIf(ctx context.Context, s logical.Storage, na
 	lock := b.staticRoleLock(name)
 	lock.Lock()
 	defer lock.Unlock()
+	release, err := b.claimRotation(ctx, s, "static/"+name)
+	if errors.Is(err, errRotationBusy) {
+		return nil, false, fmt.Errorf("%w %q: %w; retry", errStaticUser, name, err)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer release()
 	env := r.Environment
+	// Read after the claim: a rotation another instance finished before it
+	// shows here.
 	if r, err = getStaticRole(ctx, s, name); err != nil {
 		return nil, false, err
 	}

@@ -3,6 +3,7 @@ package heron
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -559,4 +560,262 @@ func TestStaticRole_HolderAndOperatorAreToldWhatToExpect(t *testing.T) {
 	require.Equal(t, keyStateDeactivated, rec["state"])
 	require.Equal(t, "superseded", rec["reason"])
 	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+}
+
+// Spec invariants 1 and 4: after a forced config write a rotation makes the
+// unreachable key the previous one; once the overlap is over the cleanup
+// pass neither takes its absence from the new admin key's list for "gone"
+// nor its 404 for a deactivation: the key stays tracked while live.
+func TestStaticOverlap_UnreachablePreviousKeyStaysTracked(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{
+		"environment": "development", "overlap": "1h", "max_overlap": "1h",
+	})
+	id := staticCreds(e, "app")["key_id"].(string)
+
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	e.allowLive[id] = true
+
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	require.Equal(t, id, staticCreds(e, "app")["previous_key_id"])
+
+	e.atTime(t0.Add(2 * time.Hour))
+	_, err := e.do(logical.UpdateOperation, "tidy", nil)
+	require.ErrorContains(t, err, "unreachable", "tidy reports the key it cannot retire")
+	k := heronKey(e, id)
+	require.True(t, k.IsActive && !k.Deleted, "precondition: the new admin key cannot touch the key")
+	rec, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.NotNil(t, rec, "the previous static key is live in Heron: the cleanup pass must keep its record")
+}
+
+// Spec "static-roles" (max_overlap: deactivated regardless): while Heron's
+// list fails, the previous key past max_overlap is still deactivated (that
+// needs no list).
+func TestStaticOverlap_MaxOverlapHoldsWhileTheListFails(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "overlap": "1h", "max_overlap": "2h"})
+	a := staticCreds(e, "app")["key_id"].(string)
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	e.atTime(t0.Add(3 * time.Hour))
+	e.srv.FailNext("GET", "/api/credentials/keys", 1000, herontest.FaultStatus503)
+	_, err := e.do(logical.UpdateOperation, "tidy", nil)
+	require.ErrorContains(t, err, "listing keys", "tidy reports the failed list")
+	e.srv.ResetFaults()
+	require.False(t, heronKey(e, a).IsActive, "past max_overlap the previous key is deactivated, list or no list")
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+	e.atTime(t0.Add(100 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+}
+
+// Spec "static-roles" (overlap): the current key is deleted by hand during
+// an overlap and replaced by a rotation; the previous key, the only other one
+// that works, keeps its overlap and stays the previous key.
+func TestStaticRotation_ReplacingAVanishedKeyKeepsThePreviousOverlap(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development", "overlap": "1h"})
+	a := staticCreds(e, "app")["key_id"].(string)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	b := staticCreds(e, "app")["key_id"].(string)
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), b))
+	e.ok(logical.UpdateOperation, "tidy", nil) // reconcile: b is gone from Heron
+
+	creds := staticCreds(e, "app")
+	require.NotEqual(t, b, creds["key_id"], "a new key replaces the vanished one")
+	require.Equal(t, a, creds["previous_key_id"], "the previous key keeps its overlap")
+	require.True(t, heronKey(e, a).IsActive, "the previous key still works")
+	e.ok(logical.DeleteOperation, "static-roles/app", nil)
+	tidyAfterRetention(e)
+}
+
+// Spec invariant 3: static key names (vault-static-<role>-<unix_time>) have
+// no random part, so after a lost answer the recovery never deletes a key of
+// that name someone else made a moment before.
+func TestStaticRotation_LostAnswerNeverDeletesASameNamedForeignKey(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+
+	t1 := time.Now().Add(time.Hour).Truncate(time.Second)
+	e.atTime(t1)
+	other := createDirect(t, e, fmt.Sprintf("vault-static-app-%d", t1.Unix()))
+	e.foreign[other] = true
+	time.Sleep(50 * time.Millisecond) // strictly older than the rotation
+
+	e.srv.FailNext("POST", "/api/credentials/keys", 1, herontest.FaultProcessThenDrop)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	k := heronKey(e, other)
+	require.True(t, k.IsActive && !k.Deleted, "the recovery after a lost answer must not delete a key of the same name it did not create")
+}
+
+// Spec invariant 3 and "Events, history and log lines": the key that appears
+// under a lost static rotation's name is reported as an unconfirmed static
+// key of the role (never deleted on a name match), and its event names
+// static-creds/<role>.
+func TestStaticRotation_LostAnswerKeyIsReportedAsTheRolesUnconfirmedKey(t *testing.T) {
+	events := &logical.MockEventSender{}
+	e := newTestEnv(t, withEvents(events))
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+
+	e.srv.FailNext("POST", "/api/credentials/keys", 1, herontest.FaultProcessThenDrop)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+
+	ids, err := e.s.List(context.Background(), unconfirmedStoragePrefix)
+	require.NoError(t, err)
+	require.Len(t, ids, 1, "the lost answer's key is reported unconfirmed")
+	lost := ids[0]
+	u, err := getJSON[unconfirmedKey](context.Background(), e.s, unconfirmedStoragePrefix+lost, "")
+	require.NoError(t, err)
+	require.Equal(t, keyKindStatic, u.Kind)
+	require.Equal(t, "app", u.Role)
+	k := heronKey(e, lost)
+	require.True(t, k.IsActive && !k.Deleted, "never deleted on a name match alone")
+
+	require.Eventually(t, func() bool {
+		events.Lock()
+		defer events.Unlock()
+		for _, ev := range events.Events {
+			md := ev.Event.Metadata.AsMap()
+			if md["key_id"] == lost && string(ev.Type) == eventKeyUnconfirmed {
+				return md[logical.EventMetadataDataPath] == "static-creds/app"
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond, "a heron/key-unconfirmed event with data_path static-creds/app")
+}
+
+// Spec "Events, history and log lines" (heron/static-rotate-fail): a static
+// rotation that fails after Heron created the next key (storing the role
+// fails, so the new key is deleted and the current key stays) sends one
+// heron/static-rotate-fail, not only a failed POST does.
+func TestStaticRotation_StorageFailureSendsAFailEvent(t *testing.T) {
+	events := &logical.MockEventSender{}
+	e := newTestEnv(t, withEvents(events))
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	cur := staticCreds(e, "app")["key_id"].(string)
+
+	e.s = &failPutKey{Storage: e.s, key: staticRoleStoragePrefix + "app", n: 1}
+	_, err := e.do(logical.UpdateOperation, "static-roles/app/rotate", nil)
+	require.Error(t, err, "precondition: the rotation failed")
+	require.Equal(t, cur, staticCreds(e, "app")["key_id"], "precondition: the current key stays")
+	require.Len(t, liveIssued(e), 1, "precondition: the key the failed rotation made was deleted")
+
+	e.b.eventSends.Wait()
+	events.Lock()
+	fails := 0
+	for _, ev := range events.Events {
+		if string(ev.Type) == eventStaticRotateFail {
+			fails++
+		}
+	}
+	events.Unlock()
+	require.Equal(t, 1, fails, "a failed static rotation sends one heron/static-rotate-fail")
+}
+
+// Spec "Events, history and log lines" (one record of every change): when
+// storing the role fails after the previous key's retirement at the end of
+// its overlap, the next pass's retry sends no second
+// heron/static-deactivate for the same deactivation.
+func TestStaticOverlap_RetriedEndSendsOneDeactivateEvent(t *testing.T) {
+	events := &logical.MockEventSender{}
+	e := newTestEnv(t, withEvents(events))
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{
+		"environment": "development", "overlap": "1h", "max_overlap": "1h",
+	})
+	prev := staticCreds(e, "app")["key_id"].(string)
+	t0 := time.Now()
+	e.atTime(t0)
+	e.ok(logical.UpdateOperation, "static-roles/app/rotate", nil)
+
+	fs := &failPutKey{Storage: e.s, key: staticRoleStoragePrefix + "app", n: 1}
+	e.s = fs
+	e.atTime(t0.Add(61 * time.Minute))
+	_, err := e.do(logical.UpdateOperation, "tidy", nil)
+	require.ErrorContains(t, err, "injected storage failure", "precondition: the role's write fails")
+	require.False(t, heronKey(e, prev).IsActive, "precondition: deactivated at the end of its overlap")
+	e.atTime(t0.Add(62 * time.Minute))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.NotContains(t, staticCreds(e, "app"), "previous_key_id")
+
+	got := eventsFor(e, events, prev)
+	require.Equal(t, 1, countOf(got, eventStaticDeactivate), "one deactivation, one event: events %v", got)
+}
+
+// Spec invariants 1 and 4: deleting a static role whose key the admin key
+// cannot see (unreachable after a forced config write) never turns Heron's
+// 404 into "gone": the key is live in Heron, so its record stays.
+func TestStaticRoleDelete_KeepsAnUnreachableKeyTracked(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
+	id := staticCreds(e, "app")["key_id"].(string)
+
+	foreign := e.srv.AddUser("development")
+	e.adminKey["foreign-user"] = foreign
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"admin_api_key": foreign, "force": true})
+	rec, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.True(t, rec.Unreachable, "precondition: the forced write marked the static key unreachable")
+	e.allowLive[id] = true
+
+	resp := e.ok(logical.DeleteOperation, "static-roles/app", nil)
+	require.NotNil(t, resp)
+	require.Contains(t, strings.Join(resp.Warnings, " "), "unreachable", "the delete says why the key is kept")
+	k := heronKey(e, id)
+	require.True(t, k.IsActive && !k.Deleted, "precondition: the new admin key cannot touch the key")
+	rec, err = getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.NotNil(t, rec, "the static key is live in Heron: a 404 from an admin key that cannot see it must not make its record a tombstone")
+}
+
+// Spec invariant 7 (static roles): the pass decides from a list asked before
+// any lock that a static role's current key is inactive; under the role's
+// lock it asks again, so a key an operator activated in between (a lifted
+// quarantine) is neither replaced nor recorded as deactivated while live.
+func TestStaticRole_PassReplacesOnlyAKeyStillInactive(t *testing.T) {
+	e := newTestEnv(t, withoutLeftoverCheck())
+	e.configure("development")
+	e.ok(logical.CreateOperation, "static-roles/batch", map[string]interface{}{"environment": "development", "overlap": "1h"})
+	first := e.ok(logical.ReadOperation, "static-creds/batch", nil)
+	k1 := first.Data["key_id"].(string)
+	token1 := first.Data["api_key"].(string)
+
+	e.ok(logical.UpdateOperation, "keys/"+k1+"/deactivate", nil)
+	// ... the periodic pass lists Heron here: k1 is inactive ...
+	e.ok(logical.UpdateOperation, "keys/"+k1+"/activate", nil)
+	require.True(t, e.authenticates(token1))
+	// ... and then acts on the key it saw inactive: asked again under the
+	// role's lock, Heron says it is active, so nothing is replaced.
+	require.NoError(t, e.b.replaceInactiveStatic(context.Background(), e.s, "batch", k1))
+
+	rec, err := getTrackedKey(context.Background(), e.s, k1)
+	require.NoError(t, err)
+	require.True(t, e.authenticates(token1))
+	require.Equal(t, keyStateActive, rec.State, "key %s is live in Heron: its record must not say deactivated", k1)
+	require.Equal(t, k1, staticCreds(e, "batch")["key_id"], "the activated key is still the role's current key")
+
+	// Deactivated by hand again, and seen so by a fresh look: replaced, the
+	// record deactivated.
+	e.ok(logical.UpdateOperation, "keys/"+k1+"/deactivate", nil)
+	require.NoError(t, e.b.replaceInactiveStatic(context.Background(), e.s, "batch", k1))
+	require.NotEqual(t, k1, staticCreds(e, "batch")["key_id"])
+	rec, err = getTrackedKey(context.Background(), e.s, k1)
+	require.NoError(t, err)
+	require.Equal(t, keyStateDeactivated, rec.State)
+	require.False(t, e.authenticates(token1))
+	e.atTime(time.Now().Add(2 * time.Hour))
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	require.False(t, e.authenticates(token1), "no pass reactivates it")
 }

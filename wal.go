@@ -68,6 +68,11 @@ type walKeyEntry struct {
 	// record was written (OffsetKnown): keys' "created" is Heron's clock.
 	Offset      time.Duration `json:"offset,omitempty"`
 	OffsetKnown bool          `json:"offset_known,omitempty"`
+	// KeyID is the id Heron answered for this creation, once known and
+	// before its key is recorded (an admin key's rotation): that key is this
+	// record's for certain, whatever the name's uniqueness, and the
+	// rollback deletes it unless the config accounts for it.
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // owns reports whether k may have been created for e: same name, not one
@@ -107,11 +112,15 @@ type walGuard struct {
 	b     *heronBackend
 	s     logical.Storage
 	slot  string
+	kind  string
 	entry *walKeyEntry
 	lock  *locksutil.LockEntry
 	// unresolved counts POSTs whose outcome stayed unknown: their key may
 	// still appear, so the record must stay for the rollback.
 	unresolved int
+	// confirm: the creation is over but its record stays for the rollback to
+	// check once more that the key is accounted for (see confirmLater).
+	confirm bool
 	// keep: the record stays in its slot once the creation is over, for the
 	// slot's next creation to overwrite (see wal_slots.go). Only for names
 	// with a random part: a record that outlives its creation is settled by
@@ -165,7 +174,7 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 		lock.Unlock()
 		return nil, nil, fmt.Errorf("writing write-ahead record for key %q: %w", entry.KeyName, err)
 	}
-	g := &walGuard{b: b, s: s, slot: slot, entry: entry, lock: lock, keep: uniqueName}
+	g := &walGuard{b: b, s: s, slot: slot, kind: kind, entry: entry, lock: lock, keep: uniqueName}
 	for lookups := 0; ; lookups++ {
 		key, err := client.CreateKey(ctx, entry.KeyName)
 		b.noteClock(entry.Environment, client)
@@ -209,12 +218,40 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 // done ends the guard once the caller's own record holds the key.
 func (g *walGuard) done(ctx context.Context) { g.end(ctx) }
 
+// nameKey rewrites the creation's record with the id Heron answered, before
+// the caller's write that records the key: from then on the rollback knows
+// that key is this record's (see walKeyEntry.KeyID).
+func (g *walGuard) nameKey(ctx context.Context, keyID string) error {
+	if g.unresolved > 0 {
+		// An earlier POST's key may still appear: the record stays as it
+		// is, settled by name and window.
+		return nil
+	}
+	g.entry.KeyID = keyID
+	return putCreation(ctx, g.s, g.slot, g.kind, g.entry)
+}
+
+// confirmLater ends the guard of a key whose record is a config entry that
+// another writer may overwrite: the config lock is one instance's, and two
+// instances on one storage (a reload or failover) can both read the config
+// and write it back, the later write forgetting the earlier's new key. The
+// creation record stays held: the rollback, which settles it only after the
+// late-key window, deletes the key unless the config then accounts for it.
+func (g *walGuard) confirmLater(ctx context.Context) {
+	g.confirm = true
+	g.end(ctx)
+}
+
 // end releases the name lock and the slot, whose record the slot's next
 // creation overwrites (or which goes now, see keep); unless a key of an
 // unknown outcome may still appear: then the slot is held and the rollback
 // deletes that key.
 func (g *walGuard) end(ctx context.Context) {
 	defer g.lock.Unlock()
+	if g.confirm && g.unresolved == 0 {
+		g.b.slots.finish(g.slot, true)
+		return
+	}
 	if g.unresolved > 0 {
 		g.b.Logger().Warn("a key creation's outcome is still unknown: its write-ahead record stays and the rollback deletes the key if it appears",
 			"key_name", g.entry.KeyName, "environment", g.entry.Environment, "record", g.slot)
@@ -310,9 +347,11 @@ func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kin
 	if err != nil {
 		return err
 	}
-	// Settled only by a list asked after the window closed (listedAt, moved
-	// as far as a test moved windowNow ahead of the wall clock).
-	if !entry.settled(listedAt.Add(b.windowNow().Sub(b.wallNow())), b.createdSkew) {
+	// A record naming its key (see walKeyEntry.KeyID) made no other: it is
+	// settled once that key is accounted for or deleted. Otherwise, only by
+	// a list asked after the window closed (listedAt, moved as far as a
+	// test moved windowNow ahead of the wall clock).
+	if entry.KeyID == "" && !entry.settled(listedAt.Add(b.windowNow().Sub(b.wallNow())), b.createdSkew) {
 		return errStillWatching
 	}
 	return nil
@@ -349,7 +388,7 @@ func (b *heronBackend) deleteOrphans(ctx context.Context, s logical.Storage, cli
 		if rec != nil && rec.State != keyStateDeleted {
 			continue
 		}
-		if entry.Listed && rec == nil {
+		if entry.Listed && rec == nil && k.ID != entry.KeyID {
 			// The name is not unique: a key of it in the window may be a
 			// customer's. Never deleted on that alone (see unconfirmed.go);
 			// reported, and the creation counts as settled.

@@ -316,6 +316,11 @@ func (b *heronBackend) settleCreation(ctx context.Context, s logical.Storage, pa
 		// Possibly still running in the instance that wrote it (a reload
 		// or failover leaves the old one finishing its request).
 		return false, errStillInflight
+	case env == "" && e.KeyID != "" && b.windowNow().Sub(e.Since) < walRollbackMinAge:
+		// A rotated-in admin key (see walGuard.confirmLater): judged once
+		// another instance's write of the config, which could forget it,
+		// can no longer be on its way.
+		return false, errStillInflight
 	case env != "":
 		err = b.rollbackEntry(ctx, s, rec.Kind, e)
 	default:

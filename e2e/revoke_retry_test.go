@@ -11,7 +11,8 @@ import (
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
-// TestRevokeRetriedAfterLeaseEndStillDeletes is issue 9 case 3 through Vault's
+// TestRevokeRetriedAfterLeaseEndStillDeletes is the unit test
+// TestRevoke_RetryAfterLeaseEndStillDeletes run through Vault's
 // own asynchronous revocation and retry: `vault lease revoke` while Heron is
 // failing; Vault retries with backoff, and its retry lands after the lease's
 // original end. That retry is still a revocation (spec invariant 2: decided

@@ -19,7 +19,7 @@ func postedName(r *http.Request) string {
 // TestCreateKeyUnknownOutcome: every answer after which Heron may hold the key
 // comes back as ErrOutcomeUnknown after exactly one POST, with no lookup and
 // no delete: only the caller knows which keys of that name are its own
-// (issue 9 case 2: names are not unique in Heron).
+// (spec invariant 3: names are not unique in Heron).
 func TestCreateKeyUnknownOutcome(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -16,6 +17,43 @@ func (l *Limiter) pausedFor() time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.pausedUntil.Sub(l.clock.now())
+}
+
+// pauseSet reports whether a pause was ever set (one that has ended counts).
+func (l *Limiter) pauseSet() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.pausedUntil.IsZero()
+}
+
+// countingClock is the wall clock, counting how often the limiter reads it
+// and sleeps on it: "refused at once" is then "refused without sleeping",
+// which does not depend on how fast the machine runs the test.
+type countingClock struct {
+	wallClock
+	mu     sync.Mutex
+	nows   int
+	sleeps int
+}
+
+func (c *countingClock) now() time.Time {
+	c.mu.Lock()
+	c.nows++
+	c.mu.Unlock()
+	return time.Now()
+}
+
+func (c *countingClock) sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	c.mu.Lock()
+	c.sleeps++
+	c.mu.Unlock()
+	return c.wallClock.sleep(ctx, until, wake)
+}
+
+func (c *countingClock) counts() (nows, sleeps int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nows, c.sleeps
 }
 
 func TestLimiterSpacesRequests(t *testing.T) {
@@ -52,18 +90,21 @@ func TestLimiterSpacesRequests(t *testing.T) {
 
 func TestLimiterWaitDeadline(t *testing.T) {
 	t.Parallel()
-	l := NewLimiter(1)
+	clk := &countingClock{}
+	l := newLimiter(1, clk)
 	noErr(t, l.Wait(context.Background())) // spends the only token for a minute
 
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	// The next slot is a minute away, past the deadline: refused at once,
+	// without sleeping toward the deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	start := time.Now()
+	_, slept := clk.counts()
 	err := l.Wait(ctx)
 	if !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("want ErrRateLimited, got %v", err)
 	}
-	if el := time.Since(start); el > 40*time.Millisecond {
-		t.Errorf("refusal should be immediate, took %s", el)
+	if _, s := clk.counts(); s != slept {
+		t.Errorf("refusal should be immediate, but the limiter slept %d times first", s-slept)
 	}
 
 	ctx, cancel2 := context.WithCancel(context.Background())
@@ -192,7 +233,13 @@ func Test429PausesWholeEnvironment(t *testing.T) {
 	errA := make(chan error, 1)
 	go func() { _, err := a.ListKeys(context.Background()); errA <- err }()
 	at := <-got429
-	time.Sleep(50 * time.Millisecond) // let the client see the answer
+	// Wait until the client has seen the answer (the limiter is paused), not
+	// for a fixed time a loaded machine may need more of.
+	for deadline := time.Now().Add(5 * time.Second); !l.pauseSet(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the 429 never paused the limiter")
+		}
+	}
 	noErr(t, b.Hello(context.Background()))
 	noErr(t, <-errA)
 
@@ -213,19 +260,30 @@ func Test429PausesWholeEnvironment(t *testing.T) {
 func TestClientLimiterRefusal(t *testing.T) {
 	t.Parallel()
 	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) { t.Error("request sent despite the limiter") })
-	l := NewLimiter(60000)
+	clk := &countingClock{}
+	l := newLimiter(60000, clk)
 	l.PauseFor(time.Hour)
 	c := newTestClient(t, f.URL(), func(c *Config) { c.Limiter = l })
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	start := time.Now()
+	// What one refused Wait costs in reads of the clock, to tell a single
+	// refusal from a retried one without timing anything.
+	n0, _ := clk.counts()
+	if err := l.Wait(ctx); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("paused for an hour: want ErrRateLimited, got %v", err)
+	}
+	n1, _ := clk.counts()
 	_, err := c.ListKeys(ctx)
 	if !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("want ErrRateLimited, got %v", err)
 	}
 	contains(t, err.Error(), "heron: GET /api/credentials/keys: ")
-	if el := time.Since(start); el > 100*time.Millisecond {
-		t.Errorf("limiter refusal should not be retried or waited on, took %s", el)
+	n2, sleeps := clk.counts()
+	if sleeps != 0 {
+		t.Errorf("limiter refusal should not be waited on: the limiter slept %d times", sleeps)
+	}
+	if one, got := n1-n0, n2-n1; got != one {
+		t.Errorf("limiter refusal should not be retried: the client asked the limiter %d clock reads' worth, one Wait is %d", got, one)
 	}
 	_, err = c.CreateKey(ctx, "n")
 	if !errors.Is(err, ErrRateLimited) || errors.Is(err, ErrOutcomeUnknown) {
@@ -271,9 +329,10 @@ func TestSharedLimiter(t *testing.T) {
 	}
 }
 
-// TestSharedLimiterSmallestBudgetWins is issue 9 case 9: two mounts sharing
-// an admin key with budgets 60 and 100000 run at 60 whichever built its client
-// last; a one-off check changes nothing; the entry goes when both let go.
+// Spec invariant 6 (the smallest rate_limit_per_minute of the mounts sharing
+// an admin key applies): two mounts sharing an admin key with budgets 60 and
+// 100000 run at 60 whichever built its client last; a one-off check changes
+// nothing; the entry goes when both let go.
 func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	const url = "https://smallest-budget.example"
 	before := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second))
@@ -312,9 +371,15 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 
 func TestConcurrentLimiterUse(t *testing.T) {
 	t.Parallel()
-	// For -race: every Limiter method from many goroutines at once.
+	// For -race: every Limiter method from many goroutines at once; and
+	// none of it loses a grant, fails a Wait, or breaks the shared entry.
 	l := AcquireLimiter("http://race.example", testKey, "race", 60000)
 	defer ReleaseLimiter("http://race.example", testKey, "race")
+	var grants atomic.Int64
+	l.mu.Lock()
+	l.onGrant = func(time.Time) { grants.Add(1) }
+	l.mu.Unlock()
+	var failed atomic.Int64
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
@@ -322,7 +387,10 @@ func TestConcurrentLimiterUse(t *testing.T) {
 			defer wg.Done()
 			h := http.Header{"X-Ratelimit-Remaining": {"100"}, "X-Ratelimit-Limit": {"500"}, "X-Ratelimit-Reset": {"0"}}
 			for range 20 {
-				_ = l.Wait(context.Background())
+				if err := l.Wait(context.Background()); err != nil {
+					failed.Add(1)
+					t.Errorf("Wait without a deadline failed: %v", err)
+				}
 				l.Observe(h)
 				l.PauseFor(time.Microsecond)
 				l.SetPerMinute(60000 + i)
@@ -332,6 +400,16 @@ func TestConcurrentLimiterUse(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if g, want := grants.Load(), int64(8*20)-failed.Load(); g != want {
+		t.Errorf("%d grants for %d successful Waits", g, want)
+	}
+	if p := l.PerMinute(); p < 60000 || p > 60007 {
+		t.Errorf("rate %d is none that was set (60000..60007)", p)
+	}
+	if again := AcquireLimiter("http://race.example", testKey, "race-check", 60000); again != l {
+		t.Error("the entry held by \"race\" was dropped or replaced by the others' releases")
+	}
+	ReleaseLimiter("http://race.example", testKey, "race-check")
 }
 
 // virtualClock is the limiter's clock in tests that check the budget over many

@@ -64,7 +64,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 
 	// A proxy page that echoes the key past the length errors are cut to: the
-	// cut must not leave most of the key behind (issue 9 case 13).
+	// cut must not leave most of the key behind (spec "Observability": never
+	// a token or admin key in what the engine logs or answers).
 	for _, pad := range []int{200, 230, 250, 255} {
 		long := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 			w.WriteHeader(502)

@@ -1,8 +1,10 @@
 package herontest
 
 import (
+	"context"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,7 +145,10 @@ func TestRandomProcessThenErrors(t *testing.T) {
 func TestFailNextLate(t *testing.T) {
 	f := newFixture(t, Options{})
 	dev, _ := f.s.KeyByToken(f.dev)
-	f.s.FailNextLate("POST", "/api/credentials/keys", 1, 504, 100*time.Millisecond)
+	// An hour: nothing below depends on how fast the test runs; FlushLate
+	// stands for the delay's end (the timers themselves: "processed by its
+	// timer" and "dropped answer").
+	f.s.FailNextLate("POST", "/api/credentials/keys", 1, 504, time.Hour)
 	if f.s.PendingFailNext() != 1 {
 		t.Errorf("PendingFailNext = %d", f.s.PendingFailNext())
 	}
@@ -165,7 +170,12 @@ func TestFailNextLate(t *testing.T) {
 		}
 	}
 	f.clk.Advance(7 * time.Second)
-	waitFor(t, "late processing", func() bool { return f.s.PendingLate() == 0 })
+	if n := f.s.FlushLate(); n != 1 {
+		t.Fatalf("FlushLate = %d, want the one late POST", n)
+	}
+	if n := f.s.PendingLate(); n != 0 {
+		t.Errorf("PendingLate after processing = %d", n)
+	}
 	k, ok := keyNamed(f.s, "late-key")
 	if !ok {
 		t.Fatal("late processing did not create the key")
@@ -180,6 +190,14 @@ func TestFailNextLate(t *testing.T) {
 		t.Errorf("record after processing = %+v", rec)
 	}
 
+	t.Run("processed by its timer", func(t *testing.T) {
+		f.s.FailNextLate("POST", "/api/credentials/keys", 1, 504, 20*time.Millisecond)
+		wantError(t, f.do(t, "POST", "/api/credentials/keys", f.dev, `{"name":"timer-key"}`), 504)
+		waitFor(t, "late processing by the timer", func() bool { _, ok := keyNamed(f.s, "timer-key"); return ok && f.s.PendingLate() == 0 })
+		if rec := lastRequest(f.s); rec.Status != 504 || rec.Processed != 201 {
+			t.Errorf("record after processing = %+v", rec)
+		}
+	})
 	t.Run("dropped answer", func(t *testing.T) {
 		victim := f.create(t, f.dev, "victim")
 		f.s.FailNextLate("DELETE", "", 1, 0, 30*time.Millisecond)
@@ -241,7 +259,7 @@ func TestLateActionsAndClose(t *testing.T) {
 	tok := s.Keys()[0].Token
 	tr := &http.Transport{DisableKeepAlives: true}
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	s.FailNextLate("POST", "", 3, 504, 150*time.Millisecond)
+	s.FailNextLate("POST", "", 3, 504, time.Hour) // none is due before Close, however slow the test
 	for range 3 {
 		f := &fixture{s: s, c: c}
 		wantError(t, f.do(t, "POST", "/api/credentials/keys", tok, `{"name":"after-close"}`), 504)
@@ -249,6 +267,12 @@ func TestLateActionsAndClose(t *testing.T) {
 	if s.PendingLate() != 3 {
 		t.Fatalf("PendingLate = %d", s.PendingLate())
 	}
+	s.lifeMu.Lock()
+	dropped := make([]*lateAction, 0, len(s.late))
+	for a := range s.late {
+		dropped = append(dropped, a)
+	}
+	s.lifeMu.Unlock()
 	s.Close()
 	if n := s.PendingLate(); n != 0 {
 		t.Errorf("PendingLate after Close = %d", n)
@@ -259,7 +283,17 @@ func TestLateActionsAndClose(t *testing.T) {
 	if s.PendingLate() != 0 || s.FlushLate() != 0 {
 		t.Error("a late action was scheduled after Close")
 	}
-	time.Sleep(300 * time.Millisecond) // past the original delay
+	s.lifeMu.Lock()
+	left := len(s.late)
+	s.lifeMu.Unlock()
+	if left != 0 {
+		t.Errorf("%d late actions still scheduled after Close", left)
+	}
+	// A timer that fires as Close stops it (its delay ended meanwhile) finds
+	// its action dropped: fire each one now, as such a timer would.
+	for _, a := range dropped {
+		s.fireLate(a)
+	}
 	if _, ok := keyNamed(s, "after-close"); ok || ran.Load() {
 		t.Error("a late action ran after Close")
 	}
@@ -286,12 +320,36 @@ func TestDelayNext(t *testing.T) {
 	}
 
 	t.Run("a client that gives up does not stop the processing", func(t *testing.T) {
-		f.s.DelayNext("POST", "", 1, 300*time.Millisecond)
-		impatient := &fixture{s: f.s, c: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Millisecond}}
-		if _, err := impatient.try("POST", "/api/credentials/keys", f.dev, `{"name":"given-up"}`, nil); err == nil {
+		const delay = 300 * time.Millisecond
+		f.s.DelayNext("POST", "", 1, delay)
+		// The client gives up once Heron has the request (not after a
+		// timeout that a slow machine could spend before sending it).
+		arrived := f.s.CountRequests("POST", "", "") + 1
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "POST", f.s.URL+"/api/credentials/keys", strings.NewReader(`{"name":"given-up"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("x-api-key", f.dev)
+		start := time.Now()
+		go func() {
+			defer cancel() // after 5s at most; the wait for the key below then says what failed
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if f.s.CountRequests("POST", "", "") >= arrived {
+					return
+				}
+			}
+		}()
+		impatient := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		if resp, err := impatient.Do(req); err == nil {
+			resp.Body.Close()
 			t.Fatal("the impatient client got an answer")
 		}
-		if _, ok := keyNamed(f.s, "given-up"); ok {
+		// Judged only while the delay surely runs: a slow machine may get
+		// here after it ended, and then the key may rightly exist.
+		if _, ok := keyNamed(f.s, "given-up"); ok && time.Since(start) < delay {
 			t.Fatal("created before the delay ended")
 		}
 		waitFor(t, "the abandoned request to be processed", func() bool { _, ok := keyNamed(f.s, "given-up"); return ok })
