@@ -66,7 +66,8 @@ func (se *scaleEnv) passAt(tb testing.TB, at time.Time) {
 
 // BenchmarkStaticPass is one periodic pass with HERON_BENCH_STATIC_ROLES
 // static roles over 3 environments (stored as a version without the index
-// left them: the instance's first pass, outside the timer, indexes them),
+// left them: the instance's first pass, outside the timer, indexes them;
+// Heron holds a key per role),
 // none due, or 500 due for rotation at once. Reported per pass: storage
 // reads of static roles (role-gets/op), all storage reads (gets/op) and
 // lists, and the scheduled rotations the pass made.
@@ -84,6 +85,17 @@ func BenchmarkStaticPass(b *testing.B) {
 					per += n % len(envs)
 				}
 				names = append(names, seedStaticRoles(b, se.s, env, per, t0, 720*time.Hour)...)
+				// Heron holds each role's key: what a rotation's list of the
+				// environment's keys reads.
+				c, err := se.b.getClient(context.Background(), se.s, env)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for j := range per {
+					if _, err := c.CreateKey(context.Background(), fmt.Sprintf("vault-static-seed-%s-%05d-1764098012", env, j)); err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
 			clock := t0.Add(time.Minute)
 			se.passAt(b, clock) // the first pass: the full sweep

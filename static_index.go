@@ -454,6 +454,30 @@ func (b *heronBackend) dropStaleIndexEntries(ctx context.Context, s logical.Stor
 	return errors.Join(errs...)
 }
 
+// creationListAgeKey carries, in a creation's context, how old a list of
+// Heron's keys its write-ahead record may take its Existing from (see
+// createUnderWAL; zero: a fresh list).
+type creationListAgeKey struct{}
+
+// withCreationListAge lets the creations under ctx take their list of the
+// keys that already have their name from a list up to maxAge old, patched
+// with the engine's own creations since (list_cache.go). A key named
+// alike that a customer created meanwhile is then missing from Existing:
+// if the creation's outcome is ever unknown, the rollback reports that key
+// `unconfirmed` instead of passing it over, and deletes it in neither case
+// (spec invariant 3). What it saves: a storm of 100 scheduled rotations in
+// an environment of 100,000 keys lists Heron once every listCacheTTL, not
+// 100 times (a list each, and a request of the budget each).
+func withCreationListAge(ctx context.Context, maxAge time.Duration) context.Context {
+	return context.WithValue(ctx, creationListAgeKey{}, maxAge)
+}
+
+// creationListAge is the age withCreationListAge set on ctx (zero: none).
+func creationListAge(ctx context.Context) time.Duration {
+	d, _ := ctx.Value(creationListAgeKey{}).(time.Duration)
+	return d
+}
+
 // rotateDueStatic runs the scheduled rotations w found (w nil: scans for
 // them first), most overdue first, at most maxStaticRotationsPerPass of them
 // and for at most staticRotationPassBudget: the rest stay due in the index
@@ -466,6 +490,8 @@ func (b *heronBackend) rotateDueStatic(ctx context.Context, s logical.Storage, w
 			return 0, err
 		}
 	}
+	// The rotations of one pass share Heron's list (see withCreationListAge).
+	ctx = withCreationListAge(ctx, listCacheTTL)
 	start := time.Now()
 	limit := maxStaticRotationsPerPass
 	if b.staticRotationsPerPass > 0 {

@@ -340,3 +340,27 @@ func staticRoleNext(t *testing.T, e *testEnv, name string) time.Time {
 	require.NotNil(t, r)
 	return r.nextEvent(e.b.now())
 }
+
+// The scheduled rotations of one pass share one list of Heron's keys per
+// environment (their write-ahead records' Existing), patched with the keys
+// they create: a storm of 20 costs 20 POSTs and one list, not 20 lists more
+// (each a request of the budget, and at 100,000 keys half a second).
+func TestStaticIndex_StormSharesHeronsList(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	const storm = 20
+	for i := range storm {
+		e.ok(logical.CreateOperation, fmt.Sprintf("static-roles/storm-%02d", i), map[string]interface{}{"environment": "development", "rotation_period": "1h"})
+	}
+	before := e.srv.CountRequests("GET", "/api/credentials/keys", "development")
+	posts := e.srv.CountRequests("POST", "/api/credentials/keys", "development")
+	e.atTime(time.Now().Add(time.Hour + time.Minute))
+	n, err := e.b.rotateDue(context.Background(), e.s)
+	require.NoError(t, err)
+	require.Equal(t, storm, n)
+	require.Equal(t, storm, e.srv.CountRequests("POST", "/api/credentials/keys", "development")-posts)
+	require.LessOrEqual(t, e.srv.CountRequests("GET", "/api/credentials/keys", "development")-before, 1, "one list for the storm")
+	for i := range storm {
+		e.ok(logical.DeleteOperation, fmt.Sprintf("static-roles/storm-%02d", i), nil)
+	}
+}
