@@ -91,6 +91,7 @@ type heronBackend struct {
 	keyIDsLock  sync.Mutex
 	keyIDsCache []string
 	keyIDsAt    time.Time
+	keyIDsGen   uint64
 
 	// nameLocks serialise creation and rollback of keys of one name in one
 	// environment (see nameLock), so that recovery by name never deletes a
@@ -120,6 +121,25 @@ type heronBackend struct {
 	// sweepShare); empty: the next pass starts from the first.
 	sweepLock   sync.Mutex
 	sweepCursor string
+	// sweepQueue holds the shares of the passes up to the next list of the
+	// key ids (see passShare); sweepTracked: that list was not empty.
+	sweepQueue   [][]string
+	sweepTracked bool
+	sweepListed  bool
+
+	// statics is this instance's view of the static roles' keys, and when
+	// it last read them all (static_index.go).
+	statics staticView
+	// staticRotationsPerPass overrides maxStaticRotationsPerPass (tests).
+	staticRotationsPerPass int
+	// passes counts this instance's periodic passes: the lists of every
+	// tracked key id and of Heron's keys are made every passListEvery
+	// passes, not every pass (see cleanupPass).
+	passLock sync.Mutex
+	passes   int
+	// unreconciled holds the sweep's shares of the passes since Heron was
+	// last listed: the next listing judges them (reconcile).
+	unreconciled []string
 
 	// keyLocks serialise the state changes of one key record: each is
 	// decided from a read made under the record's lock (see lockKey).
@@ -199,6 +219,9 @@ func (b *heronBackend) invalidate(_ context.Context, key string) {
 	}
 	if name, ok := strings.CutPrefix(key, roleStoragePrefix); ok {
 		b.forgetRole(name)
+	}
+	if name, ok := strings.CutPrefix(key, staticRoleStoragePrefix); ok && name != "" {
+		b.statics.invalidate(name)
 	}
 	if key == tokenHMACStorageKey || strings.HasPrefix(key, tokenHMACStoragePrefix) {
 		b.tokenHMAC.forget()
@@ -397,7 +420,7 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 		return nil
 	}
 	ctx = heronapi.Background(ctx)
-	if _, err := b.rotateDue(ctx, req.Storage); err != nil {
+	if _, err := b.rotateDueAdmin(ctx, req.Storage); err != nil {
 		b.Logger().Warn("scheduled admin key rotation failed", "error", err)
 	}
 	// Creations that another instance left (a restart, a reload, a
@@ -412,10 +435,19 @@ func (b *heronBackend) periodicFunc(ctx context.Context, req *logical.Request) e
 	if slotErr != nil {
 		slotErr = fmt.Errorf("settling creation records: %w", slotErr)
 	}
-	if _, err := b.cleanup(ctx, req.Storage, false); err != nil {
-		return errors.Join(slotErr, fmt.Errorf("cleanup pass: %w", err))
+	// Static roles' scheduled rotations come after the cleanup, so that
+	// overlaps ending now never wait behind a storm of rotations (which is
+	// bounded per pass: see rotateDueStatic).
+	_, work, err := b.cleanupPass(ctx, req.Storage, false, true)
+	if err != nil {
+		err = fmt.Errorf("cleanup pass: %w", err)
 	}
-	return slotErr
+	if work != nil {
+		if _, rerr := b.rotateDueStatic(ctx, req.Storage, work); rerr != nil {
+			b.Logger().Warn("scheduled static role rotation failed", "error", rerr)
+		}
+	}
+	return errors.Join(slotErr, err)
 }
 
 // writesHere reports whether background work may run on this node, as

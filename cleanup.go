@@ -87,7 +87,9 @@ func (b *heronBackend) sweepShare(ids []string, all bool) []string {
 	if all {
 		return ids
 	}
-	sort.Strings(ids)
+	if !sort.StringsAreSorted(ids) {
+		sort.Strings(ids)
+	}
 	n := max(minSweepShare, (len(ids)+sweepSharesPerCycle-1)/sweepSharesPerCycle)
 	b.sweepLock.Lock()
 	defer b.sweepLock.Unlock()
@@ -121,13 +123,18 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 	retention := map[string]time.Duration{}
 	// Static keys a static role holds; any other active static key is an
 	// orphan of a failed create, rotation, adoption or delete.
-	held := map[string]bool{}
-	statics, err := listStaticRoles(ctx, s)
-	if err != nil {
-		return 0, err
-	}
-	for _, r := range statics {
-		held[r.KeyID], held[r.PreviousKeyID] = true, true
+	// (From this instance's view of the static roles when it has one: a
+	// key it misses is judged again from the role under its lock.)
+	held := b.statics.held()
+	if held == nil && len(ids) > 0 {
+		held = map[string]bool{}
+		statics, err := listStaticRoles(ctx, s)
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range statics {
+			held[r.KeyID], held[r.PreviousKeyID] = true, true
+		}
 	}
 	for _, id := range ids {
 		k, err := getKeyRecord(ctx, s, id)
@@ -201,22 +208,57 @@ func (b *heronBackend) sweepOverdue(ctx context.Context, s logical.Storage, ids 
 // keys Heron no longer has. It spends the same per-environment budget as
 // everything else and carries on past one environment's failure.
 func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep bool) (*cleanupCounts, error) {
+	counts, _, err := b.cleanupPass(ctx, s, sweep, false)
+	return counts, err
+}
+
+// passListEvery: the periodic pass lists every tracked key id (from storage)
+// and Heron's keys (per environment) only every this many passes, on
+// different passes, so that no pass of a mount with 100,000 keys pays both:
+// Heron on passes 1, 6, 11, ... (passHeronPhase); the ids on passes 1, 4, 9,
+// 14, ... (the first list prepares passIDsFirstQueue shares, each later one
+// passListEvery-1). The passes in between take the rolling sweep's next
+// shares, prepared by the last list of the ids, and the next list of Heron
+// judges all those shares (reconcile). tidy lists both every time.
+const (
+	passListEvery     = 5
+	passHeronPhase    = 1
+	passIDsFirstQueue = 2
+)
+
+// cleanupPass is cleanup; periodic is the pass that runs every minute
+// (which lists as passListEvery says), and it returns what it found to do
+// for static roles (their rotations are the caller's, after the cleanup).
+func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep, periodic bool) (*cleanupCounts, *staticWork, error) {
 	counts := &cleanupCounts{}
-	// Only ids of all tracked keys, and records of the few retained ones, are
-	// read: the pass runs every minute and must not cost O(keys) storage reads.
-	// Reading every record to find overdue keys is hourly (or tidy).
-	ids, err := s.List(ctx, keyStoragePrefix)
-	if err != nil {
-		return counts, fmt.Errorf("listing key records: %w", err)
+	listHeron := true
+	if periodic && !sweep {
+		b.passLock.Lock()
+		b.passes++
+		n := b.passes
+		b.passLock.Unlock()
+		listHeron = n%passListEvery == passHeronPhase
 	}
-	// The records read this pass: all of them for tidy, else the next share
-	// of a rolling sweep (see sweepShare).
-	share := b.sweepShare(ids, sweep)
+	// Static roles first: the ones due by the index (every one on tidy,
+	// on this instance's first pass and hourly); their overlaps end below,
+	// before any rotation.
+	work, staticErr := b.staticScan(ctx, s, sweep)
+	if staticErr != nil {
+		staticErr = fmt.Errorf("static roles: %w", staticErr)
+	}
+	// Only ids of the tracked keys (every few passes), and records of the few
+	// retained ones, are read: the pass runs every minute and must not cost
+	// O(keys) storage reads. The records read this pass: all of them for
+	// tidy, else the next share of a rolling sweep (see sweepShare).
+	share, haveIDs, err := b.passShare(ctx, s, sweep)
+	if err != nil {
+		return counts, work, errors.Join(fmt.Errorf("listing key records: %w", err), staticErr)
+	}
 	var sweepErr error
 	counts.OverdueKeys, sweepErr = b.sweepOverdue(ctx, s, share)
 	retained, err := b.retainedKeys(ctx, s)
 	if err != nil {
-		return counts, err
+		return counts, work, errors.Join(err, staticErr)
 	}
 	byEnv := make(map[string][]*trackedKey)
 	for _, k := range retained {
@@ -224,16 +266,36 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 	}
 	envs, err := s.List(ctx, configStoragePrefix)
 	if err != nil {
-		return counts, fmt.Errorf("listing configs: %w", err)
+		return counts, work, errors.Join(fmt.Errorf("listing configs: %w", err), staticErr)
 	}
 
+	// Heron's list judges the shares of every pass since it was last asked.
+	judge := share
+	b.passLock.Lock()
+	if !sweep {
+		b.unreconciled = append(b.unreconciled, share...)
+		judge = b.unreconciled
+	}
+	if listHeron || sweep {
+		b.unreconciled = nil
+	}
+	b.passLock.Unlock()
+
 	var errs []error
-	seen := listing{want: make(map[string]bool, len(share)), live: map[string]bool{}, at: map[string]time.Time{}, inactive: map[string]string{}}
-	for _, id := range share {
+	seen := listing{want: make(map[string]bool, len(judge)), live: map[string]bool{}, at: map[string]time.Time{}, inactive: map[string]string{}}
+	for _, id := range judge {
 		seen.want[id] = true
 	}
+	now := b.now()
 	for _, env := range envs {
-		if err := b.cleanupEnvironment(ctx, s, env, len(ids) > 0, byEnv[env], &seen, counts); err != nil {
+		overlaps := work.overlapsOf(env)
+		// A previous key between overlap and max_overlap is judged by
+		// Heron's last_used: its environment is listed every pass.
+		list := listHeron && haveIDs
+		for _, r := range overlaps {
+			list = list || now.Before(r.previousDeactivatesAt())
+		}
+		if err := b.cleanupEnvironment(ctx, s, env, list, byEnv[env], overlaps, &seen, counts); err != nil {
 			errs = append(errs, fmt.Errorf("environment %q: %w", env, err))
 		}
 		delete(byEnv, env)
@@ -242,7 +304,7 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 		counts.EnvironmentsSkipped++
 		b.Logger().Warn("retained keys of an environment without config cannot be cleaned up", "environment", env, "keys", len(keys))
 	}
-	if err := b.reconcile(ctx, s, share, &seen, counts); err != nil {
+	if err := b.reconcile(ctx, s, judge, &seen, counts); err != nil {
 		errs = append(errs, err)
 	}
 	// After cleanupEnvironment, whose config read lock a rotation must not
@@ -252,7 +314,46 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 			errs = append(errs, fmt.Errorf("static role %q: replacing key %s, inactive in Heron: %w", role, id, err))
 		}
 	}
-	return counts, errors.Join(append(errs, sweepErr)...)
+	return counts, work, errors.Join(append(errs, sweepErr, staticErr)...)
+}
+
+// passShare is the ids whose records this pass reads (see sweepShare), and
+// whether any key is tracked: every id for all (tidy), else the next share
+// prepared by the last list of the ids, listing them again once those are
+// used up. A list prepares the shares of the passes up to the next one, so
+// that only those ids, not all 100,000, stay in memory, and every share is
+// read in turn.
+func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all bool) ([]string, bool, error) {
+	b.sweepLock.Lock()
+	first := !b.sweepListed
+	if !all && len(b.sweepQueue) > 0 {
+		share := b.sweepQueue[0]
+		b.sweepQueue = b.sweepQueue[1:]
+		tracked := b.sweepTracked
+		b.sweepLock.Unlock()
+		return share, tracked, nil
+	}
+	b.sweepLock.Unlock()
+	ids, err := s.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return nil, false, err
+	}
+	share := b.sweepShare(ids, all)
+	if all {
+		return share, len(ids) > 0, nil
+	}
+	n := passListEvery - 1
+	if first {
+		n = passIDsFirstQueue
+	}
+	queue := make([][]string, 0, n)
+	for range n {
+		queue = append(queue, slices.Clone(b.sweepShare(ids, false)))
+	}
+	b.sweepLock.Lock()
+	b.sweepQueue, b.sweepTracked, b.sweepListed = queue, len(ids) > 0, true
+	b.sweepLock.Unlock()
+	return slices.Clone(share), len(ids) > 0, nil
 }
 
 // listing is what the pass learnt from Heron: which of the keys it wants to
@@ -308,7 +409,7 @@ func (b *heronBackend) reconcile(ctx context.Context, s logical.Storage, ids []s
 	return errors.Join(errs...)
 }
 
-func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, list bool, keys []*trackedKey, seen *listing, counts *cleanupCounts) error {
+func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage, env string, list bool, keys []*trackedKey, overlaps []*staticRole, seen *listing, counts *cleanupCounts) error {
 	lock := b.configLock(env)
 	lock.RLock()
 	defer lock.RUnlock()
@@ -333,13 +434,15 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		for _, k := range keys {
 			want[k.KeyID] = true
 		}
-		prev, err := staticPreviousKeys(ctx, s, env)
-		if err != nil {
-			return err
+		prev := map[string]bool{}
+		for _, r := range overlaps {
+			prev[r.PreviousKeyID] = true
 		}
-		current, err := staticCurrentKeys(ctx, s, env)
-		if err != nil {
-			return err
+		current := b.statics.current(env)
+		if current == nil {
+			if current, err = staticCurrentKeys(ctx, s, env); err != nil {
+				return err
+			}
 		}
 		var live []heronapi.Key
 		listedAt := b.now()
@@ -357,12 +460,12 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 		if err != nil {
 			errs = append(errs, fmt.Errorf("listing keys: %w", err))
 			// max_overlap is a promise that needs no list.
-			if err := b.settleOverlaps(ctx, s, client, env, nil, false); err != nil {
+			if err := b.settleOverlaps(ctx, s, client, env, overlaps, nil, false); err != nil {
 				errs = append(errs, err)
 			}
 		} else {
 			seen.at[env] = listedAt
-			if err := b.settleOverlaps(ctx, s, client, env, live, true); err != nil {
+			if err := b.settleOverlaps(ctx, s, client, env, overlaps, live, true); err != nil {
 				errs = append(errs, err)
 			}
 			// A retained key Heron no longer has needs no call: reconcile
@@ -374,6 +477,11 @@ func (b *heronBackend) cleanupEnvironment(ctx context.Context, s logical.Storage
 				}
 			}
 			keys = kept
+		}
+	} else if len(overlaps) > 0 {
+		// Not listed this pass: max_overlap needs no list.
+		if err := b.settleOverlaps(ctx, s, client, env, overlaps, nil, false); err != nil {
+			errs = append(errs, err)
 		}
 	}
 

@@ -2,6 +2,7 @@ package heron
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -120,9 +121,28 @@ func getTrackedKey(ctx context.Context, s logical.Storage, id string) (*trackedK
 	return k, nil
 }
 
-// getKeyRecord returns the record of id, a tombstone included.
+// getKeyRecord returns the record of id, a tombstone included. A record
+// stored as plain JSON (as the engine writes them) is decoded in place: the
+// sdk's decoder, which also reads compressed entries, copies each value into
+// buffers of its own, and the pass and a page of keys/ read thousands.
 func getKeyRecord(ctx context.Context, s logical.Storage, id string) (*trackedKey, error) {
-	return getJSON[trackedKey](ctx, s, keyStoragePrefix+id, "key record "+id)
+	entry, err := s.Get(ctx, keyStoragePrefix+id)
+	if err != nil {
+		return nil, fmt.Errorf("reading key record %s: %w", id, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	k := new(trackedKey)
+	if len(entry.Value) > 0 && entry.Value[0] == '{' {
+		err = json.Unmarshal(entry.Value, k)
+	} else {
+		err = entry.DecodeJSON(k)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decoding key record %s: %w", id, err)
+	}
+	return k, nil
 }
 
 // forgetKey records that k's Heron key is gone: its record becomes a

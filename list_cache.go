@@ -138,6 +138,9 @@ func (b *heronBackend) fetchKeys(ctx context.Context, client heronapi.API, env s
 	}
 	if b.lists.forgotten == forgotten && !b.lists.changed[env].After(now) {
 		b.lists.lists[env] = &keyList{keys: keys, at: now}
+		// No reader takes a list older than listCacheTTL: drop it then,
+		// rather than hold 100,000 keys until the next list replaces it.
+		time.AfterFunc(listCacheTTL+time.Second, func() { b.dropListAskedAt(env, now) })
 		// Keys created before this list was asked are in it.
 		var later []heronapi.Key
 		for _, k := range b.lists.created[env] {
@@ -153,6 +156,16 @@ func (b *heronBackend) fetchKeys(ctx context.Context, client heronapi.API, env s
 	}
 	b.lists.mu.Unlock()
 	return keys, now, nil
+}
+
+// dropListAskedAt drops env's cached list if it is (a patch of) the one
+// asked at at.
+func (b *heronBackend) dropListAskedAt(env string, at time.Time) {
+	b.lists.mu.Lock()
+	defer b.lists.mu.Unlock()
+	if l := b.lists.lists[env]; l != nil && l.at.Equal(at) {
+		delete(b.lists.lists, env)
+	}
 }
 
 // forgetLists drops every cached list: what follows judges from Heron's

@@ -163,6 +163,17 @@ func (b *heronBackend) keyIDs(ctx context.Context, s logical.Storage, cont bool)
 	}
 	sort.Strings(ids)
 	b.keyIDsCache, b.keyIDsAt = ids, b.now()
+	// Only the pages of the next listCacheTTL use it: then it goes,
+	// rather than hold 100,000 ids until the next listing.
+	b.keyIDsGen++
+	gen := b.keyIDsGen
+	time.AfterFunc(listCacheTTL+time.Second, func() {
+		b.keyIDsLock.Lock()
+		defer b.keyIDsLock.Unlock()
+		if b.keyIDsGen == gen {
+			b.keyIDsCache = nil
+		}
+	})
 	return ids, nil
 }
 

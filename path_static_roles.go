@@ -314,7 +314,7 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 		resp = &logical.Response{Warnings: warnings}
 	}
 	if !create {
-		if err := putStaticRole(ctx, req.Storage, r); err != nil {
+		if err := b.putStaticRole(ctx, req.Storage, existing, r); err != nil {
 			return nil, err
 		}
 		return resp, nil
@@ -351,8 +351,9 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 		if resp == nil {
 			resp = &logical.Response{}
 		}
+		adopted := *r
 		r.RetryRotation = true
-		if perr := putStaticRole(ctx, req.Storage, r); perr != nil {
+		if perr := b.putStaticRole(ctx, req.Storage, &adopted, r); perr != nil {
 			resp.AddWarning(fmt.Sprintf("the key was adopted, but rotating it failed, and so did recording that a rotation is owed (rotate it with static-roles/%s/rotate): %v; %v", name, err, perr))
 		} else {
 			resp.AddWarning(fmt.Sprintf("the key was adopted, but rotating it failed (the next pass retries): %v", err))
@@ -508,7 +509,7 @@ func (b *heronBackend) adoptStaticKey(ctx context.Context, s logical.Storage, cl
 	}
 	r.KeyID, r.KeyName, r.TokenPrefix, r.Token = k.ID, k.Name, k.TokenPrefix, apiKey
 	r.KeySetAt, r.Adopted = now, true
-	if err := putStaticRole(ctx, s, r); err != nil {
+	if err := b.putStaticRole(ctx, s, nil, r); err != nil {
 		// A write that reports an error may have been stored: then the
 		// adoption happened, and the record must stay with it.
 		if stored, rerr := getStaticRole(ctx, s, r.Name); rerr == nil && stored != nil && stored.KeyID == k.ID {
@@ -560,6 +561,7 @@ func (b *heronBackend) pathStaticRolesDelete(ctx context.Context, req *logical.R
 	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting static role %q: %w", name, err)
 	}
+	b.deleteStaticRoleIndex(ctx, req.Storage, r)
 	var errs []error
 	for _, id := range []string{r.PreviousKeyID, r.KeyID} {
 		if id == "" {

@@ -177,7 +177,8 @@ type rotationTarget struct {
 	rotate func(ctx context.Context, s logical.Storage) (bool, error)
 }
 
-// rotationTargets lists everything that rotates on a schedule.
+// rotationTargets lists the admin keys, which rotate on a schedule (static
+// roles are found due by their index: rotateDueStatic).
 func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) ([]rotationTarget, error) {
 	envs, err := s.List(ctx, configStoragePrefix)
 	if err != nil {
@@ -191,27 +192,6 @@ func (b *heronBackend) rotationTargets(ctx context.Context, s logical.Storage) (
 		}
 		b.refreshClient(cfg)
 		targets = append(targets, b.adminKeyTarget(cfg))
-	}
-	statics, err := listStaticRoles(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range statics {
-		name := r.Name
-		targets = append(targets, rotationTarget{
-			path:     staticRoleStoragePrefix + name,
-			schedule: r.rotationSchedule(),
-			rotate: func(ctx context.Context, s logical.Storage) (bool, error) {
-				// Due by a read outside the role's lock: asked again under it,
-				// so a rotation by hand in between is not repeated.
-				_, rotated, err := b.rotateStaticIf(ctx, s, name, b.dueNow)
-				if errors.Is(err, errRotationBusy) {
-					// Another instance is rotating it: that does what was due.
-					return false, nil
-				}
-				return rotated, err
-			},
-		})
 	}
 	return targets, nil
 }
@@ -237,10 +217,18 @@ func (b *heronBackend) adminKeyTarget(cfg *heronConfig) rotationTarget {
 	}
 }
 
-// rotateDue rotates every target whose time has come, returning how many
+// rotateDue rotates every target whose time has come (admin keys, then the
+// static roles the index finds due, see rotateDueStatic), returning how many
 // were rotated. One target's failure is logged and retried on the next pass;
 // it never holds up the others.
 func (b *heronBackend) rotateDue(ctx context.Context, s logical.Storage) (int, error) {
+	n, err := b.rotateDueAdmin(ctx, s)
+	m, serr := b.rotateDueStatic(ctx, s, nil)
+	return n + m, errors.Join(err, serr)
+}
+
+// rotateDueAdmin rotates the admin keys whose time has come.
+func (b *heronBackend) rotateDueAdmin(ctx context.Context, s logical.Storage) (int, error) {
 	targets, err := b.rotationTargets(ctx, s)
 	if err != nil {
 		return 0, err
@@ -420,8 +408,9 @@ func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Reques
 		if err != nil || r == nil || !r.RotationManaged {
 			return err
 		}
+		old := *r
 		r.NextVaultRotation = vaultNext
-		return putStaticRole(ctx, req.Storage, r)
+		return b.putStaticRole(ctx, req.Storage, &old, r)
 	}
 	env, ok := strings.CutPrefix(req.Path, configStoragePrefix)
 	if !ok || env == "" {

@@ -140,10 +140,6 @@ func getStaticRole(ctx context.Context, s logical.Storage, name string) (*static
 	return getJSON[staticRole](ctx, s, staticRoleStoragePrefix+name, fmt.Sprintf("static role %q", name))
 }
 
-func putStaticRole(ctx context.Context, s logical.Storage, r *staticRole) error {
-	return putJSON(ctx, s, staticRoleStoragePrefix+r.Name, fmt.Sprintf("static role %q", r.Name), r)
-}
-
 // listStaticRoles returns every static role, by name.
 func listStaticRoles(ctx context.Context, s logical.Storage) ([]*staticRole, error) {
 	names, err := s.List(ctx, staticRoleStoragePrefix)
@@ -338,12 +334,13 @@ func (b *heronBackend) rotateStaticLocked(ctx context.Context, s logical.Storage
 	// would strand the key it made and cut its previous key's overlap. Only
 	// the key this rotation started from is replaced. (No stored role and
 	// no key yet: a role's creation storing its first key.)
-	if stored, err := getStaticRole(ctx, s, r.Name); err != nil {
+	stored, err := getStaticRole(ctx, s, r.Name)
+	if err != nil {
 		return undo(err)
 	} else if (stored == nil && r.KeyID != "") || (stored != nil && stored.KeyID != r.KeyID) {
 		return undo(fmt.Errorf("%w %q changed while this rotation ran (another instance rotated or deleted it): retry", errStaticUser, r.Name))
 	}
-	if err := putStaticRole(ctx, s, &next); err != nil {
+	if err := b.putStaticRole(ctx, s, stored, &next); err != nil {
 		// A failed write may still have been stored: only undo once storage
 		// shows the role without the new key. If storage cannot say, the
 		// new key may be the one the role hands out: keep it (its record
@@ -424,16 +421,13 @@ func (b *heronBackend) retireStaticKey(ctx context.Context, s logical.Storage, c
 	return nil
 }
 
-// settleOverlaps retires the previous keys of env's static roles whose
-// overlap is over: as soon as Heron's last_used shows the key unused for
+// settleOverlaps retires the previous keys of env's static roles (roles: the
+// ones the pass found in their overlap's end, see staticScan) whose overlap
+// is over: as soon as Heron's last_used shows the key unused for
 // unused_for (never used: unused since it stopped being current), at
 // max_overlap regardless. live is Heron's list, just asked; when Heron could
 // not be listed (listed false), only max_overlap, which needs no list.
-func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, live []heronapi.Key, listed bool) error {
-	roles, err := listStaticRoles(ctx, s)
-	if err != nil {
-		return err
-	}
+func (b *heronBackend) settleOverlaps(ctx context.Context, s logical.Storage, client heronapi.API, env string, roles []*staticRole, live []heronapi.Key, listed bool) error {
 	byID := make(map[string]heronapi.Key, len(live))
 	for _, k := range live {
 		byID[k.ID] = k
@@ -499,8 +493,9 @@ func (b *heronBackend) finishOverlap(ctx context.Context, s logical.Storage, cli
 	if err := b.retireStaticKey(ctx, s, client, r, prevID, why); err != nil {
 		return err
 	}
+	old := *r
 	r.PreviousKeyID, r.PreviousSince = "", time.Time{}
-	return putStaticRole(ctx, s, r)
+	return b.putStaticRole(ctx, s, &old, r)
 }
 
 // staticPreviousKeys is the set of env's static roles' previous keys.

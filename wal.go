@@ -145,7 +145,9 @@ func (b *heronBackend) createUnderWAL(ctx context.Context, s logical.Storage, cl
 	lock := b.nameLock(entry.Environment, entry.KeyName)
 	lock.Lock()
 	if !uniqueName {
-		keys, _, err := b.listKeys(ctx, client, entry.Environment, 0)
+		// Fresh, unless the caller accepts an older list (a storm of the
+		// pass's static rotations, see creationListAge).
+		keys, _, err := b.listKeys(ctx, client, entry.Environment, creationListAge(ctx))
 		if err != nil {
 			lock.Unlock()
 			return nil, nil, fmt.Errorf("listing keys named %q before creating another: %w", entry.KeyName, err)

@@ -29,7 +29,25 @@ var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_~:@+=-][A-Za-z0-9._~:@+=-]{0,
 // never "." or ".."), no slash, space or control character. An id outside
 // this rule never becomes part of a URL or a storage key: the answer that
 // carries it is an error.
-func ValidKeyID(id string) bool { return keyIDPattern.MatchString(id) }
+//
+// It is keyIDPattern, checked byte by byte: the periodic pass checks every
+// id of Heron's list (100,000 on a large mount), where the regexp was a
+// fifth of the list's CPU.
+func ValidKeyID(id string) bool {
+	if len(id) == 0 || len(id) > 128 || id[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.', c == '_', c == '~', c == ':', c == '@', c == '+', c == '=', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // TokenPattern is a full Heron API key: "key_" followed by 48 lowercase hex.
 var TokenPattern = regexp.MustCompile(`^key_[0-9a-f]{48}$`)
