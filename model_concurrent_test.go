@@ -422,6 +422,7 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 			l.attempts++
 			l.state = leaseRevoking
 			var err error
+			before := c.st.injectedCount()
 			run(func(ctx context.Context) error {
 				err = c.req(ctx, oldB, &logical.Request{Operation: logical.RevokeOperation, Path: "creds/" + l.role, Secret: l.secret})
 				return err
@@ -429,6 +430,13 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 			after = append(after, func() {
 				if err == nil {
 					l.state = leaseDone
+				}
+				if err != nil && l.decision == decRevoke && c.st.injectedCount() > before {
+					// The documented limit sendRevoke names ("Decided once"
+					// in the README): a failed attempt whose decision storage
+					// refused too. Counted for any storage fault of the
+					// round, which may have been another actor's.
+					l.decision = decEither
 				}
 			})
 			results[i] = l.String()
