@@ -211,11 +211,11 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 	if cfg.parts[benchPartRaft] {
 		res.raft = benchMeasureRaft(t, cfg.samples)
 		for _, l := range res.raft.latency {
-			t.Logf("Raft c=%d: creds p50 %s, KV write p50 %s, role read p50 %s, raw POST p50 %s, ratio %.2f",
-				l.conc, benchMs(l.creds.p50), benchMs(l.kvWrite.p50), benchMs(l.roleRead.p50), benchMs(l.raw.p50), l.ratio())
+			t.Logf("Raft c=%d: creds p50 %s, floor p50 %s, KV write p50 %s, role read p50 %s, raw POST p50 %s, ratio %.2f, creds/floor %.2f",
+				l.conc, benchMs(l.creds.p50), benchMs(l.floor.p50), benchMs(l.kvWrite.p50), benchMs(l.roleRead.p50), benchMs(l.raw.p50), l.ratio(), l.floorRatio())
 		}
 		if r := res.raft; r.commitsErr == "" {
-			t.Logf("Raft commits per issuance %.2f, per KV write %.2f, per role read %.2f", r.commitsCreds, r.commitsKV, r.commitsRole)
+			t.Logf("Raft commits per issuance %.2f, per floor issuance %.2f, per KV write %.2f, per role read %.2f", r.commitsCreds, r.commitsFloor, r.commitsKV, r.commitsRole)
 		} else {
 			t.Logf("Raft commits not measured: %s", r.commitsErr)
 		}
@@ -249,7 +249,8 @@ func benchOnDevServer(t *testing.T, cfg benchEngineConfig, res *benchEngineResul
 	if cfg.parts[benchPartLatency] {
 		res.latency = benchMeasureLatency(t, v, e, h, cfg.samples, cfg.wan)
 		for _, l := range res.latency {
-			t.Logf("c=%d upstream+%s: creds p50 %s, kv p50 %s, raw POST p50 %s, ratio %.2f", l.conc, l.wan, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio())
+			t.Logf("c=%d upstream+%s: creds p50 %s, floor p50 %s, kv p50 %s, raw POST p50 %s, ratio %.2f, creds/floor %.2f",
+				l.conc, l.wan, benchMs(l.creds.p50), benchMs(l.floor.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), l.floorRatio())
 		}
 	}
 
@@ -358,8 +359,16 @@ type benchLatency struct {
 	conc                                  int
 	wan                                   time.Duration // latency added to every upstream answer
 	creds, kv, raw, roleRead, tokenCreate benchStats
-	credsLeases                           []lease
-	rawKeys                               []string
+	// floor is floor/creds/<role>: the floor plugin's issuance (its
+	// cpuPlugin is the floor plugin's process).
+	floor                    benchStats
+	credsLeases, floorLeases []lease
+	rawKeys                  []string
+}
+
+// floorRatio is issue 22's figure: creds_p50 / floor_p50.
+func (l benchLatency) floorRatio() float64 {
+	return float64(l.creds.p50) / float64(l.floor.p50)
 }
 
 // ratio is the issue's figure: creds_p50 / (kv_p50 + raw_post_p50).
@@ -376,11 +385,16 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 		return err
 	})
 
+	// The floor beside the engine; its first issuance starts its process.
+	benchMountFloor(t, v, e, "lat")
+	if _, err := v.issueFloor("lat"); err != nil {
+		t.Fatalf("first floor issuance: %v", err)
+	}
 	plugins := v.pluginPIDs(t)
 	if len(plugins) != 1 {
 		t.Fatalf("want one plugin process under Vault, found %v", plugins)
 	}
-	pids := []int{v.proc.cmd.Process.Pid, plugins[0], os.Getpid()}
+	pids := []int{v.proc.cmd.Process.Pid, plugins[0], os.Getpid(), benchFloorPID(t, v)}
 
 	type setting struct {
 		conc int
@@ -417,6 +431,16 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 				}
 				return err
 			}},
+			// The floor: the same issuance without the engine's own work.
+			{"floor", &l.floor, func() error {
+				c, err := v.issueFloor("lat")
+				if err == nil {
+					mu.Lock()
+					l.floorLeases = append(l.floorLeases, c)
+					mu.Unlock()
+				}
+				return err
+			}},
 			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }},
 			{"raw POST", &l.raw, func() error {
 				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
@@ -435,7 +459,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			{"token create", &l.tokenCreate, h.tokenCreate},
 		}
 		if set.wan > 0 {
-			kinds = kinds[:3] // the others make no upstream call
+			kinds = kinds[:4] // the others make no upstream call
 		}
 		for _, k := range kinds {
 			// Warm up connections (and the engine's client) outside the figures.
@@ -451,6 +475,9 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			st := benchSummarize(durs, wall)
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
+			if k.dst == &l.floor {
+				st.cpuPlugin = per(3)
+			}
 			*k.dst = st
 		}
 		out = append(out, l)
@@ -460,8 +487,10 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 	// Clean up: the creds leases go the way users' leases go, the raw keys
 	// are deleted straight in Heron. Neither is part of the figures.
 	v.run("lease", "revoke", "-prefix", "heron/creds/lat/")
+	v.run("lease", "revoke", "-prefix", benchFloorMount+"/creds/lat/")
 	for _, l := range out {
 		benchWaitDeleted(t, e, keyIDs(l.credsLeases), 5*time.Minute)
+		benchWaitDeleted(t, e, keyIDs(l.floorLeases), 5*time.Minute)
 		for _, id := range l.rawKeys {
 			if err := h.rawDelete(id); err != nil {
 				t.Fatalf("deleting raw key %s: %v", id, err)
@@ -942,6 +971,12 @@ const benchRaftNodes = 3
 type benchRaftLatency struct {
 	conc                          int
 	creds, kvWrite, raw, roleRead benchStats
+	floor                         benchStats // floor/creds/<role>; cpuPlugin is the floor plugin's
+}
+
+// floorRatio is issue 22's figure on Raft: creds_p50 / floor_p50.
+func (l benchRaftLatency) floorRatio() float64 {
+	return float64(l.creds.p50) / float64(l.floor.p50)
 }
 
 // ratio is the issue's figure on Raft: creds_p50 / (kv_write_p50 +
@@ -957,9 +992,9 @@ type benchRaft struct {
 	// Raft log entries per operation (the leader's last index before and
 	// after each kind's series at 1 client, over commitOps operations);
 	// commitsErr says why they are missing.
-	commitsCreds, commitsKV, commitsRole float64
-	commitOps                            int
-	commitsErr                           string
+	commitsCreds, commitsKV, commitsRole, commitsFloor float64
+	commitOps                                          int
+	commitsErr                                         string
 }
 
 // benchMeasureRaft starts a 3-node Raft cluster on 127.0.0.1 with an
@@ -990,11 +1025,17 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 	if len(plugins) != 1 {
 		t.Fatalf("want one plugin process under the active node, found %v", plugins)
 	}
+	// The floor beside the engine, registered and mounted through the
+	// active node like the engine.
+	benchMountFloor(t, act, e, "raft")
+	if _, err := act.issueFloor("raft"); err != nil {
+		t.Fatalf("first floor issuance on the Raft cluster: %v", err)
+	}
 	pids := []int{act.proc.cmd.Process.Pid}
 	for _, v := range standbys {
 		pids = append(pids, v.proc.cmd.Process.Pid)
 	}
-	pids = append(pids, plugins[0], os.Getpid())
+	pids = append(pids, plugins[0], os.Getpid(), benchFloorPID(t, act))
 	h := newBenchHTTP(act, e)
 
 	var kvSeq, rawSeq atomic.Int64
@@ -1007,6 +1048,7 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 			commits *float64 // counted at 1 client; nil: nothing to count
 		}{
 			{"creds", &l.creds, func() error { _, err := act.issue("", "raft"); return err }, &r.commitsCreds},
+			{"floor", &l.floor, func() error { _, err := act.issueFloor("raft"); return err }, &r.commitsFloor},
 			// A new secret each time, as issuing is a new key each time (and
 			// so that KV's max_versions never adds a delete to the write).
 			{"KV write", &l.kvWrite, func() error { return h.kvWrite(fmt.Sprintf("/v1/kv/data/bench-%d", kvSeq.Add(1))) }, &r.commitsKV},
@@ -1044,7 +1086,10 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 			for i := range standbys {
 				st.cpuStandby += per(1 + i)
 			}
-			st.cpuPlugin, st.cpuSelf = per(len(pids)-2), per(len(pids)-1)
+			st.cpuPlugin, st.cpuSelf = per(len(pids)-3), per(len(pids)-2)
+			if k.dst == &l.floor {
+				st.cpuPlugin = per(len(pids) - 1)
+			}
 			*k.dst = st
 			if count && k.commits != nil {
 				next, err := benchRaftIndex(act)

@@ -28,6 +28,7 @@ func benchReport(b *testing.B, res *benchEngineResults) {
 	for _, l := range res.latency {
 		if l.wan == 0 {
 			b.ReportMetric(l.ratio(), fmt.Sprintf("ratio_c%d", l.conc))
+			b.ReportMetric(l.floorRatio(), fmt.Sprintf("floor_ratio_c%d", l.conc))
 		}
 	}
 	if res.cfg.parts[benchPartMass] {
@@ -39,6 +40,7 @@ func benchReport(b *testing.B, res *benchEngineResults) {
 	}
 	for _, l := range res.raft.latency {
 		b.ReportMetric(l.ratio(), fmt.Sprintf("raft_ratio_c%d", l.conc))
+		b.ReportMetric(l.floorRatio(), fmt.Sprintf("raft_floor_ratio_c%d", l.conc))
 	}
 	if res.cfg.parts[benchPartRaft] && res.raft.commitsErr == "" {
 		b.ReportMetric(res.raft.commitsCreds, "raft_commits/issue")
@@ -179,7 +181,24 @@ const (
 	// server, and against a KV read plus the POST with 20 ms to Heron.
 	benchGoalRolesRatio = 1.5
 	benchGoalWANRatio   = 1.10
+	// Issue 22: creds against the floor plugin's issuance (e2e/floorplugin),
+	// on the dev server and on Raft, at every client count: the engine's own
+	// work under 10 % of the floor.
+	benchGoalFloorRatio = 1.10
 )
+
+// benchFloorRows prints the floor's rows of a setting: its latency and
+// creds_p50 / floor_p50 against the goal.
+func benchFloorRows(p func(string, ...any), num, where string, conc int, creds, floor benchStats) {
+	if floor.n == 0 {
+		return
+	}
+	p("| %s | %sfloor plugin `floor/creds/<role>` p50 / p99, %d client(s) | %s / %s | | | one storage read, two writes of the engine's sizes, one POST over plain net/http, a lease of the same shape (e2e/floorplugin); CPU per issuance: floor plugin %s (the engine's plugin: %s) |\n",
+		num, where, conc, benchMs(floor.p50), benchMs(floor.p99), benchMs(floor.cpuPlugin), benchMs(creds.cpuPlugin))
+	r := float64(creds.p50) / float64(floor.p50)
+	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance |\n",
+		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin))
+}
 
 // benchCores is how many cores a setting kept busy: its throughput times
 // the CPU each operation took in every process measured.
@@ -214,6 +233,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		}
 		p("| 2 | `creds/<role>` p50 / p99, %d client(s) | %s / %s | | | CPU per issuance: Vault %s, plugin %s |\n", l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99),
 			benchMs(l.creds.cpuVault), benchMs(l.creds.cpuPlugin))
+		benchFloorRows(p, "2", "", l.conc, l.creds, l.floor)
 		p("| 2 | KV v2 read p50 / p99, %d client(s) | %s / %s | | | one request inside Vault's process |\n", l.conc, benchMs(l.kv.p50), benchMs(l.kv.p99))
 		p("| 2 | raw POST to Heron p50 / p99, %d client(s) | %s / %s | | | loopback to the in-process emulator |\n", l.conc, benchMs(l.raw.p50), benchMs(l.raw.p99))
 		limit := fmt.Sprintf("Vault's plugin boundary: a `roles/<name>` read (one plugin round trip, one storage read, no upstream call) alone takes %s, %.1fx the denominator",
@@ -241,8 +261,12 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		if l.conc == 1 {
 			goal, verdict = fmt.Sprintf("<= %.2f", benchGoalWANRatio), benchVerdict(l.ratio() <= benchGoalWANRatio)
 		}
-		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | %s | %s | the upstream delay; the engine adds %s to the raw POST |\n",
-			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), goal, verdict, benchMs(l.creds.p50-l.raw.p50))
+		floor := ""
+		if l.floor.n > 0 {
+			floor = fmt.Sprintf(", the floor plugin %s (creds_p50 / floor_p50 %.2f)", benchMs(l.floor.p50-l.raw.p50), l.floorRatio())
+		}
+		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | %s | %s | the upstream delay; the engine adds %s to the raw POST%s |\n",
+			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), goal, verdict, benchMs(l.creds.p50-l.raw.p50), floor)
 	}
 	m := r.mass
 	if parts[benchPartMass] {
@@ -303,6 +327,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	for _, l := range ra.latency {
 		p("| 6 | %d-node Raft: `creds/<role>` p50 / p99, %d client(s) | %s / %s | | | CPU per issuance: active node %s, standbys %s, plugin %s |\n",
 			benchRaftNodes, l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99), benchMs(l.creds.cpuVault), benchMs(l.creds.cpuStandby), benchMs(l.creds.cpuPlugin))
+		benchFloorRows(p, "6", fmt.Sprintf("%d-node Raft: ", benchRaftNodes), l.conc, l.creds, l.floor)
 		p("| 6 | %d-node Raft: KV v2 write p50 / p99, %d client(s) | %s / %s | | | its Raft commits: quorum round trips on loopback |\n",
 			benchRaftNodes, l.conc, benchMs(l.kvWrite.p50), benchMs(l.kvWrite.p99))
 		p("| 6 | %d-node Raft: `roles/<name>` read p50 / p99, %d client(s) | %s / %s | | | one plugin round trip, no commit |\n",
@@ -329,8 +354,8 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	}
 	if parts[benchPartRaft] {
 		if ra.commitsErr == "" {
-			p("| 6 | Raft commits per issuance / KV v2 write / `roles/<name>` read (the leader's log index, over %d of each at 1 client) | %.2f / %.2f / %.2f | | | every storage write is one commit: the engine's and Vault's own for the lease |\n",
-				ra.commitOps, ra.commitsCreds, ra.commitsKV, ra.commitsRole)
+			p("| 6 | Raft commits per issuance / floor plugin's issuance / KV v2 write / `roles/<name>` read (the leader's log index, over %d of each at 1 client) | %.2f / %.2f / %.2f / %.2f | | | every storage write is one commit: the engine's and Vault's own for the lease |\n",
+				ra.commitOps, ra.commitsCreds, ra.commitsFloor, ra.commitsKV, ra.commitsRole)
 		} else {
 			p("| 6 | Raft commits per issuance / KV v2 write / `roles/<name>` read | not measured: %s | | | |\n", ra.commitsErr)
 		}
@@ -351,6 +376,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				s    benchStats
 			}{
 				{"creds/<role>", l.creds},
+				{"floor/creds/<role> (the floor plugin; its CPU in the plugin column)", l.floor},
 				{"KV v2 read", l.kv},
 				{"raw POST to Heron", l.raw},
 				{"roles/<name> read (plugin round trip, one storage read, no upstream call)", l.roleRead},
@@ -417,6 +443,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				s    benchStats
 			}{
 				{"creds/<role>", l.creds},
+				{"floor/creds/<role> (the floor plugin; its CPU in the plugin column)", l.floor},
 				{"KV v2 write (a new secret)", l.kvWrite},
 				{"roles/<name> read", l.roleRead},
 				{"raw POST to Heron", l.raw},
