@@ -353,6 +353,9 @@ type benchStats struct {
 	// node), by the plugin and by this process (the emulator and the
 	// clients); cpuStandby is the standby nodes' of a cluster, together.
 	cpuVault, cpuPlugin, cpuSelf, cpuStandby time.Duration
+	// heronConns is how many TCP connections to the emulator were opened
+	// during the series (measurement 2; -1: not counted).
+	heronConns int
 }
 
 type benchLatency struct {
@@ -466,6 +469,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			if _, _, err := benchRun(min(samples, 4*conc), conc, k.op); err != nil {
 				t.Fatalf("%s warm-up at %d clients: %v", k.name, conc, err)
 			}
+			conns0 := benchConnsTo(t, e.URL)
 			cpu0 := benchCPU(t, pids)
 			durs, wall, err := benchRun(samples, conc, k.op)
 			if err != nil {
@@ -473,6 +477,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			}
 			cpu1 := benchCPU(t, pids)
 			st := benchSummarize(durs, wall)
+			st.heronConns = benchNewConns(conns0, benchConnsTo(t, e.URL))
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
 			if k.dst == &l.floor {
@@ -578,6 +583,49 @@ func benchCPU(t *testing.T, pids []int) []time.Duration {
 		}
 	}
 	return out
+}
+
+// benchConnsTo returns the local ends of the TCP connections to the
+// emulator at base (http://127.0.0.1:port) that the kernel lists, in any
+// state (TIME_WAIT included, which a closed connection stays in for a
+// minute): the connections opened to the emulator, whoever opened them.
+func benchConnsTo(t *testing.T, base string) map[string]bool {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatalf("emulator URL %s: %v", base, err)
+	}
+	want := fmt.Sprintf(":%04X", port)
+	out := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 4 || !strings.HasSuffix(fields[2], want) {
+				continue
+			}
+			out[fields[1]] = true
+		}
+	}
+	return out
+}
+
+// benchNewConns counts the connections in after that are not in before.
+func benchNewConns(before, after map[string]bool) int {
+	n := 0
+	for c := range after {
+		if !before[c] {
+			n++
+		}
+	}
+	return n
 }
 
 // benchPercentile is the nearest-rank percentile of sorted durations.

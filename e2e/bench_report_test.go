@@ -369,7 +369,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	}
 	if parts[benchPartLatency] {
 		p("- 2. Latency, every kind over plain net/http with keep-alive, after a warm-up; throughput is operations per second over each setting:\n\n")
-		p("  | clients | upstream delay | kind | n | p50 | p99 | mean | ops/s | CPU per op: Vault / plugin / emulator+client |\n  |---|---|---|---|---|---|---|---|---|\n")
+		p("  | clients | upstream delay | kind | n | p50 | p99 | mean | ops/s | CPU per op: Vault / plugin / emulator+client | connections opened to Heron |\n  |---|---|---|---|---|---|---|---|---|---|\n")
 		for _, l := range r.latency {
 			for _, k := range []struct {
 				name string
@@ -385,8 +385,8 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				if k.s.n == 0 {
 					continue
 				}
-				p("  | %d | %s | %s | %d | %s | %s | %s | %.0f | %s / %s / %s |\n", l.conc, l.wan, k.name, k.s.n, benchMs(k.s.p50), benchMs(k.s.p99), benchMs(k.s.mean), k.s.throughput,
-					benchMs(k.s.cpuVault), benchMs(k.s.cpuPlugin), benchMs(k.s.cpuSelf))
+				p("  | %d | %s | %s | %d | %s | %s | %s | %.0f | %s / %s / %s | %d |\n", l.conc, l.wan, k.name, k.s.n, benchMs(k.s.p50), benchMs(k.s.p99), benchMs(k.s.mean), k.s.throughput,
+					benchMs(k.s.cpuVault), benchMs(k.s.cpuPlugin), benchMs(k.s.cpuSelf), k.s.heronConns)
 			}
 		}
 		p("\n")
