@@ -356,6 +356,13 @@ type benchStats struct {
 	// heronConns is how many TCP connections to the emulator were opened
 	// during the series (measurement 2; -1: not counted).
 	heronConns int
+	// toHeron and fromHeron split an operation at the emulator's arrival
+	// of its POST (1 client only: p50 of each): from the client's request
+	// to the POST's arrival, and from the arrival plus the injected delay
+	// (when the emulator answers) to the client's answer. split says they
+	// were measured.
+	toHeron, fromHeron time.Duration
+	split              bool
 }
 
 type benchLatency struct {
@@ -424,6 +431,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			name string
 			dst  *benchStats
 			op   func() error
+			ua   string // the User-Agent of its POST to the emulator, if any
 		}{
 			{"creds", &l.creds, func() error {
 				c, err := v.issue("", "lat")
@@ -433,7 +441,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 					mu.Unlock()
 				}
 				return err
-			}},
+			}, userAgent},
 			// The floor: the same issuance without the engine's own work.
 			{"floor", &l.floor, func() error {
 				c, err := v.issueFloor("lat")
@@ -443,8 +451,8 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 					mu.Unlock()
 				}
 				return err
-			}},
-			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }},
+			}, benchFloorUA},
+			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }, ""},
 			{"raw POST", &l.raw, func() error {
 				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
 				if err == nil {
@@ -453,13 +461,13 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 					mu.Unlock()
 				}
 				return err
-			}},
+			}, testUserAgent},
 			// Not in the ratio: a plugin round trip that does one storage read
 			// and no upstream call, to show what the plugin boundary costs.
-			{"role read", &l.roleRead, func() error { return h.vaultGet("/v1/heron/roles/lat") }},
+			{"role read", &l.roleRead, func() error { return h.vaultGet("/v1/heron/roles/lat") }, ""},
 			// Not in the ratio either: Vault's own credential with a lease,
 			// no plugin and no upstream call.
-			{"token create", &l.tokenCreate, h.tokenCreate},
+			{"token create", &l.tokenCreate, h.tokenCreate, ""},
 		}
 		if set.wan > 0 {
 			kinds = kinds[:4] // the others make no upstream call
@@ -469,15 +477,31 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			if _, _, err := benchRun(min(samples, 4*conc), conc, k.op); err != nil {
 				t.Fatalf("%s warm-up at %d clients: %v", k.name, conc, err)
 			}
+			op := k.op
+			// At 1 client the operations are sequential: the i-th POST the
+			// emulator saw with k's User-Agent belongs to the i-th operation.
+			var spans [][2]time.Time
+			if conc == 1 && k.ua != "" {
+				op = func() error {
+					t0 := time.Now()
+					err := k.op()
+					spans = append(spans, [2]time.Time{t0, time.Now()})
+					return err
+				}
+			}
 			conns0 := benchConnsTo(t, e.URL)
+			from := time.Now()
 			cpu0 := benchCPU(t, pids)
-			durs, wall, err := benchRun(samples, conc, k.op)
+			durs, wall, err := benchRun(samples, conc, op)
 			if err != nil {
 				t.Fatalf("%s at %d clients: %v", k.name, conc, err)
 			}
 			cpu1 := benchCPU(t, pids)
 			st := benchSummarize(durs, wall)
 			st.heronConns = benchNewConns(conns0, benchConnsTo(t, e.URL))
+			if spans != nil {
+				st.toHeron, st.fromHeron, st.split = benchSplit(e, k.ua, from, spans, set.wan)
+			}
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
 			if k.dst == &l.floor {
@@ -583,6 +607,30 @@ func benchCPU(t *testing.T, pids []int) []time.Duration {
 		}
 	}
 	return out
+}
+
+// benchSplit matches each span (an operation's start and end, in order) with
+// the emulator's record of the POST it caused (the POSTs with User-Agent ua
+// that arrived after from, in order) and returns the p50 of the time before
+// the POST arrived and of the time after the emulator answered it (its
+// arrival plus wan, the injected delay).
+func benchSplit(e *emulator, ua string, from time.Time, spans [][2]time.Time, wan time.Duration) (to, back time.Duration, ok bool) {
+	var arrivals []time.Time
+	for _, r := range e.Requests() {
+		if r.UserAgent == ua && r.Method == http.MethodPost && !r.Time.Before(from) {
+			arrivals = append(arrivals, r.Time)
+		}
+	}
+	if len(arrivals) != len(spans) {
+		return 0, 0, false
+	}
+	tos, backs := make([]time.Duration, len(spans)), make([]time.Duration, len(spans))
+	for i, sp := range spans {
+		tos[i], backs[i] = arrivals[i].Sub(sp[0]), sp[1].Sub(arrivals[i].Add(wan))
+	}
+	slices.Sort(tos)
+	slices.Sort(backs)
+	return benchPercentile(tos, 50), benchPercentile(backs, 50), true
 }
 
 // benchConnsTo returns the local ends of the TCP connections to the

@@ -29,6 +29,9 @@ const (
 	// (the first 15 bytes) tells its process from the engine's.
 	benchFloorName  = "heron-floor"
 	benchFloorMount = "floor"
+	// benchFloorUA is the User-Agent of the floor plugin's requests
+	// (e2e/floorplugin).
+	benchFloorUA = "heron-floor-plugin"
 )
 
 var (

@@ -390,6 +390,26 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			}
 		}
 		p("\n")
+		first := true
+		for _, l := range r.latency {
+			for _, k := range []struct {
+				name string
+				s    benchStats
+			}{{"creds/<role>", l.creds}, {"floor/creds/<role>", l.floor}, {"raw POST to Heron", l.raw}} {
+				if !k.s.split {
+					continue
+				}
+				if first {
+					p("  Where the time of one operation goes at 1 client (p50s), split at the emulator's arrival of its POST: before it arrived, and after the emulator answered (arrival + the injected delay):\n\n")
+					p("  | upstream delay | kind | p50 | before the POST arrived | after Heron answered |\n  |---|---|---|---|---|\n")
+					first = false
+				}
+				p("  | %s | %s | %s | %s | %s |\n", l.wan, k.name, benchMs(k.s.p50), benchMs(k.s.toHeron), benchMs(k.s.fromHeron))
+			}
+		}
+		if !first {
+			p("\n")
+		}
 	}
 	if parts[benchPartMass] {
 		p("- 3. Issuing the %d leases (16 clients, budget %d/min) took %s: %.2f POST and %.2f requests in all per lease. "+
