@@ -363,6 +363,11 @@ type benchStats struct {
 	// were measured.
 	toHeron, fromHeron time.Duration
 	split              bool
+	// postGapMin and postGapP50 are the least and the median time between
+	// two of the series' POSTs arriving at the emulator (measurement 2, more
+	// than 1 client): the engine's limiter spaces them at least
+	// window/budget apart.
+	postGapMin, postGapP50 time.Duration
 }
 
 type benchLatency struct {
@@ -502,6 +507,9 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			if spans != nil {
 				st.toHeron, st.fromHeron, st.split = benchSplit(e, k.ua, from, spans, set.wan)
 			}
+			if conc > 1 && k.ua != "" {
+				st.postGapMin, st.postGapP50 = benchPostGaps(e, k.ua, from)
+			}
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
 			if k.dst == &l.floor {
@@ -631,6 +639,27 @@ func benchSplit(e *emulator, ua string, from time.Time, spans [][2]time.Time, wa
 	slices.Sort(tos)
 	slices.Sort(backs)
 	return benchPercentile(tos, 50), benchPercentile(backs, 50), true
+}
+
+// benchPostGaps returns the least and the median gap between consecutive
+// arrivals of POSTs with User-Agent ua since from.
+func benchPostGaps(e *emulator, ua string, from time.Time) (time.Duration, time.Duration) {
+	var prev time.Time
+	var gaps []time.Duration
+	for _, r := range e.Requests() {
+		if r.UserAgent != ua || r.Method != http.MethodPost || r.Time.Before(from) {
+			continue
+		}
+		if !prev.IsZero() {
+			gaps = append(gaps, r.Time.Sub(prev))
+		}
+		prev = r.Time
+	}
+	if len(gaps) == 0 {
+		return 0, 0
+	}
+	slices.Sort(gaps)
+	return gaps[0], benchPercentile(gaps, 50)
 }
 
 // benchConnsTo returns the local ends of the TCP connections to the

@@ -196,8 +196,13 @@ func benchFloorRows(p func(string, ...any), num, where string, conc int, creds, 
 	p("| %s | %sfloor plugin `floor/creds/<role>` p50 / p99, %d client(s) | %s / %s | | | one storage read, two writes of the engine's sizes, one POST over plain net/http, a lease of the same shape (e2e/floorplugin); CPU per issuance: floor plugin %s (the engine's plugin: %s) |\n",
 		num, where, conc, benchMs(floor.p50), benchMs(floor.p99), benchMs(floor.cpuPlugin), benchMs(creds.cpuPlugin))
 	r := float64(creds.p50) / float64(floor.p50)
-	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance |\n",
-		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin))
+	gaps := ""
+	if creds.postGapP50 > 0 {
+		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: its limiter's spacing at 100000/min is 0.6 ms, its timer sleeps about 1.2 ms), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
+			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
+	}
+	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance%s |\n",
+		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin), gaps)
 }
 
 // benchCores is how many cores a setting kept busy: its throughput times
