@@ -85,7 +85,7 @@ demo:
 bench:
 	@mkdir -p bin
 	@bash scripts/vault-bin.sh >/dev/null
-	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(if $(BENCH_SMALL),-benchtime=200ms) ./heronapi/ . \
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(if $(BENCH_SMALL),-benchtime=200ms) ./heronapi/ . ./e2e/floorplugin/ \
 		> bin/bench-go.txt || { cat bin/bench-go.txt; exit 1; }
 	@cat bin/bench-go.txt
 	$(WITH_VAULT) HERON_BENCH_GO_RESULTS=$(CURDIR)/bin/bench-go.txt \

@@ -198,8 +198,8 @@ func benchFloorRows(p func(string, ...any), num, where string, conc int, creds, 
 	r := float64(creds.p50) / float64(floor.p50)
 	gaps := ""
 	if creds.postGapP50 > 0 {
-		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: its limiter's spacing at 100000/min is 0.6 ms, its timer sleeps about 1.2 ms), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
-			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
+		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: its limiter spaces grants %s apart at %d/min and sleeps on a timer for each, see BenchmarkLimiterAtMaxBudget), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
+			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchMs(time.Minute/benchFastBudget), benchFastBudget, benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
 	}
 	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance%s |\n",
 		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin), gaps)
@@ -448,7 +448,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			benchMiB(s.runHWM), benchMiB(s.vaultRSSBefore), benchMiB(s.vaultRSS), benchMiB(s.vaultHWM), benchFastBudget, s.revokeWall.Round(100*time.Millisecond), s.irrevocableAfter)
 	}
 	if goBench != "" {
-		p("- 5. `go test -run '^$' -bench . -benchmem ./heronapi/ .`:\n\n```\n%s\n```\n", goBench)
+		p("- 5. `go test -run '^$' -bench . -benchmem ./heronapi/ . ./e2e/floorplugin/`:\n\n```\n%s\n```\n", goBench)
 	}
 	if parts[benchPartRaft] {
 		p("- 6. A %d-node cluster with integrated storage (Raft, `retry_join`, `performance_multiplier = 1`, all on 127.0.0.1 and these %d CPUs, its own emulator) "+
