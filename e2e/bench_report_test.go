@@ -268,7 +268,8 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		}
 		floor := ""
 		if l.floor.n > 0 {
-			floor = fmt.Sprintf(", the floor plugin %s (creds_p50 / floor_p50 %.2f)", benchMs(l.floor.p50-l.raw.p50), l.floorRatio())
+			floor = fmt.Sprintf(", the floor plugin %s (creds_p50 / floor_p50 %.2f; the floor's own ratio to KV + raw POST %.2f)",
+				benchMs(l.floor.p50-l.raw.p50), l.floorRatio(), float64(l.floor.p50)/float64(l.kv.p50+l.raw.p50))
 		}
 		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | %s | %s | the upstream delay; the engine adds %s to the raw POST%s |\n",
 			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), goal, verdict, benchMs(l.creds.p50-l.raw.p50), floor)
