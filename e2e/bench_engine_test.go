@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -376,9 +377,33 @@ type benchLatency struct {
 	creds, kv, raw, roleRead, tokenCreate benchStats
 	// floor is floor/creds/<role>: the floor plugin's issuance (its
 	// cpuPlugin is the floor plugin's process).
-	floor                    benchStats
+	floor benchStats
+	// floorCalls is floor/calls/<role>: the floor plus the engine's further
+	// calls to Vault (loopback only).
+	floorCalls benchStats
+	// calls is the floor, the floor with each of the engine's further calls
+	// to Vault alone (floor/calls/<role>?do=<call>), with all of them, and
+	// the engine, run interleaved at 1 client on loopback (so that drift
+	// in the machine's load falls on all alike): p50 of each.
+	calls                    []benchCallAlone
 	credsLeases, floorLeases []lease
 	rawKeys                  []string
+}
+
+// benchCallAlone is one kind of the interleaved series: its name and p50.
+type benchCallAlone struct {
+	what string
+	p50  time.Duration
+}
+
+// benchEngineCalls are the engine's calls to Vault beyond the floor's, as the
+// floor plugin names them, and what each is in the engine.
+var benchEngineCalls = []struct{ call, what string }{
+	{"localmount", "`LocalMount` (the SDK's, for `ForwardPerformanceSecondary`)"},
+	{"maxttl", "`MaxLeaseTTL` (`framework.CalculateTTL`)"},
+	{"get", "a storage read after the POST (the replay check)"},
+	{"log", "an info log line"},
+	{"event", "an event, sent beside the answer"},
 }
 
 // floorRatio is issue 22's figure: creds_p50 / floor_p50.
@@ -458,6 +483,17 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 				return err
 			}, benchFloorUA},
 			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }, ""},
+			// Not in a ratio of its own: the floor plus the engine's further
+			// calls to Vault, which tells their cost from the engine's code.
+			{"floor+calls", &l.floorCalls, func() error {
+				c, err := v.issueFloorPath("calls", "lat")
+				if err == nil {
+					mu.Lock()
+					l.floorLeases = append(l.floorLeases, c)
+					mu.Unlock()
+				}
+				return err
+			}, ""},
 			{"raw POST", &l.raw, func() error {
 				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
 				if err == nil {
@@ -475,7 +511,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			{"token create", &l.tokenCreate, h.tokenCreate, ""},
 		}
 		if set.wan > 0 {
-			kinds = kinds[:4] // the others make no upstream call
+			kinds = kinds[:4] // creds, floor, KV, raw POST: the others are diagnostics
 		}
 		for _, k := range kinds {
 			// Warm up connections (and the engine's client) outside the figures.
@@ -512,10 +548,13 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			}
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
-			if k.dst == &l.floor {
-				st.cpuPlugin = per(3)
+			if strings.HasPrefix(k.name, "floor") {
+				st.cpuPlugin = per(3) // the floor plugin's process
 			}
 			*k.dst = st
+		}
+		if conc == 1 && set.wan == 0 {
+			l.calls = benchInterleavedCalls(t, v, &l, &mu, samples)
 		}
 		out = append(out, l)
 	}
@@ -525,6 +564,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 	// are deleted straight in Heron. Neither is part of the figures.
 	v.run("lease", "revoke", "-prefix", "heron/creds/lat/")
 	v.run("lease", "revoke", "-prefix", benchFloorMount+"/creds/lat/")
+	v.run("lease", "revoke", "-prefix", benchFloorMount+"/calls/lat/")
 	for _, l := range out {
 		benchWaitDeleted(t, e, keyIDs(l.credsLeases), 5*time.Minute)
 		benchWaitDeleted(t, e, keyIDs(l.floorLeases), 5*time.Minute)
@@ -533,6 +573,61 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 				t.Fatalf("deleting raw key %s: %v", id, err)
 			}
 		}
+	}
+	return out
+}
+
+// benchInterleavedCalls runs the floor, the floor with each of the engine's
+// further calls to Vault alone and with all of them, and the engine's
+// issuance, in rounds of one of each in a random order, samples rounds at 1
+// client, and returns the p50 of each (the floor first, the engine last).
+// Each is run twice in a row and timed the second time: the first after
+// another process's turn (the engine's plugin or the floor's) runs cold.
+func benchInterleavedCalls(t *testing.T, v *vault, l *benchLatency, mu *sync.Mutex, samples int) []benchCallAlone {
+	t.Helper()
+	type kind struct {
+		what string
+		op   func() (lease, error)
+	}
+	kinds := []kind{{"the floor (`floor/creds/<role>`)", func() (lease, error) { return v.issueFloor("lat") }}}
+	for _, c := range benchEngineCalls {
+		kinds = append(kinds, kind{"the floor + " + c.what, func() (lease, error) { return v.issueFloorPath("calls", "lat?do="+c.call) }})
+	}
+	kinds = append(kinds,
+		kind{"the floor + all of them (`floor/calls/<role>`)", func() (lease, error) { return v.issueFloorPath("calls", "lat") }},
+		kind{"the engine (`creds/<role>`)", func() (lease, error) { return v.issue("", "lat") }})
+	durs := make([][]time.Duration, len(kinds))
+	order := make([]int, len(kinds))
+	for i := range order {
+		order[i] = i
+	}
+	for range samples {
+		rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, j := range order {
+			for try := range 2 {
+				t0 := time.Now()
+				c, err := kinds[j].op()
+				d := time.Since(t0)
+				if err != nil {
+					t.Fatalf("interleaved %s: %v", kinds[j].what, err)
+				}
+				mu.Lock()
+				if j == len(kinds)-1 {
+					l.credsLeases = append(l.credsLeases, c)
+				} else {
+					l.floorLeases = append(l.floorLeases, c)
+				}
+				mu.Unlock()
+				if try == 1 {
+					durs[j] = append(durs[j], d)
+				}
+			}
+		}
+	}
+	out := make([]benchCallAlone, len(kinds))
+	for j, k := range kinds {
+		slices.Sort(durs[j])
+		out[j] = benchCallAlone{what: k.what, p50: benchPercentile(durs[j], 50)}
 	}
 	return out
 }

@@ -85,13 +85,18 @@ func benchMountFloor(t *testing.T, v *vault, e *emulator, role string) {
 
 // issueFloor reads floor/creds/<role> as root over v.http, the request
 // v.issue sends for heron/creds/<role>.
-func (v *vault) issueFloor(role string) (lease, error) {
+func (v *vault) issueFloor(role string) (lease, error) { return v.issueFloorPath("creds", role) }
+
+// issueFloorPath reads floor/<path>/<role>: creds, or calls (the floor plus
+// the engine's further calls to Vault).
+func (v *vault) issueFloorPath(path, role string) (lease, error) {
 	var l lease
-	if err := v.readJSON(v.token, benchFloorMount+"/creds/"+role, &l); err != nil {
+	p := benchFloorMount + "/" + path + "/" + role
+	if err := v.readJSON(v.token, p, &l); err != nil {
 		return lease{}, err
 	}
 	if l.LeaseID == "" || l.Data.KeyID == "" || l.Data.APIKey == "" {
-		return lease{}, fmt.Errorf("read %s/creds/%s: incomplete answer (lease %q, key_id %q)", benchFloorMount, role, l.LeaseID, l.Data.KeyID)
+		return lease{}, fmt.Errorf("read %s: incomplete answer (lease %q, key_id %q)", p, l.LeaseID, l.Data.KeyID)
 	}
 	return l, nil
 }

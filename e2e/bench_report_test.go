@@ -239,6 +239,10 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		p("| 2 | `creds/<role>` p50 / p99, %d client(s) | %s / %s | | | CPU per issuance: Vault %s, plugin %s |\n", l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99),
 			benchMs(l.creds.cpuVault), benchMs(l.creds.cpuPlugin))
 		benchFloorRows(p, "2", "", l.conc, l.creds, l.floor)
+		if fc := l.floorCalls; fc.n > 0 {
+			p("| 2 | floor plugin plus the engine's further calls to Vault `floor/calls/<role>` p50 / p99, %d client(s) | %s / %s | | | LocalMount, MaxLeaseTTL, a storage read after the POST, a log line, an event; of the engine's %s over the floor at p50, %s are these calls and %s its own code; CPU per issuance: Vault %s, plugin %s |\n",
+				l.conc, benchMs(fc.p50), benchMs(fc.p99), benchMs(l.creds.p50-l.floor.p50), benchMs(fc.p50-l.floor.p50), benchMs(l.creds.p50-fc.p50), benchMs(fc.cpuVault), benchMs(fc.cpuPlugin))
+		}
 		p("| 2 | KV v2 read p50 / p99, %d client(s) | %s / %s | | | one request inside Vault's process |\n", l.conc, benchMs(l.kv.p50), benchMs(l.kv.p99))
 		p("| 2 | raw POST to Heron p50 / p99, %d client(s) | %s / %s | | | loopback to the in-process emulator |\n", l.conc, benchMs(l.raw.p50), benchMs(l.raw.p99))
 		limit := fmt.Sprintf("Vault's plugin boundary: a `roles/<name>` read (one plugin round trip, one storage read, no upstream call) alone takes %s, %.1fx the denominator",
@@ -383,6 +387,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			}{
 				{"creds/<role>", l.creds},
 				{"floor/creds/<role> (the floor plugin; its CPU in the plugin column)", l.floor},
+				{"floor/calls/<role> (the floor plus the engine's further calls to Vault)", l.floorCalls},
 				{"KV v2 read", l.kv},
 				{"raw POST to Heron", l.raw},
 				{"roles/<name> read (plugin round trip, one storage read, no upstream call)", l.roleRead},
@@ -414,6 +419,18 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			}
 		}
 		if !first {
+			p("\n")
+		}
+		for _, l := range r.latency {
+			if len(l.calls) == 0 {
+				continue
+			}
+			floor := l.calls[0].p50
+			p("  What the engine's further calls to Vault cost: the floor with each of them alone, with all of them, and the engine, in %d rounds of one of each in a random order, each timed on its second run in a row (1 client, loopback):\n\n", r.cfg.samples)
+			p("  | kind | p50 | over the floor |\n  |---|---|---|\n")
+			for _, c := range l.calls {
+				p("  | %s | %s | %s |\n", c.what, benchMs(c.p50), benchMs(c.p50-floor))
+			}
 			p("\n")
 		}
 	}

@@ -20,8 +20,17 @@
 // at floor/ beside heron/. It is never part of the engine's plugin binary.
 //
 // Paths: config (write: url, admin_api_key), roles/<name> (write: ttl,
-// environment), creds/<name> (read). A revocation deletes the key in Heron and
-// its record; a renewal extends the lease.
+// environment), creds/<name> (read), and calls/<name> (read): the floor's
+// issuance plus the calls to Vault the engine's issuance makes beyond the
+// floor's, and none of its code: LocalMount (the SDK asks it for an operation
+// with ForwardPerformanceSecondary, which the engine's creds/<role> sets),
+// MaxLeaseTTL (framework.CalculateTTL), a storage read of the new key's record
+// after the POST (the engine's replay check), one info log line and one event
+// sent beside the answer (its field do, a comma-separated subset of
+// localmount, maxttl, get, log, event, picks some of them; all by default).
+// The benchmark reads it to tell the cost of those round trips from that of
+// the engine's own code. A revocation deletes the key
+// in Heron and its record; a renewal extends the lease.
 package main
 
 import (
@@ -36,6 +45,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -181,6 +191,18 @@ func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 					logical.ReadOperation: &framework.PathOperation{Callback: b.credsRead},
 				},
 			},
+			{
+				Pattern: "calls/" + framework.GenericNameRegex("name") + "$",
+				Fields: map[string]*framework.FieldSchema{
+					"name": {Type: framework.TypeString},
+					"do":   {Type: framework.TypeCommaStringSlice, Default: allCalls},
+				},
+				Operations: map[logical.Operation]framework.OperationHandler{
+					// No ForwardPerformance* flags: the handler asks LocalMount
+					// itself, when told to, as the SDK does for the engine.
+					logical.ReadOperation: &framework.PathOperation{Callback: b.callsRead},
+				},
+			},
 		},
 		Secrets: []*framework.Secret{{
 			Type: secretType,
@@ -248,7 +270,30 @@ func (b *backend) roleWrite(ctx context.Context, req *logical.Request, d *framew
 }
 
 func (b *backend) credsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
+	return b.issue(ctx, req, d.Get("name").(string), nil)
+}
+
+// allCalls are the engine's calls to Vault beyond the floor's.
+var allCalls = []string{"localmount", "maxttl", "get", "log", "event"}
+
+// callsRead is credsRead with (some of) the engine's further calls to Vault.
+func (b *backend) callsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	calls := map[string]bool{}
+	for _, c := range d.Get("do").([]string) {
+		if !slices.Contains(allCalls, c) {
+			return logical.ErrorResponse("do: %q is none of %v", c, allCalls), nil
+		}
+		calls[c] = true
+	}
+	if calls["localmount"] {
+		// What the SDK asks before running an operation with
+		// ForwardPerformanceSecondary, as the engine's creds/<role>.
+		_ = b.System().LocalMount()
+	}
+	return b.issue(ctx, req, d.Get("name").(string), calls)
+}
+
+func (b *backend) issue(ctx context.Context, req *logical.Request, name string, calls map[string]bool) (*logical.Response, error) {
 	// 1. The role: one storage read.
 	e, err := req.Storage.Get(ctx, "roles/"+name)
 	if err != nil {
@@ -264,6 +309,10 @@ func (b *backend) credsRead(ctx context.Context, req *logical.Request, d *framew
 	cfg, err := b.config(ctx, req.Storage)
 	if err != nil {
 		return nil, err
+	}
+	if calls["maxttl"] {
+		// framework.CalculateTTL's call.
+		_ = b.System().MaxLeaseTTL()
 	}
 
 	// 2. A record of the creation before the POST, in a slot the slot's
@@ -285,6 +334,13 @@ func (b *backend) credsRead(ctx context.Context, req *logical.Request, d *framew
 		return nil, err
 	}
 
+	if calls["get"] {
+		// The engine's check that the answer names no key it tracks.
+		if _, err := req.Storage.Get(ctx, "keys/"+key.ID); err != nil {
+			return nil, err
+		}
+	}
+
 	// 4. The key's record.
 	now := time.Now()
 	sum := sha256.Sum256([]byte(key.Token))
@@ -295,6 +351,21 @@ func (b *backend) credsRead(ctx context.Context, req *logical.Request, d *framew
 	}
 	if err := putJSON(ctx, req.Storage, "keys/"+key.ID, rec); err != nil {
 		return nil, err
+	}
+
+	if calls["log"] {
+		b.Logger().Info("key change", "event", "heron/key-issue", "key_id", rec.KeyID, "key_name", rec.KeyName,
+			"token_prefix", rec.TokenPrefix, "environment", rec.Environment, "data_path", "creds/"+rec.Role,
+			"modified", "true", "role", rec.Role, "expires", rec.Expires.UTC().Format(time.RFC3339))
+	}
+	if calls["event"] {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = logical.SendEvent(ctx, b, "heron/key-issue", "key_id", rec.KeyID, "key_name", rec.KeyName,
+				"token_prefix", rec.TokenPrefix, "environment", rec.Environment,
+				logical.EventMetadataDataPath, "creds/"+rec.Role, logical.EventMetadataModified, "true", "role", rec.Role)
+		}()
 	}
 
 	// 5. The lease, of the engine's shape.
