@@ -483,6 +483,15 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 				return err
 			}, benchFloorUA},
 			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }, ""},
+			{"raw POST", &l.raw, func() error {
+				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
+				if err == nil {
+					mu.Lock()
+					l.rawKeys = append(l.rawKeys, id)
+					mu.Unlock()
+				}
+				return err
+			}, testUserAgent},
 			// Not in a ratio of its own: the floor plus the engine's further
 			// calls to Vault, which tells their cost from the engine's code.
 			{"floor+calls", &l.floorCalls, func() error {
@@ -494,15 +503,6 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 				}
 				return err
 			}, ""},
-			{"raw POST", &l.raw, func() error {
-				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
-				if err == nil {
-					mu.Lock()
-					l.rawKeys = append(l.rawKeys, id)
-					mu.Unlock()
-				}
-				return err
-			}, testUserAgent},
 			// Not in the ratio: a plugin round trip that does one storage read
 			// and no upstream call, to show what the plugin boundary costs.
 			{"role read", &l.roleRead, func() error { return h.vaultGet("/v1/heron/roles/lat") }, ""},
@@ -511,7 +511,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			{"token create", &l.tokenCreate, h.tokenCreate, ""},
 		}
 		if set.wan > 0 {
-			kinds = kinds[:4] // creds, floor, KV, raw POST: the others are diagnostics
+			kinds = kinds[:4] // creds, floor, KV, raw POST (the ratio's): the others are diagnostics
 		}
 		for _, k := range kinds {
 			// Warm up connections (and the engine's client) outside the figures.
