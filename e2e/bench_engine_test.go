@@ -32,7 +32,8 @@ import (
 //
 //  1. upstream requests per issue / expiry / revoke / renew (emulator counts);
 //  2. creds/<role> latency p50/p99 at 1 and 16 clients, next to a KV v2 read
-//     through the same Vault and a raw POST straight to the emulator, on
+//     through the same Vault, a raw POST straight to the emulator and the
+//     floor plugin's issuance (e2e/floorplugin, bench_floor_test.go), on
 //     loopback and again with every upstream answer delayed (a network);
 //  3. a mass revocation by prefix under the engine's budget B per minute,
 //     against the floor of leases / B;
@@ -40,8 +41,8 @@ import (
 //     through their issuance, the periodic pass and a paged listing of all
 //     of them, and the periodic pass's wall time and CPU;
 //  6. on a 3-node Vault cluster with integrated storage (Raft), creds/<role>
-//     latency next to a KV v2 write and a roles/<name> read, and the Raft
-//     commits each of them costs.
+//     latency next to the floor plugin's issuance, a KV v2 write and a
+//     roles/<name> read, and the Raft commits each of them costs.
 //
 // (5 is the Go benchmarks, which `make bench` runs and this one reports.)
 //
