@@ -87,7 +87,7 @@ bench:
 	@mkdir -p bin
 	@bash scripts/vault-bin.sh >/dev/null
 	$(if $(BENCH_SMALL),HERON_BENCH_STATIC_ROLES=1000 HERON_BENCH_TRACKED_KEYS=5000) \
-	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(if $(BENCH_SMALL),-benchtime=200ms) ./heronapi/ . \
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(if $(BENCH_SMALL),-benchtime=200ms) ./heronapi/ . ./e2e/floorplugin/ \
 		> bin/bench-go.txt || { cat bin/bench-go.txt; exit 1; }
 	@cat bin/bench-go.txt
 	$(WITH_VAULT) HERON_BENCH_GO_RESULTS=$(CURDIR)/bin/bench-go.txt \

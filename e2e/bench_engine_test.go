@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -31,7 +32,8 @@ import (
 //
 //  1. upstream requests per issue / expiry / revoke / renew (emulator counts);
 //  2. creds/<role> latency p50/p99 at 1 and 16 clients, next to a KV v2 read
-//     through the same Vault and a raw POST straight to the emulator, on
+//     through the same Vault, a raw POST straight to the emulator and the
+//     floor plugin's issuance (e2e/floorplugin, bench_floor_test.go), on
 //     loopback and again with every upstream answer delayed (a network);
 //  3. a mass revocation by prefix under the engine's budget B per minute,
 //     against the floor of leases / B;
@@ -39,8 +41,8 @@ import (
 //     through their issuance, the periodic pass and a paged listing of all
 //     of them, and the periodic pass's wall time and CPU;
 //  6. on a 3-node Vault cluster with integrated storage (Raft), creds/<role>
-//     latency next to a KV v2 write and a roles/<name> read, and the Raft
-//     commits each of them costs.
+//     latency next to the floor plugin's issuance, a KV v2 write and a
+//     roles/<name> read, and the Raft commits each of them costs.
 //
 // (5 is the Go benchmarks, which `make bench` runs and this one reports.)
 //
@@ -211,11 +213,11 @@ func runBenchEngine(t *testing.T, cfg benchEngineConfig) *benchEngineResults {
 	if cfg.parts[benchPartRaft] {
 		res.raft = benchMeasureRaft(t, cfg.samples)
 		for _, l := range res.raft.latency {
-			t.Logf("Raft c=%d: creds p50 %s, KV write p50 %s, role read p50 %s, raw POST p50 %s, ratio %.2f",
-				l.conc, benchMs(l.creds.p50), benchMs(l.kvWrite.p50), benchMs(l.roleRead.p50), benchMs(l.raw.p50), l.ratio())
+			t.Logf("Raft c=%d: creds p50 %s, floor p50 %s, KV write p50 %s, role read p50 %s, raw POST p50 %s, ratio %.2f, creds/floor %.2f",
+				l.conc, benchMs(l.creds.p50), benchMs(l.floor.p50), benchMs(l.kvWrite.p50), benchMs(l.roleRead.p50), benchMs(l.raw.p50), l.ratio(), l.floorRatio())
 		}
 		if r := res.raft; r.commitsErr == "" {
-			t.Logf("Raft commits per issuance %.2f, per KV write %.2f, per role read %.2f", r.commitsCreds, r.commitsKV, r.commitsRole)
+			t.Logf("Raft commits per issuance %.2f, per floor issuance %.2f, per KV write %.2f, per role read %.2f", r.commitsCreds, r.commitsFloor, r.commitsKV, r.commitsRole)
 		} else {
 			t.Logf("Raft commits not measured: %s", r.commitsErr)
 		}
@@ -249,7 +251,8 @@ func benchOnDevServer(t *testing.T, cfg benchEngineConfig, res *benchEngineResul
 	if cfg.parts[benchPartLatency] {
 		res.latency = benchMeasureLatency(t, v, e, h, cfg.samples, cfg.wan)
 		for _, l := range res.latency {
-			t.Logf("c=%d upstream+%s: creds p50 %s, kv p50 %s, raw POST p50 %s, ratio %.2f", l.conc, l.wan, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio())
+			t.Logf("c=%d upstream+%s: creds p50 %s, floor p50 %s, kv p50 %s, raw POST p50 %s, ratio %.2f, creds/floor %.2f",
+				l.conc, l.wan, benchMs(l.creds.p50), benchMs(l.floor.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), l.floorRatio())
 		}
 	}
 
@@ -352,14 +355,61 @@ type benchStats struct {
 	// node), by the plugin and by this process (the emulator and the
 	// clients); cpuStandby is the standby nodes' of a cluster, together.
 	cpuVault, cpuPlugin, cpuSelf, cpuStandby time.Duration
+	// heronConns is how many TCP connections to the emulator were opened
+	// during the series (measurement 2; -1: not counted).
+	heronConns int
+	// toHeron and fromHeron split an operation at the emulator's arrival
+	// of its POST (1 client only: p50 of each): from the client's request
+	// to the POST's arrival, and from the arrival plus the injected delay
+	// (when the emulator answers) to the client's answer. split says they
+	// were measured.
+	toHeron, fromHeron time.Duration
+	split              bool
+	// postGapMin and postGapP50 are the least and the median time between
+	// two of the series' POSTs arriving at the emulator (measurement 2, more
+	// than 1 client): the engine's limiter spaces them at least
+	// window/budget apart.
+	postGapMin, postGapP50 time.Duration
 }
 
 type benchLatency struct {
 	conc                                  int
 	wan                                   time.Duration // latency added to every upstream answer
 	creds, kv, raw, roleRead, tokenCreate benchStats
-	credsLeases                           []lease
-	rawKeys                               []string
+	// floor is floor/creds/<role>: the floor plugin's issuance (its
+	// cpuPlugin is the floor plugin's process).
+	floor benchStats
+	// floorCalls is floor/calls/<role>: the floor plus the engine's further
+	// calls to Vault (loopback only).
+	floorCalls benchStats
+	// calls is the floor, the floor with each of the engine's further calls
+	// to Vault alone (floor/calls/<role>?do=<call>), with all of them, and
+	// the engine, run interleaved at 1 client on loopback (so that drift
+	// in the machine's load falls on all alike): p50 of each.
+	calls                    []benchCallAlone
+	credsLeases, floorLeases []lease
+	rawKeys                  []string
+}
+
+// benchCallAlone is one kind of the interleaved series: its name and p50.
+type benchCallAlone struct {
+	what string
+	p50  time.Duration
+}
+
+// benchEngineCalls are the engine's calls to Vault beyond the floor's, as the
+// floor plugin names them, and what each is in the engine.
+var benchEngineCalls = []struct{ call, what string }{
+	{"localmount", "`LocalMount` (the SDK's, for `ForwardPerformanceSecondary`)"},
+	{"maxttl", "`MaxLeaseTTL` (`framework.CalculateTTL`)"},
+	{"get", "a storage read after the POST (the replay check)"},
+	{"log", "an info log line"},
+	{"event", "an event, sent beside the answer"},
+}
+
+// floorRatio is issue 22's figure: creds_p50 / floor_p50.
+func (l benchLatency) floorRatio() float64 {
+	return float64(l.creds.p50) / float64(l.floor.p50)
 }
 
 // ratio is the issue's figure: creds_p50 / (kv_p50 + raw_post_p50).
@@ -376,11 +426,16 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 		return err
 	})
 
+	// The floor beside the engine; its first issuance starts its process.
+	benchMountFloor(t, v, e, "lat")
+	if _, err := v.issueFloor("lat"); err != nil {
+		t.Fatalf("first floor issuance: %v", err)
+	}
 	plugins := v.pluginPIDs(t)
 	if len(plugins) != 1 {
 		t.Fatalf("want one plugin process under Vault, found %v", plugins)
 	}
-	pids := []int{v.proc.cmd.Process.Pid, plugins[0], os.Getpid()}
+	pids := []int{v.proc.cmd.Process.Pid, plugins[0], os.Getpid(), benchFloorPID(t, v)}
 
 	type setting struct {
 		conc int
@@ -407,6 +462,7 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 			name string
 			dst  *benchStats
 			op   func() error
+			ua   string // the User-Agent of its POST to the emulator, if any
 		}{
 			{"creds", &l.creds, func() error {
 				c, err := v.issue("", "lat")
@@ -416,8 +472,18 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 					mu.Unlock()
 				}
 				return err
-			}},
-			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }},
+			}, userAgent},
+			// The floor: the same issuance without the engine's own work.
+			{"floor", &l.floor, func() error {
+				c, err := v.issueFloor("lat")
+				if err == nil {
+					mu.Lock()
+					l.floorLeases = append(l.floorLeases, c)
+					mu.Unlock()
+				}
+				return err
+			}, benchFloorUA},
+			{"kv", &l.kv, func() error { return h.vaultGet("/v1/kv/data/heron") }, ""},
 			{"raw POST", &l.raw, func() error {
 				id, err := h.rawCreate(fmt.Sprintf("bench-raw-%d-%d", conc, rawSeq.Add(1)))
 				if err == nil {
@@ -426,32 +492,70 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 					mu.Unlock()
 				}
 				return err
-			}},
+			}, testUserAgent},
+			// Not in a ratio of its own: the floor plus the engine's further
+			// calls to Vault, which tells their cost from the engine's code.
+			{"floor+calls", &l.floorCalls, func() error {
+				c, err := v.issueFloorPath("calls", "lat")
+				if err == nil {
+					mu.Lock()
+					l.floorLeases = append(l.floorLeases, c)
+					mu.Unlock()
+				}
+				return err
+			}, ""},
 			// Not in the ratio: a plugin round trip that does one storage read
 			// and no upstream call, to show what the plugin boundary costs.
-			{"role read", &l.roleRead, func() error { return h.vaultGet("/v1/heron/roles/lat") }},
+			{"role read", &l.roleRead, func() error { return h.vaultGet("/v1/heron/roles/lat") }, ""},
 			// Not in the ratio either: Vault's own credential with a lease,
 			// no plugin and no upstream call.
-			{"token create", &l.tokenCreate, h.tokenCreate},
+			{"token create", &l.tokenCreate, h.tokenCreate, ""},
 		}
 		if set.wan > 0 {
-			kinds = kinds[:3] // the others make no upstream call
+			kinds = kinds[:4] // creds, floor, KV, raw POST (the ratio's): the others are diagnostics
 		}
 		for _, k := range kinds {
 			// Warm up connections (and the engine's client) outside the figures.
 			if _, _, err := benchRun(min(samples, 4*conc), conc, k.op); err != nil {
 				t.Fatalf("%s warm-up at %d clients: %v", k.name, conc, err)
 			}
+			op := k.op
+			// At 1 client the operations are sequential: the i-th POST the
+			// emulator saw with k's User-Agent belongs to the i-th operation.
+			var spans [][2]time.Time
+			if conc == 1 && k.ua != "" {
+				op = func() error {
+					t0 := time.Now()
+					err := k.op()
+					spans = append(spans, [2]time.Time{t0, time.Now()})
+					return err
+				}
+			}
+			conns0 := benchConnsTo(t, e.URL)
+			from := time.Now()
 			cpu0 := benchCPU(t, pids)
-			durs, wall, err := benchRun(samples, conc, k.op)
+			durs, wall, err := benchRun(samples, conc, op)
 			if err != nil {
 				t.Fatalf("%s at %d clients: %v", k.name, conc, err)
 			}
 			cpu1 := benchCPU(t, pids)
 			st := benchSummarize(durs, wall)
+			st.heronConns = benchNewConns(conns0, benchConnsTo(t, e.URL))
+			if spans != nil {
+				st.toHeron, st.fromHeron, st.split = benchSplit(e, k.ua, from, spans, set.wan)
+			}
+			if conc > 1 && k.ua != "" {
+				st.postGapMin, st.postGapP50 = benchPostGaps(e, k.ua, from)
+			}
 			per := func(i int) time.Duration { return (cpu1[i] - cpu0[i]) / time.Duration(samples) }
 			st.cpuVault, st.cpuPlugin, st.cpuSelf = per(0), per(1), per(2)
+			if strings.HasPrefix(k.name, "floor") {
+				st.cpuPlugin = per(3) // the floor plugin's process
+			}
 			*k.dst = st
+		}
+		if conc == 1 && set.wan == 0 {
+			l.calls = benchInterleavedCalls(t, v, &l, &mu, samples)
 		}
 		out = append(out, l)
 	}
@@ -460,13 +564,71 @@ func benchMeasureLatency(t *testing.T, v *vault, e *emulator, h *benchHTTP, samp
 	// Clean up: the creds leases go the way users' leases go, the raw keys
 	// are deleted straight in Heron. Neither is part of the figures.
 	v.run("lease", "revoke", "-prefix", "heron/creds/lat/")
+	v.run("lease", "revoke", "-prefix", benchFloorMount+"/creds/lat/")
+	v.run("lease", "revoke", "-prefix", benchFloorMount+"/calls/lat/")
 	for _, l := range out {
 		benchWaitDeleted(t, e, keyIDs(l.credsLeases), 5*time.Minute)
+		benchWaitDeleted(t, e, keyIDs(l.floorLeases), 5*time.Minute)
 		for _, id := range l.rawKeys {
 			if err := h.rawDelete(id); err != nil {
 				t.Fatalf("deleting raw key %s: %v", id, err)
 			}
 		}
+	}
+	return out
+}
+
+// benchInterleavedCalls runs the floor, the floor with each of the engine's
+// further calls to Vault alone and with all of them, and the engine's
+// issuance, in rounds of one of each in a random order, samples rounds at 1
+// client, and returns the p50 of each (the floor first, the engine last).
+// Each is run twice in a row and timed the second time: the first after
+// another process's turn (the engine's plugin or the floor's) runs cold.
+func benchInterleavedCalls(t *testing.T, v *vault, l *benchLatency, mu *sync.Mutex, samples int) []benchCallAlone {
+	t.Helper()
+	type kind struct {
+		what string
+		op   func() (lease, error)
+	}
+	kinds := []kind{{"the floor (`floor/creds/<role>`)", func() (lease, error) { return v.issueFloor("lat") }}}
+	for _, c := range benchEngineCalls {
+		kinds = append(kinds, kind{"the floor + " + c.what, func() (lease, error) { return v.issueFloorPath("calls", "lat?do="+c.call) }})
+	}
+	kinds = append(kinds,
+		kind{"the floor + all of them (`floor/calls/<role>`)", func() (lease, error) { return v.issueFloorPath("calls", "lat") }},
+		kind{"the engine (`creds/<role>`)", func() (lease, error) { return v.issue("", "lat") }})
+	durs := make([][]time.Duration, len(kinds))
+	order := make([]int, len(kinds))
+	for i := range order {
+		order[i] = i
+	}
+	for range samples {
+		rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, j := range order {
+			for try := range 2 {
+				t0 := time.Now()
+				c, err := kinds[j].op()
+				d := time.Since(t0)
+				if err != nil {
+					t.Fatalf("interleaved %s: %v", kinds[j].what, err)
+				}
+				mu.Lock()
+				if j == len(kinds)-1 {
+					l.credsLeases = append(l.credsLeases, c)
+				} else {
+					l.floorLeases = append(l.floorLeases, c)
+				}
+				mu.Unlock()
+				if try == 1 {
+					durs[j] = append(durs[j], d)
+				}
+			}
+		}
+	}
+	out := make([]benchCallAlone, len(kinds))
+	for j, k := range kinds {
+		slices.Sort(durs[j])
+		out[j] = benchCallAlone{what: k.what, p50: benchPercentile(durs[j], 50)}
 	}
 	return out
 }
@@ -549,6 +711,94 @@ func benchCPU(t *testing.T, pids []int) []time.Duration {
 		}
 	}
 	return out
+}
+
+// benchSplit matches each span (an operation's start and end, in order) with
+// the emulator's record of the POST it caused (the POSTs with User-Agent ua
+// that arrived after from, in order) and returns the p50 of the time before
+// the POST arrived and of the time after the emulator answered it (its
+// arrival plus wan, the injected delay).
+func benchSplit(e *emulator, ua string, from time.Time, spans [][2]time.Time, wan time.Duration) (to, back time.Duration, ok bool) {
+	var arrivals []time.Time
+	for _, r := range e.Requests() {
+		if r.UserAgent == ua && r.Method == http.MethodPost && !r.Time.Before(from) {
+			arrivals = append(arrivals, r.Time)
+		}
+	}
+	if len(arrivals) != len(spans) {
+		return 0, 0, false
+	}
+	tos, backs := make([]time.Duration, len(spans)), make([]time.Duration, len(spans))
+	for i, sp := range spans {
+		tos[i], backs[i] = arrivals[i].Sub(sp[0]), sp[1].Sub(arrivals[i].Add(wan))
+	}
+	slices.Sort(tos)
+	slices.Sort(backs)
+	return benchPercentile(tos, 50), benchPercentile(backs, 50), true
+}
+
+// benchPostGaps returns the least and the median gap between consecutive
+// arrivals of POSTs with User-Agent ua since from.
+func benchPostGaps(e *emulator, ua string, from time.Time) (time.Duration, time.Duration) {
+	var prev time.Time
+	var gaps []time.Duration
+	for _, r := range e.Requests() {
+		if r.UserAgent != ua || r.Method != http.MethodPost || r.Time.Before(from) {
+			continue
+		}
+		if !prev.IsZero() {
+			gaps = append(gaps, r.Time.Sub(prev))
+		}
+		prev = r.Time
+	}
+	if len(gaps) == 0 {
+		return 0, 0
+	}
+	slices.Sort(gaps)
+	return gaps[0], benchPercentile(gaps, 50)
+}
+
+// benchConnsTo returns the local ends of the TCP connections to the
+// emulator at base (http://127.0.0.1:port) that the kernel lists, in any
+// state (TIME_WAIT included, which a closed connection stays in for a
+// minute): the connections opened to the emulator, whoever opened them.
+func benchConnsTo(t *testing.T, base string) map[string]bool {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatalf("emulator URL %s: %v", base, err)
+	}
+	want := fmt.Sprintf(":%04X", port)
+	out := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 4 || !strings.HasSuffix(fields[2], want) {
+				continue
+			}
+			out[fields[1]] = true
+		}
+	}
+	return out
+}
+
+// benchNewConns counts the connections in after that are not in before.
+func benchNewConns(before, after map[string]bool) int {
+	n := 0
+	for c := range after {
+		if !before[c] {
+			n++
+		}
+	}
+	return n
 }
 
 // benchPercentile is the nearest-rank percentile of sorted durations.
@@ -944,6 +1194,12 @@ const benchRaftNodes = 3
 type benchRaftLatency struct {
 	conc                          int
 	creds, kvWrite, raw, roleRead benchStats
+	floor                         benchStats // floor/creds/<role>; cpuPlugin is the floor plugin's
+}
+
+// floorRatio is issue 22's figure on Raft: creds_p50 / floor_p50.
+func (l benchRaftLatency) floorRatio() float64 {
+	return float64(l.creds.p50) / float64(l.floor.p50)
 }
 
 // ratio is the issue's figure on Raft: creds_p50 / (kv_write_p50 +
@@ -959,9 +1215,9 @@ type benchRaft struct {
 	// Raft log entries per operation (the leader's last index before and
 	// after each kind's series at 1 client, over commitOps operations);
 	// commitsErr says why they are missing.
-	commitsCreds, commitsKV, commitsRole float64
-	commitOps                            int
-	commitsErr                           string
+	commitsCreds, commitsKV, commitsRole, commitsFloor float64
+	commitOps                                          int
+	commitsErr                                         string
 }
 
 // benchMeasureRaft starts a 3-node Raft cluster on 127.0.0.1 with an
@@ -992,11 +1248,17 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 	if len(plugins) != 1 {
 		t.Fatalf("want one plugin process under the active node, found %v", plugins)
 	}
+	// The floor beside the engine, registered and mounted through the
+	// active node like the engine.
+	benchMountFloor(t, act, e, "raft")
+	if _, err := act.issueFloor("raft"); err != nil {
+		t.Fatalf("first floor issuance on the Raft cluster: %v", err)
+	}
 	pids := []int{act.proc.cmd.Process.Pid}
 	for _, v := range standbys {
 		pids = append(pids, v.proc.cmd.Process.Pid)
 	}
-	pids = append(pids, plugins[0], os.Getpid())
+	pids = append(pids, plugins[0], os.Getpid(), benchFloorPID(t, act))
 	h := newBenchHTTP(act, e)
 
 	var kvSeq, rawSeq atomic.Int64
@@ -1009,6 +1271,7 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 			commits *float64 // counted at 1 client; nil: nothing to count
 		}{
 			{"creds", &l.creds, func() error { _, err := act.issue("", "raft"); return err }, &r.commitsCreds},
+			{"floor", &l.floor, func() error { _, err := act.issueFloor("raft"); return err }, &r.commitsFloor},
 			// A new secret each time, as issuing is a new key each time (and
 			// so that KV's max_versions never adds a delete to the write).
 			{"KV write", &l.kvWrite, func() error { return h.kvWrite(fmt.Sprintf("/v1/kv/data/bench-%d", kvSeq.Add(1))) }, &r.commitsKV},
@@ -1046,7 +1309,10 @@ func benchMeasureRaft(t *testing.T, samples int) benchRaft {
 			for i := range standbys {
 				st.cpuStandby += per(1 + i)
 			}
-			st.cpuPlugin, st.cpuSelf = per(len(pids)-2), per(len(pids)-1)
+			st.cpuPlugin, st.cpuSelf = per(len(pids)-3), per(len(pids)-2)
+			if k.dst == &l.floor {
+				st.cpuPlugin = per(len(pids) - 1)
+			}
 			*k.dst = st
 			if count && k.commits != nil {
 				next, err := benchRaftIndex(act)

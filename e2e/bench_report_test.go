@@ -28,6 +28,7 @@ func benchReport(b *testing.B, res *benchEngineResults) {
 	for _, l := range res.latency {
 		if l.wan == 0 {
 			b.ReportMetric(l.ratio(), fmt.Sprintf("ratio_c%d", l.conc))
+			b.ReportMetric(l.floorRatio(), fmt.Sprintf("floor_ratio_c%d", l.conc))
 		}
 	}
 	if res.cfg.parts[benchPartMass] {
@@ -39,6 +40,7 @@ func benchReport(b *testing.B, res *benchEngineResults) {
 	}
 	for _, l := range res.raft.latency {
 		b.ReportMetric(l.ratio(), fmt.Sprintf("raft_ratio_c%d", l.conc))
+		b.ReportMetric(l.floorRatio(), fmt.Sprintf("raft_floor_ratio_c%d", l.conc))
 	}
 	if res.cfg.parts[benchPartRaft] && res.raft.commitsErr == "" {
 		b.ReportMetric(res.raft.commitsCreds, "raft_commits/issue")
@@ -179,7 +181,29 @@ const (
 	// server, and against a KV read plus the POST with 20 ms to Heron.
 	benchGoalRolesRatio = 1.5
 	benchGoalWANRatio   = 1.10
+	// Issue 22: creds against the floor plugin's issuance (e2e/floorplugin),
+	// on the dev server and on Raft, at every client count: the engine's own
+	// work under 10 % of the floor.
+	benchGoalFloorRatio = 1.10
 )
+
+// benchFloorRows prints the floor's rows of a setting: its latency and
+// creds_p50 / floor_p50 against the goal.
+func benchFloorRows(p func(string, ...any), num, where string, conc int, creds, floor benchStats) {
+	if floor.n == 0 {
+		return
+	}
+	p("| %s | %sfloor plugin `floor/creds/<role>` p50 / p99, %d client(s) | %s / %s | | | one storage read, two writes of the engine's sizes, one POST over plain net/http, a lease of the same shape (e2e/floorplugin); CPU per issuance: floor plugin %s (the engine's plugin: %s) |\n",
+		num, where, conc, benchMs(floor.p50), benchMs(floor.p99), benchMs(floor.cpuPlugin), benchMs(creds.cpuPlugin))
+	r := float64(creds.p50) / float64(floor.p50)
+	gaps := ""
+	if creds.postGapP50 > 0 {
+		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: its limiter spaces grants %s apart at %d/min and sleeps on a timer for each, see BenchmarkLimiterAtMaxBudget), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
+			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchMs(time.Minute/benchFastBudget), benchFastBudget, benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
+	}
+	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance%s |\n",
+		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin), gaps)
+}
 
 // benchCores is how many cores a setting kept busy: its throughput times
 // the CPU each operation took in every process measured.
@@ -214,6 +238,11 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		}
 		p("| 2 | `creds/<role>` p50 / p99, %d client(s) | %s / %s | | | CPU per issuance: Vault %s, plugin %s |\n", l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99),
 			benchMs(l.creds.cpuVault), benchMs(l.creds.cpuPlugin))
+		benchFloorRows(p, "2", "", l.conc, l.creds, l.floor)
+		if fc := l.floorCalls; fc.n > 0 {
+			p("| 2 | floor plugin plus the engine's further calls to Vault `floor/calls/<role>` p50 / p99, %d client(s) | %s / %s | | | LocalMount, MaxLeaseTTL, a storage read after the POST, a log line, an event; of the engine's %s over the floor at p50, %s are these calls and %s its own code; CPU per issuance: Vault %s, plugin %s |\n",
+				l.conc, benchMs(fc.p50), benchMs(fc.p99), benchMs(l.creds.p50-l.floor.p50), benchMs(fc.p50-l.floor.p50), benchMs(l.creds.p50-fc.p50), benchMs(fc.cpuVault), benchMs(fc.cpuPlugin))
+		}
 		p("| 2 | KV v2 read p50 / p99, %d client(s) | %s / %s | | | one request inside Vault's process |\n", l.conc, benchMs(l.kv.p50), benchMs(l.kv.p99))
 		p("| 2 | raw POST to Heron p50 / p99, %d client(s) | %s / %s | | | loopback to the in-process emulator |\n", l.conc, benchMs(l.raw.p50), benchMs(l.raw.p99))
 		limit := fmt.Sprintf("Vault's plugin boundary: a `roles/<name>` read (one plugin round trip, one storage read, no upstream call) alone takes %s, %.1fx the denominator",
@@ -241,8 +270,13 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 		if l.conc == 1 {
 			goal, verdict = fmt.Sprintf("<= %.2f", benchGoalWANRatio), benchVerdict(l.ratio() <= benchGoalWANRatio)
 		}
-		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | %s | %s | the upstream delay; the engine adds %s to the raw POST |\n",
-			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), goal, verdict, benchMs(l.creds.p50-l.raw.p50))
+		floor := ""
+		if l.floor.n > 0 {
+			floor = fmt.Sprintf(", the floor plugin %s (creds_p50 / floor_p50 %.2f; the floor's own ratio to KV + raw POST %.2f)",
+				benchMs(l.floor.p50-l.raw.p50), l.floorRatio(), float64(l.floor.p50)/float64(l.kv.p50+l.raw.p50))
+		}
+		p("| 2 | same ratio with every upstream answer delayed %s (a network between Vault and Heron), %d client(s): creds p50 %s, KV %s, raw POST %s | %.2f | %s | %s | the upstream delay; the engine adds %s to the raw POST%s |\n",
+			l.wan, l.conc, benchMs(l.creds.p50), benchMs(l.kv.p50), benchMs(l.raw.p50), l.ratio(), goal, verdict, benchMs(l.creds.p50-l.raw.p50), floor)
 	}
 	m := r.mass
 	if parts[benchPartMass] {
@@ -303,6 +337,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	for _, l := range ra.latency {
 		p("| 6 | %d-node Raft: `creds/<role>` p50 / p99, %d client(s) | %s / %s | | | CPU per issuance: active node %s, standbys %s, plugin %s |\n",
 			benchRaftNodes, l.conc, benchMs(l.creds.p50), benchMs(l.creds.p99), benchMs(l.creds.cpuVault), benchMs(l.creds.cpuStandby), benchMs(l.creds.cpuPlugin))
+		benchFloorRows(p, "6", fmt.Sprintf("%d-node Raft: ", benchRaftNodes), l.conc, l.creds, l.floor)
 		p("| 6 | %d-node Raft: KV v2 write p50 / p99, %d client(s) | %s / %s | | | its Raft commits: quorum round trips on loopback |\n",
 			benchRaftNodes, l.conc, benchMs(l.kvWrite.p50), benchMs(l.kvWrite.p99))
 		p("| 6 | %d-node Raft: `roles/<name>` read p50 / p99, %d client(s) | %s / %s | | | one plugin round trip, no commit |\n",
@@ -329,8 +364,8 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	}
 	if parts[benchPartRaft] {
 		if ra.commitsErr == "" {
-			p("| 6 | Raft commits per issuance / KV v2 write / `roles/<name>` read (the leader's log index, over %d of each at 1 client) | %.2f / %.2f / %.2f | | | every storage write is one commit: the engine's and Vault's own for the lease |\n",
-				ra.commitOps, ra.commitsCreds, ra.commitsKV, ra.commitsRole)
+			p("| 6 | Raft commits per issuance / floor plugin's issuance / KV v2 write / `roles/<name>` read (the leader's log index, over %d of each at 1 client) | %.2f / %.2f / %.2f / %.2f | | | every storage write is one commit: the engine's and Vault's own for the lease |\n",
+				ra.commitOps, ra.commitsCreds, ra.commitsFloor, ra.commitsKV, ra.commitsRole)
 		} else {
 			p("| 6 | Raft commits per issuance / KV v2 write / `roles/<name>` read | not measured: %s | | | |\n", ra.commitsErr)
 		}
@@ -344,13 +379,15 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 	}
 	if parts[benchPartLatency] {
 		p("- 2. Latency, every kind over plain net/http with keep-alive, after a warm-up; throughput is operations per second over each setting:\n\n")
-		p("  | clients | upstream delay | kind | n | p50 | p99 | mean | ops/s | CPU per op: Vault / plugin / emulator+client |\n  |---|---|---|---|---|---|---|---|---|\n")
+		p("  | clients | upstream delay | kind | n | p50 | p99 | mean | ops/s | CPU per op: Vault / plugin / emulator+client | connections opened to Heron |\n  |---|---|---|---|---|---|---|---|---|---|\n")
 		for _, l := range r.latency {
 			for _, k := range []struct {
 				name string
 				s    benchStats
 			}{
 				{"creds/<role>", l.creds},
+				{"floor/creds/<role> (the floor plugin; its CPU in the plugin column)", l.floor},
+				{"floor/calls/<role> (the floor plus the engine's further calls to Vault)", l.floorCalls},
 				{"KV v2 read", l.kv},
 				{"raw POST to Heron", l.raw},
 				{"roles/<name> read (plugin round trip, one storage read, no upstream call)", l.roleRead},
@@ -359,11 +396,43 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				if k.s.n == 0 {
 					continue
 				}
-				p("  | %d | %s | %s | %d | %s | %s | %s | %.0f | %s / %s / %s |\n", l.conc, l.wan, k.name, k.s.n, benchMs(k.s.p50), benchMs(k.s.p99), benchMs(k.s.mean), k.s.throughput,
-					benchMs(k.s.cpuVault), benchMs(k.s.cpuPlugin), benchMs(k.s.cpuSelf))
+				p("  | %d | %s | %s | %d | %s | %s | %s | %.0f | %s / %s / %s | %d |\n", l.conc, l.wan, k.name, k.s.n, benchMs(k.s.p50), benchMs(k.s.p99), benchMs(k.s.mean), k.s.throughput,
+					benchMs(k.s.cpuVault), benchMs(k.s.cpuPlugin), benchMs(k.s.cpuSelf), k.s.heronConns)
 			}
 		}
 		p("\n")
+		first := true
+		for _, l := range r.latency {
+			for _, k := range []struct {
+				name string
+				s    benchStats
+			}{{"creds/<role>", l.creds}, {"floor/creds/<role>", l.floor}, {"raw POST to Heron", l.raw}} {
+				if !k.s.split {
+					continue
+				}
+				if first {
+					p("  Where the time of one operation goes at 1 client (p50s), split at the emulator's arrival of its POST: before it arrived, and after the emulator answered (arrival + the injected delay):\n\n")
+					p("  | upstream delay | kind | p50 | before the POST arrived | after Heron answered |\n  |---|---|---|---|---|\n")
+					first = false
+				}
+				p("  | %s | %s | %s | %s | %s |\n", l.wan, k.name, benchMs(k.s.p50), benchMs(k.s.toHeron), benchMs(k.s.fromHeron))
+			}
+		}
+		if !first {
+			p("\n")
+		}
+		for _, l := range r.latency {
+			if len(l.calls) == 0 {
+				continue
+			}
+			floor := l.calls[0].p50
+			p("  What the engine's further calls to Vault cost: the floor with each of them alone, with all of them, and the engine, in %d rounds of one of each in a random order, each timed on its second run in a row (1 client, loopback):\n\n", r.cfg.samples)
+			p("  | kind | p50 | over the floor |\n  |---|---|---|\n")
+			for _, c := range l.calls {
+				p("  | %s | %s | %s |\n", c.what, benchMs(c.p50), benchMs(c.p50-floor))
+			}
+			p("\n")
+		}
 	}
 	if parts[benchPartMass] {
 		p("- 3. Issuing the %d leases (16 clients, budget %d/min) took %s: %.2f POST and %.2f requests in all per lease. "+
@@ -397,7 +466,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			benchMiB(s.runHWM), benchMiB(s.vaultRSSBefore), benchMiB(s.vaultRSS), benchMiB(s.vaultHWM), benchFastBudget, s.revokeWall.Round(100*time.Millisecond), s.irrevocableAfter)
 	}
 	if goBench != "" {
-		p("- 5. `go test -run '^$' -bench . -benchmem ./heronapi/ .`:\n\n```\n%s\n```\n", goBench)
+		p("- 5. `go test -run '^$' -bench . -benchmem ./heronapi/ . ./e2e/floorplugin/`:\n\n```\n%s\n```\n", goBench)
 	}
 	if parts[benchPartRaft] {
 		p("- 6. A %d-node cluster with integrated storage (Raft, `retry_join`, `performance_multiplier = 1`, all on 127.0.0.1 and these %d CPUs, its own emulator) "+
@@ -417,6 +486,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				s    benchStats
 			}{
 				{"creds/<role>", l.creds},
+				{"floor/creds/<role> (the floor plugin; its CPU in the plugin column)", l.floor},
 				{"KV v2 write (a new secret)", l.kvWrite},
 				{"roles/<name> read", l.roleRead},
 				{"raw POST to Heron", l.raw},
