@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	gotemplate "text/template"
 	"text/template/parse"
 	"time"
@@ -24,12 +25,9 @@ import (
 // renderKeyName renders the role's name_template. Errors are user errors: the
 // template or the caller's names produce a name Heron would refuse.
 func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
-	if err := checkTemplateShape(r.nameTemplate()); err != nil {
-		return "", err
-	}
-	tmpl, err := template.NewTemplate(append([]template.Opt{template.Template(r.nameTemplate())}, boundedFunctions...)...)
+	tmpl, err := compileNameTemplate(r.nameTemplate())
 	if err != nil {
-		return "", fmt.Errorf("name_template is invalid: %v", err)
+		return "", err
 	}
 	name, err := tmpl.Generate(data)
 	if err != nil {
@@ -42,6 +40,43 @@ func (r *heronRole) renderKeyName(data nameTemplateData) (string, error) {
 		return "", fmt.Errorf("name_template rendered a key name of %d characters, Heron allows at most %d", n, maxKeyNameLength)
 	}
 	return name, nil
+}
+
+// compiledTemplates holds the name templates already checked and parsed, by
+// their text: an issuance renders its role's template, and parsing it (and
+// the shape check's own parse) was most of the issuance handler's CPU. A
+// text/template is safe to execute concurrently. Bounded: a mount has a few
+// templates; past maxCompiledTemplates the cache starts over.
+var compiledTemplates = struct {
+	sync.Mutex
+	m map[string]template.StringTemplate
+}{m: map[string]template.StringTemplate{}}
+
+const maxCompiledTemplates = 256
+
+// compileNameTemplate checks and parses a name_template, or takes it from
+// compiledTemplates. Errors are user errors and are not kept.
+func compileNameTemplate(text string) (template.StringTemplate, error) {
+	compiledTemplates.Lock()
+	tmpl, ok := compiledTemplates.m[text]
+	compiledTemplates.Unlock()
+	if ok {
+		return tmpl, nil
+	}
+	if err := checkTemplateShape(text); err != nil {
+		return template.StringTemplate{}, err
+	}
+	tmpl, err := template.NewTemplate(append([]template.Opt{template.Template(text)}, boundedFunctions...)...)
+	if err != nil {
+		return template.StringTemplate{}, fmt.Errorf("name_template is invalid: %v", err)
+	}
+	compiledTemplates.Lock()
+	if len(compiledTemplates.m) >= maxCompiledTemplates {
+		compiledTemplates.m = map[string]template.StringTemplate{}
+	}
+	compiledTemplates.m[text] = tmpl
+	compiledTemplates.Unlock()
+	return tmpl, nil
 }
 
 // maxNameTemplateLength bounds the template text; a name is at most 128

@@ -1,14 +1,17 @@
 package heron
 
 import (
+	"fmt"
 	"regexp"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -119,4 +122,43 @@ func TestNameTemplate_TextTemplateBuiltinsAccepted(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, resp != nil && resp.IsError(), "%s: a template using the text/template builtin %q must be accepted: %v", name, name, resp)
 	}
+}
+
+// Spec, Invariant 5 (bounded CPU and memory for user input): a role's
+// template is checked and parsed once, not at every issuance, renders the
+// same from many issuances at once, and the cache of parsed templates stays
+// bounded however many distinct templates are written.
+func TestNameTemplate_ParsedOnceSharedAndBounded(t *testing.T) {
+	text := `vault-{{.RoleName}}-{{random 8}}`
+	_, err := compileNameTemplate(text)
+	require.NoError(t, err)
+	compiledTemplates.Lock()
+	_, kept := compiledTemplates.m[text]
+	compiledTemplates.Unlock()
+	require.True(t, kept, "the parsed template is kept for the next issuance")
+
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &heronRole{Name: "app", NameTemplate: text}
+			name, err := r.renderKeyName(nameTemplateData{RoleName: "app"})
+			assert.NoError(t, err)
+			assert.Regexp(t, `^vault-app-[A-Za-z0-9]{8}$`, name)
+		}()
+	}
+	wg.Wait()
+
+	for i := range maxCompiledTemplates + 10 {
+		_, err := compileNameTemplate(fmt.Sprintf("vault-{{.RoleName}}-%d", i))
+		require.NoError(t, err)
+	}
+	compiledTemplates.Lock()
+	n := len(compiledTemplates.m)
+	compiledTemplates.Unlock()
+	require.LessOrEqual(t, n, maxCompiledTemplates)
+
+	_, err = compileNameTemplate(`{{range .}}{{end}}`)
+	require.Error(t, err, "a template the shape check refuses is refused from the cache path too")
 }
