@@ -17,7 +17,9 @@ import (
 	"time"
 )
 
-// The reporting half of BenchmarkEngine (bench_engine_test.go measures): the
+// The reporting half of BenchmarkEngine (bench_engine_test.go runs the
+// measurements of bench_counts_test.go, bench_latency_test.go,
+// bench_mass_test.go, bench_live_test.go and bench_raftcluster_test.go): the
 // metrics of `go test -bench`, the table it prints and the generated section
 // of BENCHMARKS.md.
 
