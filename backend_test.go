@@ -483,3 +483,50 @@ func TestPeriodic_RunsOnlyWhereStorageIsWritable(t *testing.T) {
 	}
 	require.NoError(t, e.revoke(lease))
 }
+
+// Vault calls Invalidate on a node for a storage entry another node wrote
+// (a performance standby or secondary): the role, the config's client and
+// the token HMAC secret cached from the old entry are read again, so no
+// request runs on a role, admin key or secret storage no longer holds.
+func TestInvalidate_EntriesWrittenElsewhereAreReadAgain(t *testing.T) {
+	ctx := context.Background()
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "10m", "max_ttl": "1h"})
+	first := e.issue("app")
+	require.Equal(t, 10*time.Minute, first.Secret.TTL)
+
+	// Another node changes the role: the cache here still has the old one.
+	r, err := getRole(ctx, e.s, "app")
+	require.NoError(t, err)
+	r.TTL = 20 * time.Minute
+	require.NoError(t, putJSON(ctx, e.s, roleStoragePrefix+"app", "role", r))
+	cached := e.issue("app")
+	require.Equal(t, 10*time.Minute, cached.Secret.TTL, "cached until Vault says otherwise")
+	e.b.InvalidateKey(ctx, roleStoragePrefix+"app")
+	reread := e.issue("app")
+	require.Equal(t, 20*time.Minute, reread.Secret.TTL, "read again after Invalidate")
+
+	// Another node rotates the admin key and deactivates the old one.
+	other := e.start()
+	_, _, err = other.rotateAdminKey(ctx, e.s, "development")
+	require.NoError(t, err)
+	e.b.InvalidateKey(ctx, configStoragePrefix+"development")
+	rotated := e.issue("app") // with the stored admin key: the old one would get 401
+
+	// The token HMAC secret: dropped and read again (keys/lookup still
+	// finds a key issued before).
+	e.b.InvalidateKey(ctx, tokenHMACStoragePrefix+"x")
+	resp := e.ok(logical.UpdateOperation, "keys/lookup", map[string]interface{}{"token": first.Data["api_key"]})
+	require.Equal(t, first.Data["key_id"], resp.Data["key_id"])
+
+	// A static role written elsewhere is read again by the next pass.
+	e.ok(logical.CreateOperation, "static-roles/svc", map[string]interface{}{"environment": "development"})
+	e.b.InvalidateKey(ctx, staticRoleStoragePrefix+"svc")
+	e.ok(logical.UpdateOperation, "tidy", nil)
+	e.ok(logical.ReadOperation, "static-creds/svc", nil)
+
+	for _, l := range []*logical.Response{first, cached, reread, rotated} {
+		require.NoError(t, e.revoke(l))
+	}
+}

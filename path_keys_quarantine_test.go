@@ -12,6 +12,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 // codeOf is the HTTP status Vault answers a handler's result with.
@@ -297,4 +299,56 @@ func TestKeyLock_OnePerKeyAndForgottenWhenFree(t *testing.T) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	require.Empty(t, l.locks, "released locks are forgotten")
+}
+
+// Spec, "Who holds a key" and Invariant 4: quarantining, lifting or revoking
+// a key that Heron no longer has (deleted in the dashboard) records it as
+// missing (a tombstone, 404 naming what happened) instead of reporting a
+// quarantine of a key that is not there; Heron failing is an error naming
+// what Heron answered, and the record is left as it was.
+func TestQuarantine_KeyGoneInHeronIsRecordedMissing(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{})
+
+	failing := e.issue("app")
+	id := failing.Data["key_id"].(string)
+	e.srv.FailNext("PUT", "/api/credentials/keys/", 20, herontest.FaultStatus503)
+	_, err := e.do(logical.UpdateOperation, "keys/"+id+"/deactivate", nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "quarantining key "+id)
+	e.srv.ResetFaults()
+	rec, err := getTrackedKey(context.Background(), e.s, id)
+	require.NoError(t, err)
+	require.False(t, rec.Quarantined, "a quarantine Heron did not carry out is not recorded")
+	require.NoError(t, e.revoke(failing))
+
+	// keys/<id>/revoke wants the key gone: a 404 is that, done.
+	gone := e.issue("app")
+	goneID := gone.Data["key_id"].(string)
+	require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), goneID))
+	e.ok(logical.UpdateOperation, "keys/"+goneID+"/revoke", nil)
+	rec, err = getKeyRecord(context.Background(), e.s, goneID)
+	require.NoError(t, err)
+	require.Equal(t, keyStateDeleted, rec.State)
+	require.NoError(t, e.revoke(gone))
+
+	for _, op := range []string{"deactivate", "activate"} {
+		lease := e.issue("app")
+		id := lease.Data["key_id"].(string)
+		if op == "activate" {
+			e.ok(logical.UpdateOperation, "keys/"+id+"/deactivate", nil)
+		}
+		require.NoError(t, handClient(t, e, e.adminKey["development"]).DeleteKey(context.Background(), id))
+		resp, err := e.do(logical.UpdateOperation, "keys/"+id+"/"+op, nil)
+		require.Error(t, err, op)
+		require.Contains(t, err.Error(), "Heron no longer has it", op)
+		require.Nil(t, resp)
+		rec, err := getKeyRecord(context.Background(), e.s, id)
+		require.NoError(t, err)
+		require.NotNil(t, rec, op)
+		require.Equal(t, keyStateDeleted, rec.State, op)
+		require.Equal(t, reasonMissing, rec.Reason, op)
+		require.NoError(t, e.revoke(lease), "the lease's revocation then finds the key gone and succeeds (%s)", op)
+	}
 }

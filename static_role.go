@@ -498,21 +498,6 @@ func (b *heronBackend) finishOverlap(ctx context.Context, s logical.Storage, cli
 	return b.putStaticRole(ctx, s, &old, r)
 }
 
-// staticPreviousKeys is the set of env's static roles' previous keys.
-func staticPreviousKeys(ctx context.Context, s logical.Storage, env string) (map[string]bool, error) {
-	roles, err := listStaticRoles(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]bool{}
-	for _, r := range roles {
-		if r.Environment == env && r.PreviousKeyID != "" {
-			out[r.PreviousKeyID] = true
-		}
-	}
-	return out, nil
-}
-
 // staticCurrentKeys maps env's static roles' current keys to their role.
 func staticCurrentKeys(ctx context.Context, s logical.Storage, env string) (map[string]string, error) {
 	roles, err := listStaticRoles(ctx, s)
