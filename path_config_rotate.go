@@ -243,6 +243,14 @@ func (b *heronBackend) rotateAdminKeyLocked(ctx context.Context, s logical.Stora
 	warning := ""
 	if err := b.deactivateRetired(ctx, s, &next, newClient); err != nil {
 		warning = fmt.Sprintf("the new admin key is stored, but the old key %s could not be deactivated yet (the cleanup pass will retry): %v", cfg.AdminKeyID, err)
+	} else if _, err := b.updateConfig(ctx, s, env, func(stored *heronConfig) (bool, error) {
+		// The rotation writes the config anyway, still holding its claim:
+		// the entry itself says the old key is deactivated (the progress
+		// record alone would do; the entry is what backups and operators
+		// read, and what the cap on rotated-out keys prunes from).
+		return len(stored.progressIDs) > 0, nil
+	}); err != nil {
+		b.Logger().Warn("could not fold the old admin key's deactivation into the config; its own record keeps it", "environment", env, "error", err)
 	}
 	return &next, warning, nil
 }
