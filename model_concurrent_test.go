@@ -551,7 +551,7 @@ func (c *cModel) atGate(a *schedActor) {
 		if cfg == nil {
 			return
 		}
-		due := nextRotation(cfg)
+		due := cfg.rotationSchedule().next()
 		if due.IsZero() || now.Before(due) {
 			c.fail("t1", "scheduled admin rotation's key created before the config is due", "the pass (%s) creates admin key %q at %s, but the config as stored is due at %s (last_rotated %s, key set %s, period %s, schedule %q)",
 				a.name, name, now.Format(time.RFC3339), fmtTime(due), fmtTime(cfg.LastRotated), fmtTime(cfg.KeySetAt), cfg.RotationPeriod, cfg.RotationSchedule)
@@ -610,7 +610,7 @@ func (c *cModel) dueTargets() map[string]time.Time {
 	if !c.healthy(w) {
 		return nil
 	}
-	if due := nextRotation(w.cfg); !due.IsZero() && !now.Before(due) {
+	if due := w.cfg.rotationSchedule().next(); !due.IsZero() && !now.Before(due) {
 		out["config"] = due
 	}
 	for _, r := range w.statics {
@@ -639,7 +639,7 @@ func (c *cModel) checkFired(before map[string]time.Time) {
 			if w.cfg == nil {
 				continue
 			}
-			due = nextRotation(w.cfg)
+			due = w.cfg.rotationSchedule().next()
 		} else if r := w.statics[strings.TrimPrefix(n, "static-roles/")]; r != nil {
 			due = r.rotationSchedule().next()
 		} else {

@@ -233,7 +233,7 @@ func TestRotate_CronScheduleOnCommunityVault(t *testing.T) {
 	require.Equal(t, false, read.Data["rotation_managed_by_vault"])
 
 	cfg, _ := getConfig(context.Background(), e.s, "development")
-	due := nextRotation(cfg)
+	due := cfg.rotationSchedule().next()
 	require.Equal(t, 0, due.Minute())
 	require.True(t, due.After(cfg.KeySetAt))
 	req := &logical.Request{Storage: e.s}
@@ -248,7 +248,7 @@ func TestRotate_CronScheduleOnCommunityVault(t *testing.T) {
 	// disable_automated_rotation keeps the schedule but stops rotating.
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"disable_automated_rotation": true})
 	cfg, _ = getConfig(context.Background(), e.s, "development")
-	require.True(t, nextRotation(cfg).IsZero())
+	require.True(t, cfg.rotationSchedule().next().IsZero())
 }
 
 func TestRotate_KeepsTheEnvironmentsBudget(t *testing.T) {
@@ -336,7 +336,7 @@ func TestRotate_RotationManager(t *testing.T) {
 
 	// The engine's own scheduler stays out of the way...
 	cfg, _ := getConfig(context.Background(), e.s, "development")
-	require.True(t, nextRotation(cfg).IsZero())
+	require.True(t, cfg.rotationSchedule().next().IsZero())
 	// ...and Vault's callback rotates.
 	_, err := b.HandleRequest(context.Background(), &logical.Request{
 		Operation: logical.RotationOperation, Path: "config/development", Storage: e.s,

@@ -440,9 +440,6 @@ func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Reques
 	return err
 }
 
-// nextRotation is when cfg's admin key is next due for automatic rotation
-// by the engine's own scheduler (zero: never), rotation_window aside.
-func nextRotation(cfg *heronConfig) time.Time { return cfg.rotationSchedule().next() }
 
 // rotationSchedule is the config's admin key schedule.
 func (c *heronConfig) rotationSchedule() rotationSchedule {
