@@ -440,7 +440,6 @@ func (b *heronBackend) rotateCredential(ctx context.Context, req *logical.Reques
 	return err
 }
 
-
 // rotationSchedule is the config's admin key schedule.
 func (c *heronConfig) rotationSchedule() rotationSchedule {
 	base := c.KeySetAt
