@@ -49,13 +49,20 @@ const (
 // retireOrphanStatic hands to the cleanup pass a static key that no static
 // role holds (left by a create, rotation, adoption or delete that failed part
 // way): deactivated like a deleted role's key. A rotation still storing it
-// holds the role's lock, so a busy role is left for the next pass.
+// holds the role's lock, so a busy role is left for the next pass; a
+// rotation on another instance (a reload or failover, whose role lock is its
+// own) holds the role's rotation claim (a create or adoption too) while it
+// writes the new key's record and then the role: a role whose claim another
+// instance holds is left for a later pass too.
 func (b *heronBackend) retireOrphanStatic(ctx context.Context, s logical.Storage, k *trackedKey) (bool, error) {
 	lock := b.staticRoleLock(k.Role)
 	if !lock.TryLock() {
 		return false, nil
 	}
 	defer lock.Unlock()
+	if claimed, err := b.rotationClaimed(ctx, s, "static/"+k.Role); err != nil || claimed {
+		return false, err
+	}
 	if r, err := getStaticRole(ctx, s, k.Role); err != nil || (r != nil && (r.KeyID == k.KeyID || r.PreviousKeyID == k.KeyID)) {
 		return false, err
 	}

@@ -327,6 +327,18 @@ func (b *heronBackend) pathStaticRolesWrite(ctx context.Context, req *logical.Re
 			b.Logger().Warn("static role not created, and its rotation job could not be deregistered", "role", name, "warning", ws[0])
 		}
 	}
+	// Claimed like a rotation: another instance's orphan sweep must not take
+	// the key stored here for one no role holds before the role is stored.
+	release, err := b.claimRotation(ctx, req.Storage, "static/"+name)
+	if errors.Is(err, errRotationBusy) {
+		dropJob()
+		return logical.ErrorResponse("static role %q: %v; retry", name, err), nil
+	}
+	if err != nil {
+		dropJob()
+		return nil, err
+	}
+	defer release()
 	client, err := b.creatingClient(ctx, req.Storage, r.Environment)
 	if err != nil {
 		dropJob()

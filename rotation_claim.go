@@ -48,7 +48,7 @@ var claimSeq atomic.Uint64
 func (b *heronBackend) claimRotation(ctx context.Context, s logical.Storage, target string) (func(), error) {
 	dir := rotatingStoragePrefix + target + "/"
 	mine := fmt.Sprintf("%s.%d", b.id, claimSeq.Add(1))
-	now := b.wallNow()
+	now := b.now()
 	if err := putJSON(ctx, s, dir+mine, "rotation claim "+target, &rotationClaim{Since: now}); err != nil {
 		return nil, err
 	}
@@ -90,4 +90,30 @@ func (b *heronBackend) claimRotation(ctx context.Context, s logical.Storage, tar
 		return nil, errRotationBusy
 	}
 	return release, nil
+}
+
+// rotationClaimed reports whether another instance holds a live claim on
+// target: a rotation of it may be running there. (This instance's own
+// rotations are kept out by the target's in-memory lock, which the caller
+// holds; a claim of its own is one a failed release left.)
+func (b *heronBackend) rotationClaimed(ctx context.Context, s logical.Storage, target string) (bool, error) {
+	dir := rotatingStoragePrefix + target + "/"
+	names, err := s.List(ctx, dir)
+	if err != nil {
+		return false, fmt.Errorf("listing rotation claims of %s: %w", target, err)
+	}
+	now := b.now()
+	for _, name := range names {
+		if strings.HasPrefix(name, b.id+".") || strings.HasSuffix(name, "/") {
+			continue
+		}
+		c, err := getJSON[rotationClaim](ctx, s, dir+name, "rotation claim "+target)
+		if err != nil {
+			return false, err
+		}
+		if c != nil && now.Sub(c.Since) < claimTTL {
+			return true, nil
+		}
+	}
+	return false, nil
 }
