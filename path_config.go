@@ -731,7 +731,7 @@ func (b *heronBackend) pathConfigDelete(ctx context.Context, req *logical.Reques
 
 	// A key creation whose outcome is unknown may still leave a key in
 	// Heron; only this admin key could delete it.
-	if _, pending, err := b.rollbackStaleWALs(ctx, req, env); err != nil || pending > 0 {
+	if _, pending, err := b.rollbackStaleWALs(withConfigDeleting(ctx), req, env); err != nil || pending > 0 {
 		msg := fmt.Sprintf("config %q: %d key creations in this environment have an unknown outcome, and a key they made may still appear in Heron (for up to %s); only this config's admin key can delete it. Retry in a few minutes", env, pending, lateKeyWindow)
 		if err != nil {
 			msg += fmt.Sprintf(" (settling them failed: %v)", err)

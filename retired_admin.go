@@ -27,6 +27,10 @@ const retiredProgressPrefix = "retired-admin-keys/"
 
 // retiredProgress is how far the retirement of one admin key got.
 type retiredProgress struct {
+	// RetiredAt names the retirement it belongs to: a key written back as
+	// the admin key and rotated out again is a new retirement, which a
+	// record of the old one (left by a failed delete) must not describe.
+	RetiredAt     time.Time `json:"retired_at"`
 	Deactivated   bool      `json:"deactivated,omitempty"`
 	DeactivatedAt time.Time `json:"deactivated_at,omitempty"`
 	DeleteAfter   time.Time `json:"delete_after,omitempty"`
@@ -67,7 +71,7 @@ func applyRetiredProgress(ctx context.Context, s logical.Storage, cfg *heronConf
 		if err != nil {
 			return err
 		}
-		if p == nil {
+		if p == nil || !p.RetiredAt.Equal(rk.RetiredAt) {
 			kept = append(kept, rk)
 			continue
 		}
@@ -124,7 +128,7 @@ func dropAllProgress(ctx context.Context, s logical.Storage, env string) error {
 
 // putRetiredProgress records how far rk's retirement got, from rk.
 func putRetiredProgress(ctx context.Context, s logical.Storage, env string, rk retiredAdminKey, deletedAt time.Time) error {
-	p := retiredProgress{Deactivated: rk.Deactivated, DeactivatedAt: rk.DeactivatedAt, DeleteAfter: rk.DeleteAfter}
+	p := retiredProgress{RetiredAt: rk.RetiredAt, Deactivated: rk.Deactivated, DeactivatedAt: rk.DeactivatedAt, DeleteAfter: rk.DeleteAfter}
 	if !deletedAt.IsZero() {
 		p.Deleted, p.DeletedAt = true, deletedAt
 	}

@@ -73,6 +73,9 @@ type walKeyEntry struct {
 	// record's for certain, whatever the name's uniqueness, and the
 	// rollback deletes it unless the config accounts for it.
 	KeyID string `json:"key_id,omitempty"`
+	// KeyOnly: no other key can appear for this record (every POST's
+	// outcome was known), so it is settled without the late-key window.
+	KeyOnly bool `json:"key_only,omitempty"`
 }
 
 // owns reports whether k may have been created for e: same name, not one
@@ -224,12 +227,10 @@ func (g *walGuard) done(ctx context.Context) { g.end(ctx) }
 // the caller's write that records the key: from then on the rollback knows
 // that key is this record's (see walKeyEntry.KeyID).
 func (g *walGuard) nameKey(ctx context.Context, keyID string) error {
-	if g.unresolved > 0 {
-		// An earlier POST's key may still appear: the record stays as it
-		// is, settled by name and window.
-		return nil
-	}
 	g.entry.KeyID = keyID
+	// After a POST of unknown outcome, a key of it may still appear: the
+	// record is then settled by name and window too.
+	g.entry.KeyOnly = g.unresolved == 0
 	return putCreation(ctx, g.s, g.slot, g.kind, g.entry)
 }
 
@@ -353,7 +354,7 @@ func (b *heronBackend) rollbackEntry(ctx context.Context, s logical.Storage, kin
 	// settled once that key is accounted for or deleted. Otherwise, only by
 	// a list asked after the window closed (listedAt, moved as far as a
 	// test moved windowNow ahead of the wall clock).
-	if entry.KeyID == "" && !entry.settled(listedAt.Add(b.windowNow().Sub(b.wallNow())), b.createdSkew) {
+	if !entry.KeyOnly && !entry.settled(listedAt.Add(b.windowNow().Sub(b.wallNow())), b.createdSkew) {
 		return errStillWatching
 	}
 	return nil

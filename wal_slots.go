@@ -298,6 +298,18 @@ func (b *heronBackend) settleCreations(ctx context.Context, s logical.Storage, e
 	return settled, pending, errors.Join(errs...)
 }
 
+type configDeletingKey struct{}
+
+// withConfigDeleting marks ctx as a config delete's (see settleCreation).
+func withConfigDeleting(ctx context.Context) context.Context {
+	return context.WithValue(ctx, configDeletingKey{}, true)
+}
+
+func configDeleting(ctx context.Context) bool {
+	v, _ := ctx.Value(configDeletingKey{}).(bool)
+	return v
+}
+
 // settleCreation settles one creation record (see settleCreations): true
 // once the record is gone. With env set the caller holds env's config lock;
 // records of other environments are left alone.
@@ -316,10 +328,15 @@ func (b *heronBackend) settleCreation(ctx context.Context, s logical.Storage, pa
 		// Possibly still running in the instance that wrote it (a reload
 		// or failover leaves the old one finishing its request).
 		return false, errStillInflight
-	case env == "" && e.KeyID != "" && b.windowNow().Sub(e.Since) < walRollbackMinAge:
+	case e.KeyID != "" && b.windowNow().Sub(e.Since) < walRollbackMinAge && !configDeleting(ctx):
 		// A rotated-in admin key (see walGuard.confirmLater): judged once
 		// another instance's write of the config, which could forget it,
-		// can no longer be on its way.
+		// can no longer be on its way. A config write here (env set) leaves
+		// it to the pass rather than wait for it; a config delete settles
+		// it now (its purge deletes the admin key the engine made).
+		if env != "" {
+			return false, nil
+		}
 		return false, errStillInflight
 	case env != "":
 		err = b.rollbackEntry(ctx, s, rec.Kind, e)

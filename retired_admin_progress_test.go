@@ -8,17 +8,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Review (config/<env>/rotate: "deactivate the old key"; Invariants 1 and 8:
-// a retained key is deactivated and its retention counts from its
-// deactivation): a rotated-out key K0 is deactivated (progress record
-// retired-admin-keys/development/K0), then reactivated in Heron and written
-// back as the admin key; the config write's dropFoldedProgress fails to
-// delete K0's record (one storage error; the log says "the next config
-// write will"). The next config write is a rotation that retires K0 again:
-// it keeps the record (K0 is retired again), and getConfig applies the old
-// record to the new retirement. The rotation then skips deactivating K0
-// (it "is" deactivated), and its delete_after is the old one.
-func TestReview_StaleProgressRecordResurrectsOnReRetiredKey(t *testing.T) {
+// Spec, config/<env>/rotate ("deactivate the old key") and Invariants 1
+// and 8: a rotated-out key K0, deactivated (its progress record says so),
+// reactivated in Heron and written back as the admin key, with the delete
+// of its progress record failing once; the next rotation retires K0 again.
+// A progress record names the retirement it belongs to, so the old one does
+// not describe the new: K0 is deactivated again, its retention counted anew.
+func TestRetiredAdminKeys_StaleProgressRecordNeverDescribesANewRetirement(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"old_key_retention": "1h"})

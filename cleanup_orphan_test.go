@@ -9,15 +9,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Review (Invariant 7, static-roles: the role's current key works): the old
+// Spec, Invariant 7 (static roles: the role's current key works): the old
 // instance of a reload rotates a static role; it stores the new key's
-// record, then the role. Between the two writes the new instance's pass
-// sweeps that record: the role (read again under the new instance's own
-// lock, which the rotating instance does not hold) does not show the key
-// yet, so it is taken for an orphan and deactivated, although the rotation
-// claim (rotating/static/<role>) says a rotation is running. The role then
-// hands out a deactivated key.
-func TestReview_OrphanSweepDeactivatesKeyOfRotationRunningOnAnotherInstance(t *testing.T) {
+// record, then the role. The new instance's pass that sweeps the record in
+// between does not find the key in the role yet; the rotation claim
+// (rotating/static/<role>) tells it a rotation is running, so it does not
+// take the key for an orphan.
+func TestCleanup_OrphanSweepLeavesTheKeyOfAnotherInstancesRotation(t *testing.T) {
 	e := getTestBackend(t)
 	e.configure("development")
 	e.ok(logical.CreateOperation, "static-roles/app", map[string]interface{}{"environment": "development"})
