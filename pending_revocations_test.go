@@ -30,7 +30,7 @@ func pendingDeactivation(t *testing.T, e *testEnv) (string, time.Time) {
 	e.srv.FailNext("PUT", "/api/credentials/keys/", 50, herontest.FaultStatus503)
 	_, _ = e.do(logical.UpdateOperation, "tidy", nil)
 	e.srv.ResetFaults()
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, pendingDeactivate, rec.Pending, "precondition: the deactivation is pending")
 	return id, t1
 }
@@ -64,13 +64,13 @@ func TestPendingRevocations_KeyFinishedByAnotherInstanceMeanwhileStaysRetained(t
 	resp, err := mountDo(other, e.s, logical.UpdateOperation, "tidy", nil)
 	require.NoError(t, err)
 	require.False(t, resp != nil && resp.IsError(), "%v", resp)
-	first := trackedRecord(t, e.s, id)
+	first := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, first.State, "precondition: the other instance finished it")
 	close(hs.release)
 	require.NoError(t, <-tidied)
 
 	require.False(t, heronKey(e, id).Deleted, "an expiry's key is kept for its retention")
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.NotNil(t, rec)
 	require.Equal(t, keyStateDeactivated, rec.State)
 	require.True(t, rec.DeleteAfter.Equal(first.DeleteAfter), "delete after %s, the record says %s", first.DeleteAfter, rec.DeleteAfter)
@@ -100,7 +100,7 @@ func TestPendingRevocations_QuarantineMadeAfterThePassListedTheKeyIsKept(t *test
 	close(hs.release)
 	require.NoError(t, <-tidied)
 
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.NotNil(t, rec)
 	require.Equal(t, keyStateDeactivated, rec.State, "the pending deactivation is finished")
 	require.True(t, rec.Quarantined, "the quarantine written meanwhile is kept")
@@ -124,15 +124,15 @@ func TestPendingRevocations_LeaseRevocationLeavesThePendingKeyToThePass(t *testi
 	e.atTime(t0.Add(3 * time.Hour))
 	e.srv.FailNext("PUT", "/api/credentials/keys/", 50, herontest.FaultStatus503)
 	_, _ = e.do(logical.UpdateOperation, "tidy", nil)
-	require.Equal(t, pendingDeactivate, trackedRecord(t, e.s, id).Pending, "precondition: the deactivation is pending")
+	require.Equal(t, pendingDeactivate, recordOf(t, e.s, id).Pending, "precondition: the deactivation is pending")
 
 	e.srv.FailNext("DELETE", "/api/credentials/keys/", 50, herontest.FaultStatus503)
 	require.NoError(t, e.revoke(lease), "the revocation is the pass's to finish")
 	e.srv.ResetFaults()
-	require.Equal(t, pendingDeactivate, trackedRecord(t, e.s, id).Pending)
+	require.Equal(t, pendingDeactivate, recordOf(t, e.s, id).Pending)
 
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, rec.State, "the pass finishes the decision taken: an expiry")
 	tidyAfterRetention(e)
 }
@@ -150,12 +150,12 @@ func TestPendingRevocations_LeaseRevocationCarriesOutThePassDeleteDecision(t *te
 	e.atTime(t0)
 	lease := e.issue("r")
 	id := lease.Data["key_id"].(string)
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	rec.Unreachable = true
 	require.NoError(t, putTrackedKey(context.Background(), e.s, rec))
 	e.atTime(t0.Add(5 * time.Hour)) // past the lease, the grace and the retention
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec = trackedRecord(t, e.s, id)
+	rec = recordOf(t, e.s, id)
 	require.Equal(t, pendingDelete, rec.Pending, "precondition: the pass decided to delete it")
 	require.Empty(t, rec.Revoke)
 

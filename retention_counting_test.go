@@ -31,7 +31,7 @@ func TestRetention_OverdueLeaseKeyCountsFromThePassDeactivation(t *testing.T) {
 	t1 := t0.Add(6 * time.Hour)
 	e.atTime(t1)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, rec.State, "precondition: deactivated by the pass")
 	require.True(t, rec.DeactivatedAt.Equal(t1))
 	require.True(t, rec.DeleteAfter.Equal(t1.Add(24*time.Hour)), "delete after %s, the record says %s", t1.Add(24*time.Hour), rec.DeleteAfter)
@@ -62,7 +62,7 @@ func TestRetention_StaticPreviousKeyCountsFromTheOverlapsEnd(t *testing.T) {
 	t1 := t0.Add(time.Minute + 2*time.Hour) // max_overlap
 	e.atTime(t1)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec := trackedRecord(t, e.s, prev)
+	rec := recordOf(t, e.s, prev)
 	require.Equal(t, keyStateDeactivated, rec.State, "precondition: deactivated at max_overlap")
 	require.True(t, rec.DeleteAfter.Equal(t1.Add(time.Hour)), "delete after %s, the record says %s", t1.Add(time.Hour), rec.DeleteAfter)
 
@@ -89,7 +89,7 @@ func TestRetention_ExpiredLeaseKeyCountsFromItsDeactivation(t *testing.T) {
 	t1 := t0.Add(2*time.Hour + time.Minute) // the lease's end: Vault revokes it as an expiry
 	e.atTime(t1)
 	require.NoError(t, e.revoke(lease))
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, rec.State, "precondition: an expiry deactivates")
 	require.True(t, rec.DeleteAfter.Equal(t1.Add(3*time.Hour)), "delete after %s, the record says %s", t1.Add(3*time.Hour), rec.DeleteAfter)
 
@@ -117,7 +117,7 @@ func TestRetention_StaticKeyDeactivatedByHandCountsFromItsDeactivation(t *testin
 	t1 := t0.Add(5 * time.Hour)
 	e.atTime(t1)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec := trackedRecord(t, e.s, old)
+	rec := recordOf(t, e.s, old)
 	require.Equal(t, keyStateDeactivated, rec.State, "precondition: the pass replaced it")
 	require.True(t, rec.DeleteAfter.Equal(t1.Add(time.Hour)), "delete after %s, the record says %s", t1.Add(time.Hour), rec.DeleteAfter)
 	e.atTime(t1.Add(30 * time.Minute))
@@ -153,4 +153,12 @@ func TestRetention_RetiredAdminKeyNotYetDeactivatedIsNotDeleted(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	require.False(t, heronKey(e, oldID).IsActive)
 	require.False(t, heronKey(e, oldID).Deleted, "kept old_key_retention after its deactivation")
+}
+
+// recordOf is the live (not deleted) record of key id, which must exist.
+func recordOf(t *testing.T, s logical.Storage, id string) *trackedKey {
+	t.Helper()
+	rec := trackedRecord(t, s, id)
+	require.NotNil(t, rec, "key %s has a live record", id)
+	return rec
 }

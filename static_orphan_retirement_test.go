@@ -30,7 +30,7 @@ func orphanStaticKey(t *testing.T, e *testEnv) string {
 	require.NotNil(t, resp)
 	require.NotEmpty(t, resp.Warnings, "precondition: the deactivation failed")
 	e.srv.ResetFaults()
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, keyStateActive, rec.State, "precondition: an active static key no role holds")
 	require.Empty(t, rec.Pending, "precondition: left to the orphan sweep")
 	return id
@@ -98,12 +98,12 @@ func TestOrphanStaticRetirement_LeavesAKeyAnotherInstanceRetiredMeanwhile(t *tes
 	resp, err := mountDo(other, e.s, logical.UpdateOperation, "tidy", nil)
 	require.NoError(t, err)
 	require.False(t, resp != nil && resp.IsError(), "%v", resp)
-	first := trackedRecord(t, e.s, id)
+	first := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, first.State, "precondition: the other instance retired it")
 	close(hs.release)
 	require.NoError(t, <-tidied)
 
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, rec.State)
 	require.Empty(t, rec.Pending)
 	require.True(t, rec.DeactivatedAt.Equal(first.DeactivatedAt), "deactivated once, at %s; the record says %s", first.DeactivatedAt, rec.DeactivatedAt)
@@ -136,7 +136,7 @@ func TestOrphanStaticRetirement_KeepsAQuarantineMadeAfterThePassReadTheRecord(t 
 	close(hs.release)
 	require.NoError(t, <-tidied)
 
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	require.NotNil(t, rec)
 	require.True(t, rec.Quarantined, "the quarantine written meanwhile is kept")
 	require.Equal(t, "oidc-security-alice", rec.QuarantinedBy)
@@ -151,14 +151,15 @@ func TestOrphanStaticRetirement_KeepsAQuarantineMadeAfterThePassReadTheRecord(t 
 func TestOrphanStaticRetirement_RecordWithoutRetentionGetsTheDefault(t *testing.T) {
 	e := getTestBackend(t)
 	id := orphanStaticKey(t, e)
-	rec := trackedRecord(t, e.s, id)
+	rec := recordOf(t, e.s, id)
 	rec.ExpiredKeyRetention = 0
 	require.NoError(t, putTrackedKey(context.Background(), e.s, rec))
 
 	t0 := time.Now()
 	e.atTime(t0)
 	e.ok(logical.UpdateOperation, "tidy", nil)
-	rec = trackedRecord(t, e.s, id)
+	require.False(t, heronKey(e, id).Deleted, "retained, not deleted by the pass that deactivated it")
+	rec = recordOf(t, e.s, id)
 	require.Equal(t, keyStateDeactivated, rec.State)
 	require.Equal(t, defaultRetiredKeyRetention, rec.DeleteAfter.Sub(rec.DeactivatedAt), "retained for the default retired_key_retention")
 
@@ -220,7 +221,7 @@ func TestOrphanStaticRetirement_LeavesAKeyARotationSwitchedToMeanwhile(t *testin
 	require.NoError(t, err)
 	require.Equal(t, next, r.KeyID, "precondition: the rotation switched to the new key")
 	require.True(t, heronKey(e, next).IsActive, "the role's current key is never retired as an orphan")
-	rec := trackedRecord(t, e.s, next)
+	rec := recordOf(t, e.s, next)
 	require.Equal(t, keyStateActive, rec.State)
 	require.Empty(t, rec.Pending)
 	require.Equal(t, next, staticCreds(e, "app")["key_id"], "static-creds hands out the key the rotation switched to")

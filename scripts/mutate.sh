@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mutate.sh: a small mutation test of the files that carry the engine's
-# invariants (docs/engine-spec Invariants; issue 23 item 6).
+# invariants (the engine spec's Invariants section; issue 23 item 6).
 #
 # For each mutant in scripts/mutants.tsv it applies one one-line source edit,
 # runs the root package's tests, and restores the file with
