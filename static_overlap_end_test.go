@@ -58,10 +58,10 @@ func TestStaticOverlapEnd_RotationMeanwhileKeepsTheNewPreviousKey(t *testing.T) 
 	middle := staticCreds(e, "app")["key_id"].(string)
 	e.atTime(t0.Add(2 * time.Hour)) // the first key's max_overlap is over
 
-	// The pass reads the role four times: the sweep, the previous and the
-	// current keys of its environment, and settleOverlaps; held after the
-	// last, with the overlap's end decided from it.
-	hs.arm(staticRoleStoragePrefix+"app", 3)
+	// The pass reads the role once outside its lock (the scan of static
+	// roles it decides overlap ends from), then again under the lock in
+	// finishOverlap: held after the first.
+	hs.arm(staticRoleStoragePrefix+"app", 0)
 	tidied := make(chan error, 1)
 	go func() {
 		_, err := e.do(logical.UpdateOperation, "tidy", nil)
@@ -93,10 +93,9 @@ func TestStaticOverlapEnd_KeyReplacedMeanwhileIsNotReplacedTwice(t *testing.T) {
 	old := staticCreds(e, "app")["key_id"].(string)
 	setActiveDirect(t, e, old, false)
 
-	// The pass reads the role four times before it replaces inactive keys
-	// (the sweep, the environment's previous and current keys, the
-	// overlaps); held at the fifth, replaceInactiveStatic's first read.
-	hs.arm(staticRoleStoragePrefix+"app", 4)
+	// The pass reads the role once in its scan of static roles; held at the
+	// second, replaceInactiveStatic's first read (before the role's lock).
+	hs.arm(staticRoleStoragePrefix+"app", 1)
 	tidied := make(chan error, 1)
 	go func() {
 		_, err := e.do(logical.UpdateOperation, "tidy", nil)
