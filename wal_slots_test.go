@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/stretchr/testify/require"
 
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
 	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
@@ -48,8 +49,19 @@ func TestSlots_FinishedRecordsAreOverwrittenNotDeleted(t *testing.T) {
 	require.Empty(t, ids, "no Vault write-ahead record is written any more")
 
 	// Concurrent issuances each get a slot of their own, and later ones
-	// reuse them.
-	e.srv.DelayNext("POST", "/api/credentials/keys", 4, 300*time.Millisecond)
+	// reuse them: the four POSTs are held until all four are in flight (a
+	// fixed delay let a loaded machine run them one after another).
+	together := &createBarrier{n: 4, all: make(chan struct{})}
+	real := e.b.newClient
+	e.b.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+		c, err := real(cfg, lim)
+		if err != nil {
+			return nil, err
+		}
+		together.API = c
+		return together, nil
+	}
+	e.b.resetClient("development")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for range 4 {
@@ -65,6 +77,8 @@ func TestSlots_FinishedRecordsAreOverwrittenNotDeleted(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	e.b.newClient = real
+	e.b.resetClient("development")
 	require.Len(t, leases, 7)
 	require.Len(t, creationRecords(t, e.s), 4)
 	for range 3 {
@@ -512,4 +526,27 @@ func TestSlots_ConfigDeleteStrandsNoFinishedRecord(t *testing.T) {
 	require.NoError(t, err, "tidy must not fail for good after a crash over the record of a finished, revoked issuance naming a deleted config")
 	require.False(t, resp != nil && resp.IsError(), "%v", resp)
 	require.Empty(t, creationRecords(t, e.s))
+}
+
+// createBarrier holds each CreateKey until n of them are in flight.
+type createBarrier struct {
+	heronapi.API
+	mu      sync.Mutex
+	n, seen int
+	all     chan struct{}
+}
+
+func (b *createBarrier) CreateKey(ctx context.Context, name string) (*heronapi.Key, error) {
+	b.mu.Lock()
+	b.seen++
+	if b.seen == b.n {
+		close(b.all)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.all:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return b.API.CreateKey(ctx, name)
 }
