@@ -652,13 +652,9 @@ func (b *heronBackend) cleanupRetired(ctx context.Context, s logical.Storage, cf
 // records it deleted in its progress record; it reports whether it did.
 func (b *heronBackend) deleteRetiredKey(ctx context.Context, s logical.Storage, env, id string, client heronapi.API) (bool, error) {
 	defer b.lockKey(id)()
-	fresh, err := getConfig(ctx, s, env)
-	if err != nil {
+	fresh, cur, err := retiredNow(ctx, s, env, id)
+	if err != nil || cur == nil || !retiredDue(*cur, b.now()) {
 		return false, err
-	}
-	cur := fresh.retired(id)
-	if cur == nil || fresh.isAdminKey(cur.KeyID, cur.TokenPrefix) || !retiredDue(*cur, b.now()) {
-		return false, nil
 	}
 	if err := b.deleteRetired(ctx, client, fresh, *cur, reasonRetention); err != nil {
 		return false, err

@@ -38,20 +38,32 @@ func (b *heronBackend) deactivateRetired(ctx context.Context, s logical.Storage,
 	return errors.Join(errs...)
 }
 
+// retiredNow is the config and its rotated-out admin key id as storage has
+// them now (cur nil: no longer retired, written back as the admin key, or
+// gone), for a caller holding the key's lock.
+func retiredNow(ctx context.Context, s logical.Storage, env, id string) (*heronConfig, *retiredAdminKey, error) {
+	fresh, err := getConfig(ctx, s, env)
+	if err != nil {
+		return nil, nil, err
+	}
+	cur := fresh.retired(id)
+	if cur == nil || fresh.isAdminKey(cur.KeyID, cur.TokenPrefix) {
+		return fresh, nil, nil
+	}
+	return fresh, cur, nil
+}
+
 // deactivateRetiredKey deactivates one rotated-out admin key, decided under
 // the key's lock from the config read again under it: the config read
 // earlier may be stale (another instance's write may have made the key the
 // admin key again, or this one's pass may have got there first).
 func (b *heronBackend) deactivateRetiredKey(ctx context.Context, s logical.Storage, env string, rk *retiredAdminKey, client heronapi.API) error {
 	defer b.lockKey(rk.KeyID)()
-	fresh, err := getConfig(ctx, s, env)
-	if err != nil {
-		return err
-	}
-	cur := fresh.retired(rk.KeyID)
+	fresh, cur, err := retiredNow(ctx, s, env, rk.KeyID)
 	switch {
-	case cur == nil || fresh.isAdminKey(rk.KeyID, rk.TokenPrefix):
-		// No longer retired (written back as the admin key, or deleted).
+	case err != nil:
+		return err
+	case cur == nil:
 		return nil
 	case cur.Deactivated:
 		*rk = *cur

@@ -48,8 +48,7 @@ var claimSeq atomic.Uint64
 func (b *heronBackend) claimRotation(ctx context.Context, s logical.Storage, target string) (func(), error) {
 	dir := rotatingStoragePrefix + target + "/"
 	mine := fmt.Sprintf("%s.%d", b.id, claimSeq.Add(1))
-	now := b.now()
-	if err := putJSON(ctx, s, dir+mine, "rotation claim "+target, &rotationClaim{Since: now}); err != nil {
+	if err := putJSON(ctx, s, dir+mine, "rotation claim "+target, &rotationClaim{Since: b.now()}); err != nil {
 		return nil, err
 	}
 	release := func() {
@@ -59,35 +58,13 @@ func (b *heronBackend) claimRotation(ctx context.Context, s logical.Storage, tar
 			b.Logger().Warn("could not delete a rotation claim; it expires by itself", "target", target, "error", err)
 		}
 	}
-	names, err := s.List(ctx, dir)
-	if err != nil {
+	claimed, err := b.rotationClaimed(ctx, s, target)
+	if err != nil || claimed {
 		release()
-		return nil, fmt.Errorf("listing rotation claims of %s: %w", target, err)
-	}
-	for _, name := range names {
-		if strings.HasPrefix(name, b.id+".") || strings.HasSuffix(name, "/") {
-			// This instance's: its in-memory lock, which the caller holds,
-			// keeps its own rotations apart (an older claim of its own was
-			// left by a failed release).
-			continue
+		if err == nil {
+			err = errRotationBusy
 		}
-		other, err := getJSON[rotationClaim](ctx, s, dir+name, "rotation claim "+target)
-		if err != nil {
-			release()
-			return nil, err
-		}
-		if other == nil {
-			continue // released meanwhile
-		}
-		if now.Sub(other.Since) >= claimTTL {
-			// A crashed instance's: no longer counts, and goes.
-			if err := s.Delete(ctx, dir+name); err != nil {
-				b.Logger().Debug("could not delete an expired rotation claim", "target", target, "claim", name, "error", err)
-			}
-			continue
-		}
-		release()
-		return nil, errRotationBusy
+		return nil, err
 	}
 	return release, nil
 }
@@ -95,7 +72,8 @@ func (b *heronBackend) claimRotation(ctx context.Context, s logical.Storage, tar
 // rotationClaimed reports whether another instance holds a live claim on
 // target: a rotation of it may be running there. (This instance's own
 // rotations are kept out by the target's in-memory lock, which the caller
-// holds; a claim of its own is one a failed release left.)
+// holds; a claim of its own is one a failed release left.) A claim older
+// than claimTTL, a crashed instance's, does not count and is deleted.
 func (b *heronBackend) rotationClaimed(ctx context.Context, s logical.Storage, target string) (bool, error) {
 	dir := rotatingStoragePrefix + target + "/"
 	names, err := s.List(ctx, dir)
@@ -111,9 +89,17 @@ func (b *heronBackend) rotationClaimed(ctx context.Context, s logical.Storage, t
 		if err != nil {
 			return false, err
 		}
-		if c != nil && now.Sub(c.Since) < claimTTL {
-			return true, nil
+		if c == nil {
+			continue // released meanwhile
 		}
+		if now.Sub(c.Since) >= claimTTL {
+			// A crashed instance's: no longer counts, and goes.
+			if err := s.Delete(ctx, dir+name); err != nil {
+				b.Logger().Debug("could not delete an expired rotation claim", "target", target, "claim", name, "error", err)
+			}
+			continue
+		}
+		return true, nil
 	}
 	return false, nil
 }
