@@ -557,9 +557,19 @@ func (r budgetRun) run(t budgetT) {
 	l := newLimiter(r.start, c)
 	var mu sync.Mutex
 	var grants []time.Time
+	// What the limiter was told at each grant: the pause in force (the
+	// latest a 429 or an observation set) and the spacing and burst of the
+	// budget in force. onGrant runs under l.mu.
+	type grantState struct {
+		pausedUntil time.Time
+		interval    time.Duration
+		burst       int
+	}
+	var states []grantState
 	l.onGrant = func(at time.Time) {
 		mu.Lock()
 		grants = append(grants, at)
+		states = append(states, grantState{l.pausedUntil, l.interval, l.burst})
 		mu.Unlock()
 	}
 	type change struct {
@@ -633,10 +643,27 @@ func (r budgetRun) run(t budgetT) {
 		if n := i - lo + 1; n > b+1 {
 			t.Fatalf("%d sends in the 60 s up to %s (send %d) at a budget of %d", n, at.Sub(t0), i, b)
 		}
-		if i > 0 {
-			if gap, min := at.Sub(grants[i-1]), time.Minute/time.Duration(b); gap < min {
-				t.Fatalf("send %d at %s came %s after the one before, under the %s spacing of a budget of %d",
-					i, at.Sub(t0), gap, min, b)
+		st := states[i]
+		// The documented burst: a tenth of a second's worth of the budget, at least 1.
+		if st.interval != time.Minute/time.Duration(b) || st.burst != max(1, b/600) {
+			t.Fatalf("send %d at %s was spaced %s with a burst of %d, not for the budget of %d in force",
+				i, at.Sub(t0), st.interval, st.burst, b)
+		}
+		// Spacing: any burst+1 sends in a row span burst intervals (burst
+		// is 1 up to a budget of 1,199: two sends are never closer than
+		// the spacing), and in the burst intervals after a pause ends,
+		// sends go one interval apart: what queued through it does not
+		// go at once.
+		if i >= st.burst {
+			if span, min := at.Sub(grants[i-st.burst]), time.Duration(st.burst)*st.interval; span < min {
+				t.Fatalf("sends %d..%d up to %s spanned %s, under the %s that a burst of %d at a budget of %d takes",
+					i-st.burst, i, at.Sub(t0), span, min, st.burst, b)
+			}
+		}
+		if i > 0 && at.Before(st.pausedUntil.Add(time.Duration(st.burst)*st.interval)) {
+			if gap := at.Sub(grants[i-1]); gap < st.interval {
+				t.Fatalf("send %d at %s came %s after the one before, %s after a pause ended, under the %s spacing of a budget of %d",
+					i, at.Sub(t0), gap, at.Sub(st.pausedUntil), st.interval, b)
 			}
 		}
 	}
@@ -672,6 +699,8 @@ func TestLimiterBudgetHoldsOverEverySlidingWindow(t *testing.T) {
 		{"low X-RateLimit-Remaining", budgetRun{start: 250, workers: 20, sends: 600, answer: lowRemaining}},
 		{"budget lowered", budgetRun{start: 600, workers: 30, sends: 500, changes: []budgetChange{{30 * time.Second, 60}}}},
 		{"budget raised", budgetRun{start: 30, workers: 30, sends: 600, changes: []budgetChange{{90 * time.Second, 600}}}},
+		{"bursts at a budget far above Heron's, with pauses", budgetRun{start: 60000, workers: 300, sends: 4000,
+			answer: pauseEvery(700, 3*time.Second), changes: []budgetChange{{2 * time.Second, 3000}, {7 * time.Second, 90000}}}},
 		{"budget changes both ways with pauses", budgetRun{start: 120, workers: 50, sends: 1500,
 			answer: pauseEvery(70, 20*time.Second),
 			changes: []budgetChange{
