@@ -36,13 +36,45 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	return b, nil
 }
 
-// Setup is the framework's, keeping the storage view for clean.
+// Setup is the framework's, keeping the storage view for clean and reading
+// Vault's system view through mountSystemView.
 func (b *heronBackend) Setup(ctx context.Context, conf *logical.BackendConfig) error {
+	if conf.System != nil {
+		c := *conf
+		c.System = &mountSystemView{SystemView: conf.System}
+		conf = &c
+	}
 	if err := b.Backend.Setup(ctx, conf); err != nil {
 		return err
 	}
 	b.storage = conf.StorageView
 	return nil
+}
+
+// mountSystemView is Vault's system view with the mount's local flag kept for
+// a few seconds. The SDK asks for it before every request to a path that a
+// performance secondary forwards (creds/<role> among them), a round trip to
+// Vault each time, although a mount is local or not from its creation on.
+// It is asked again now and then because Vault's gRPC client answers false
+// when the call fails: a wrong answer must not stay for the mount's life.
+type mountSystemView struct {
+	logical.SystemView
+
+	mu      sync.Mutex
+	local   bool
+	localAt time.Time
+}
+
+// localMountFor is how long an answer of LocalMount is used.
+const localMountFor = 10 * time.Second
+
+func (s *mountSystemView) LocalMount() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); s.localAt.IsZero() || now.Sub(s.localAt) >= localMountFor {
+		s.local, s.localAt = s.SystemView.LocalMount(), now
+	}
+	return s.local
 }
 
 // heronBackend is the engine. One instance per mount; the Heron rate limiters are

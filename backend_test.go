@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,6 +48,7 @@ type testSetup struct {
 	logger    hclog.Logger
 	unlimited bool
 	leftovers bool
+	system    logical.SystemView
 }
 
 // testOption changes how newTestEnv builds the environment.
@@ -60,6 +62,11 @@ func withStorage(wrap func(logical.Storage) logical.Storage) testOption {
 // withEvents gives the backend an event sender (logical.MockEventSender).
 func withEvents(sender logical.EventSender) testOption {
 	return func(c *testSetup) { c.events = sender }
+}
+
+// withSystemView replaces the default (the test TTLs, no replication).
+func withSystemView(sys logical.SystemView) testOption {
+	return func(c *testSetup) { c.system = sys }
 }
 
 // withLogger replaces the default (warnings, into the test log).
@@ -110,6 +117,9 @@ func newTestEnv(tb testing.TB, opts ...testOption) *testEnv {
 	conf.System = &logical.StaticSystemView{
 		DefaultLeaseTTLVal: testDefaultLeaseTTL,
 		MaxLeaseTTLVal:     testMaxLeaseTTL,
+	}
+	if setup.system != nil {
+		conf.System = setup.system
 	}
 	start := func() *heronBackend {
 		b := backend()
@@ -527,6 +537,68 @@ func TestInvalidate_EntriesWrittenElsewhereAreReadAgain(t *testing.T) {
 	e.ok(logical.ReadOperation, "static-creds/svc", nil)
 
 	for _, l := range []*logical.Response{first, cached, reread, rotated} {
+		require.NoError(t, e.revoke(l))
+	}
+}
+
+// countingSystemView counts Vault's answers about the mount.
+type countingSystemView struct {
+	logical.StaticSystemView
+	mu                       sync.Mutex
+	localMount, maxLeaseTTLs int
+}
+
+func (s *countingSystemView) LocalMount() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.localMount++
+	return s.StaticSystemView.LocalMount()
+}
+
+func (s *countingSystemView) MaxLeaseTTL() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxLeaseTTLs++
+	return s.StaticSystemView.MaxLeaseTTL()
+}
+
+func (s *countingSystemView) counts() (int, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.localMount, s.maxLeaseTTLs
+}
+
+// Whether a mount is local is fixed when it is enabled, yet the SDK asks
+// before every request to a path a performance secondary forwards
+// (creds/<role>), a round trip to Vault each time: the answer is kept for a
+// few seconds, then asked again (Vault's gRPC client says false when the
+// call fails, which must not stick). The lease's TTL is still asked of
+// Vault on every issuance: a tune takes effect at once.
+func TestSystemView_LocalMountAskedOncePerSpell(t *testing.T) {
+	sys := &countingSystemView{StaticSystemView: logical.StaticSystemView{
+		DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL,
+		ReplicationStateVal: consts.ReplicationPerformancePrimary,
+	}}
+	e := newTestEnv(t, withSystemView(sys))
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "10m"})
+	var leases []*logical.Response
+	for range 20 {
+		leases = append(leases, e.issue("app"))
+	}
+	local, maxTTL := sys.counts()
+	require.Equal(t, 1, local, "LocalMount asked once for 20 issuances")
+	require.GreaterOrEqual(t, maxTTL, 20, "the mount's max TTL is asked on every issuance")
+
+	// Past localMountFor, the next request asks again.
+	msv := e.b.System().(*mountSystemView)
+	msv.mu.Lock()
+	msv.localAt = msv.localAt.Add(-localMountFor)
+	msv.mu.Unlock()
+	leases = append(leases, e.issue("app"))
+	local, _ = sys.counts()
+	require.Equal(t, 2, local)
+	for _, l := range leases {
 		require.NoError(t, e.revoke(l))
 	}
 }

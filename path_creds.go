@@ -132,10 +132,28 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	}
 
 	// Compute the lease exactly as Vault will register it, so revocation can
-	// later tell a lease that ran out from one that was revoked early.
-	leaseTTL, warnings, err := framework.CalculateTTL(b.System(), 0, ttl, 0, role.MaxTTL, 0, time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("computing lease TTL: %w", err)
+	// later tell a lease that ran out from one that was revoked early. The
+	// mount's TTLs are a round trip to Vault: asked while Heron is asked,
+	// since only the record written after Heron's answer needs them.
+	type leaseTTLResult struct {
+		ttl      time.Duration
+		warnings []string
+		err      error
+	}
+	leaseTTLc := make(chan leaseTTLResult, 1)
+	go func() {
+		lt, warnings, err := framework.CalculateTTL(b.System(), 0, ttl, 0, role.MaxTTL, 0, time.Time{})
+		leaseTTLc <- leaseTTLResult{lt, warnings, err}
+	}()
+	var lease leaseTTLResult
+	leaseTTL := func() (time.Duration, error) {
+		if leaseTTLc != nil {
+			lease, leaseTTLc = <-leaseTTLc, nil
+			if lease.err != nil {
+				lease.err = fmt.Errorf("computing lease TTL: %w", lease.err)
+			}
+		}
+		return lease.ttl, lease.err
 	}
 
 	key, err := b.createTrackedKey(ctx, req.Storage, client, &trackedKey{
@@ -172,10 +190,10 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 		"role":         key.rec.Role,
 		"issued":       issued.Unix(),
 	})
-	resp.Secret.TTL = leaseTTL
+	resp.Secret.TTL = lease.ttl
 	resp.Secret.MaxTTL = role.MaxTTL
 	resp.Secret.Renewable = true
-	for _, w := range warnings {
+	for _, w := range lease.warnings {
 		resp.AddWarning(w)
 	}
 	return resp, nil
@@ -193,7 +211,10 @@ type issuedKey struct {
 // up either tracked or deleted by the rollback. The lease is counted from
 // when Heron answered, as Vault counts it from when it registers the lease: a
 // slow creation must not make an early revocation look like an expiry.
-func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL time.Duration, uniqueName bool) (*issuedKey, error) {
+//
+// leaseTTL is waited for only once Heron has answered (see pathCredsRead); an
+// error from it undoes the creation like a failed write of the record.
+func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL func() (time.Duration, error), uniqueName bool) (*issuedKey, error) {
 	// The HMAC secret first: once the key exists, nothing may stop it
 	// being recorded. Created on the mount's first issuance, cached after.
 	hk, err := b.hmacKey(ctx, s, true)
@@ -214,8 +235,14 @@ func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, 
 		rec.TokenPrefix = keyPrefix(key.Token)
 	}
 	rec.TokenHMAC = tokenHMACOf(hk, key.Token)
+	ttl, err := leaseTTL()
+	if err != nil {
+		// Nothing holds the key yet: delete it, or leave it to the rollback.
+		_ = guard.undo(ctx, client, key.ID)
+		return nil, err
+	}
 	rec.Issued = b.now()
-	rec.Expires = rec.Issued.Add(leaseTTL)
+	rec.Expires = rec.Issued.Add(ttl)
 	if err := putNewTrackedKey(ctx, s, rec); err != nil {
 		// The record may have been written although the write reported an
 		// error: take it back out too, so that a key the undo cannot delete

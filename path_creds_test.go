@@ -4,6 +4,7 @@ package heron
 
 import (
 	"context"
+	"net/http"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -63,4 +64,32 @@ func TestCreds_Admin401NamesTheConfigToFix(t *testing.T) {
 	require.Contains(t, err.Error(), "401")
 	require.Zero(t, walCount(t, e.b, e.s))
 	require.Empty(t, liveIssued(e))
+}
+
+// The lease's TTL is asked of Vault while Heron creates the key, and only
+// the record written after Heron's answer needs it. When Vault cannot give
+// one (here a mount whose max TTL reads 0, which framework.CalculateTTL
+// refuses), the issuance fails and the key it made is deleted at once: no
+// key is left that nothing holds.
+func TestIssue_LeaseTTLErrorAfterCreationDeletesTheKey(t *testing.T) {
+	e := newTestEnv(t, withSystemView(&logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL}))
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "10m"})
+	e.srv.ResetRequests()
+	_, err := e.do(logical.ReadOperation, "creds/app", nil)
+	require.ErrorContains(t, err, "computing lease TTL")
+
+	var creates, deletes int
+	for _, r := range e.srv.Requests() {
+		switch r.Method {
+		case http.MethodPost:
+			creates++
+		case http.MethodDelete:
+			deletes++
+		}
+	}
+	require.Equal(t, 1, creates, "the TTL is computed beside the creation")
+	require.Equal(t, 1, deletes, "the key nothing holds is deleted")
+	list := e.ok(logical.ListOperation, "keys/", nil)
+	require.Empty(t, list.Data["keys"], "nothing is tracked")
 }
