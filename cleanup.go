@@ -226,7 +226,9 @@ func (b *heronBackend) cleanup(ctx context.Context, s logical.Storage, sweep boo
 // 14, ... (the first list prepares passIDsFirstQueue shares, each later one
 // passListEvery-1). The passes in between take the rolling sweep's next
 // shares, prepared by the last list of the ids, and the next list of Heron
-// judges all those shares (reconcile). tidy lists both every time.
+// judges all those shares (reconcile); the pass that lists Heron reads no
+// share (after the first), so the list of the ids moves on a pass when it
+// would fall on it. tidy lists both every time.
 const (
 	passListEvery     = 5
 	passHeronPhase    = 1
@@ -257,7 +259,18 @@ func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep
 	// retained ones, are read: the pass runs every minute and must not cost
 	// O(keys) storage reads. The records read this pass: all of them for
 	// tidy, else the next share of a rolling sweep (see sweepShare).
-	share, haveIDs, err := b.passShare(ctx, s, sweep)
+	var share []string
+	var haveIDs bool
+	var err error
+	if periodic && !sweep && listHeron && b.sweepListedBefore() {
+		// The pass that lists Heron's keys (100,000 on a large mount) reads
+		// no share of records and lists no ids: its list is the cost of a
+		// pass already. The shares wait a pass; whether any key is tracked
+		// is the last list of the ids'.
+		haveIDs = b.sweepTrackedLast()
+	} else {
+		share, haveIDs, err = b.passShare(ctx, s, sweep)
+	}
 	if err != nil {
 		return counts, work, errors.Join(fmt.Errorf("listing key records: %w", err), staticErr)
 	}
@@ -361,6 +374,20 @@ func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all boo
 	b.sweepQueue, b.sweepTracked, b.sweepListed = queue, len(ids) > 0, true
 	b.sweepLock.Unlock()
 	return slices.Clone(share), len(ids) > 0, nil
+}
+
+// sweepListedBefore reports whether this instance has listed the tracked
+// key ids yet, and sweepTrackedLast whether that list was not empty.
+func (b *heronBackend) sweepListedBefore() bool {
+	b.sweepLock.Lock()
+	defer b.sweepLock.Unlock()
+	return b.sweepListed
+}
+
+func (b *heronBackend) sweepTrackedLast() bool {
+	b.sweepLock.Lock()
+	defer b.sweepLock.Unlock()
+	return b.sweepTracked
 }
 
 // listing is what the pass learnt from Heron: which of the keys it wants to

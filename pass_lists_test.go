@@ -43,7 +43,8 @@ func (s *readLog) List(ctx context.Context, prefix string) ([]string, error) {
 // The minute's pass lists every tracked key id and Heron's keys only every
 // few passes (each costs about half a second at 100,000 keys), and still
 // reads every record in turn: 5,000 records in shares of 1,000 are all read
-// within 5 passes, with 2 lists of the ids and 1 of Heron.
+// within 5 passes, with 2 lists of the ids and 1 of Heron. A pass that lists
+// Heron (after the first) does nothing more of that kind.
 func TestPeriodicPass_ListsEveryFewPassesAndSweepsEveryShare(t *testing.T) {
 	rl := &readLog{read: map[string]int{}}
 	e := newTestEnv(t, withStorage(func(s logical.Storage) logical.Storage { rl.Storage = s; return rl }))
@@ -68,8 +69,20 @@ func TestPeriodicPass_ListsEveryFewPassesAndSweepsEveryShare(t *testing.T) {
 	}
 	require.Equal(t, 2, rl.keyLists, "the ids listed twice in 5 passes (passes 1 and 4)")
 	require.Equal(t, perList, heronLists(), "Heron listed once in 5 passes")
-	pass() // the 6th lists Heron again
+	reads := func() int {
+		rl.mu.Lock()
+		defer rl.mu.Unlock()
+		n := 0
+		for _, c := range rl.read {
+			n += c
+		}
+		return n
+	}
+	before, idLists := reads(), rl.keyLists
+	pass() // the 6th lists Heron again, and nothing else: its list is its cost
 	require.Equal(t, 2*perList, heronLists())
+	require.Equal(t, before, reads(), "the pass that lists Heron reads no share of records")
+	require.Equal(t, idLists, rl.keyLists, "nor lists the ids")
 	e.srv.ResetFaults()
 	for _, id := range ids {
 		require.NoError(t, deleteTrackedKey(context.Background(), e.s, &trackedKey{KeyID: id, NoIndex: true}))
