@@ -317,7 +317,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 				failed = ", **failed**: " + benchCell(s.minutePassErrs[len(s.minutePassErrs)-1])
 				verdict = benchVerdict(false)
 			}
-			p("| 4 | Vault's own periodic pass (every minute), observed, with %d tracked keys%s: wall (CPU Vault / plugin) | %s (%s / %s)%s | <= %s wall %s | %s | %s; the pass observed is the one that lists Heron's %d keys (every 5th pass; the tracked key ids are listed on other passes), and reads a share of the records and the retained keys' |\n",
+			p("| 4 | Vault's own periodic pass (every minute), observed, with %d tracked keys%s: wall (CPU Vault / plugin) | %s (%s / %s)%s | <= %s wall %s | %s | %s; the pass observed is the one that lists Heron's %d keys (every 5th pass; the tracked key ids and the rolling sweep's shares of the records are read on the other passes), and reads the retained keys' records |\n",
 				s.live, first, mp.wall.Round(10*time.Millisecond), mp.cpuVault.Round(time.Millisecond), mp.cpuPlugin.Round(time.Millisecond), failed,
 				benchGoalPass, note, verdict, passBound(mp.wall, mp.cpuVault+mp.cpuPlugin), s.live)
 		} else {
