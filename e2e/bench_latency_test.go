@@ -78,8 +78,7 @@ type benchCallAlone struct {
 // benchEngineCalls are the engine's calls to Vault beyond the floor's, as the
 // floor plugin names them, and what each is in the engine.
 var benchEngineCalls = []struct{ call, what string }{
-	{"localmount", "`LocalMount` (the SDK's, for `ForwardPerformanceSecondary`)"},
-	{"maxttl", "`MaxLeaseTTL` (`framework.CalculateTTL`)"},
+	{"maxttl", "`MaxLeaseTTL` (`framework.CalculateTTL`), asked beside the POST"},
 	{"get", "a storage read after the POST (the replay check)"},
 	{"log", "an info log line"},
 	{"event", "an event, sent beside the answer"},

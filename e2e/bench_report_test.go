@@ -200,8 +200,8 @@ func benchFloorRows(p func(string, ...any), num, where string, conc int, creds, 
 	r := float64(creds.p50) / float64(floor.p50)
 	gaps := ""
 	if creds.postGapP50 > 0 {
-		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: its limiter spaces grants %s apart at %d/min and sleeps on a timer for each, see BenchmarkLimiterAtMaxBudget), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
-			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchMs(time.Minute/benchFastBudget), benchFastBudget, benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
+		gaps = fmt.Sprintf("; the engine's POSTs reached Heron at least %s apart (median %s: at %d/min its limiter lets a tenth of a second's worth, spaced %s on average, go together, see BenchmarkLimiterAtMaxBudget), the floor's at least %s (median %s); throughput %.0f/s against the floor's %.0f/s",
+			benchMs(creds.postGapMin), benchMs(creds.postGapP50), benchFastBudget, benchMs(time.Minute/benchFastBudget), benchMs(floor.postGapMin), benchMs(floor.postGapP50), creds.throughput, floor.throughput)
 	}
 	p("| %s | %screds_p50 / floor_p50, %d client(s) | %.2f | <= %.2f | %s | the engine's own work beyond the floor (name template, limiter, locks, replay check, record contents, event): %s at p50, %s of plugin CPU per issuance%s |\n",
 		num, where, conc, r, benchGoalFloorRatio, benchVerdict(r <= benchGoalFloorRatio), benchMs(creds.p50-floor.p50), benchMs(creds.cpuPlugin-floor.cpuPlugin), gaps)
@@ -242,7 +242,7 @@ func (r *benchEngineResults) markdown(env benchEnv, goBench string) string {
 			benchMs(l.creds.cpuVault), benchMs(l.creds.cpuPlugin))
 		benchFloorRows(p, "2", "", l.conc, l.creds, l.floor)
 		if fc := l.floorCalls; fc.n > 0 {
-			p("| 2 | floor plugin plus the engine's further calls to Vault `floor/calls/<role>` p50 / p99, %d client(s) | %s / %s | | | LocalMount, MaxLeaseTTL, a storage read after the POST, a log line, an event; of the engine's %s over the floor at p50, %s are these calls and %s its own code; CPU per issuance: Vault %s, plugin %s |\n",
+			p("| 2 | floor plugin plus the engine's further calls to Vault `floor/calls/<role>` p50 / p99, %d client(s) | %s / %s | | | MaxLeaseTTL beside the POST, a storage read after the POST, a log line, an event; of the engine's %s over the floor at p50, %s are these calls and %s its own code; CPU per issuance: Vault %s, plugin %s |\n",
 				l.conc, benchMs(fc.p50), benchMs(fc.p99), benchMs(l.creds.p50-l.floor.p50), benchMs(fc.p50-l.floor.p50), benchMs(l.creds.p50-fc.p50), benchMs(fc.cpuVault), benchMs(fc.cpuPlugin))
 		}
 		p("| 2 | KV v2 read p50 / p99, %d client(s) | %s / %s | | | one request inside Vault's process |\n", l.conc, benchMs(l.kv.p50), benchMs(l.kv.p99))
