@@ -103,8 +103,9 @@ type heronBackend struct {
 
 	// configLocks serialise rotation and config writes per environment.
 	configLocks []*locksutil.LockEntry
-	// eventSends counts the event sends still running beside the
-	// operations that made them (tests wait for them instead of sleeping).
+	// events sends the mount's events in order; eventSends counts those
+	// not sent yet (tests wait for them instead of sleeping).
+	events     eventQueue
 	eventSends sync.WaitGroup
 	// configEntryLocks serialise the read-modify-write of one config's
 	// storage entry (updateConfig); never held across an upstream call.

@@ -2,6 +2,7 @@ package heron
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -65,8 +66,9 @@ func changeOf(k *trackedKey) keyChange {
 
 // recordChange sends the Vault event and logs the line for one change. The
 // record's own fields are the caller's write. Sending never fails or slows
-// the operation: it runs beside it, bounded, and a server without an event
-// bus (or without subscribers) costs nothing but a debug line.
+// the operation: it runs beside it, in order (eventQueue), bounded, and a
+// server without an event bus (or without subscribers) costs nothing but a
+// debug line.
 func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface{}) {
 	pairs := []string{
 		"key_id", c.KeyID,
@@ -89,13 +91,65 @@ func (b *heronBackend) recordChange(name string, c keyChange, extra ...interface
 		b.noteCreated(c)
 	}
 
-	b.eventSends.Add(1)
-	go func() {
-		defer b.eventSends.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), eventSendTimeout)
-		defer cancel()
-		if err := logical.SendEvent(ctx, b, name, pairs...); err != nil {
-			b.Logger().Debug("event not sent", "event", name, "error", err)
+	b.events.send(b, name, pairs)
+}
+
+// maxQueuedEvents bounds the events waiting to be sent: a Vault that stops
+// taking them must not make the plugin hold every change since.
+const maxQueuedEvents = 10000
+
+// eventQueue sends a mount's events one at a time, in the order of the
+// changes, beside the operations that made them: a key's issue never reaches
+// a subscriber after its revocation. A goroutine runs only while events wait.
+type eventQueue struct {
+	mu      sync.Mutex
+	pending []queuedEvent
+	running bool
+	dropped int
+}
+
+type queuedEvent struct {
+	name  string
+	pairs []string
+}
+
+func (q *eventQueue) send(b *heronBackend, name string, pairs []string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) >= maxQueuedEvents {
+		// The log line above carries the change all the same.
+		q.dropped++
+		if q.dropped == 1 || q.dropped%1000 == 0 {
+			b.Logger().Warn("events not sent: Vault is not taking them; the log lines carry the changes", "event", name, "dropped", q.dropped)
 		}
-	}()
+		return
+	}
+	q.pending = append(q.pending, queuedEvent{name, pairs})
+	b.eventSends.Add(1)
+	if !q.running {
+		q.running = true
+		go q.drain(b)
+	}
+}
+
+func (q *eventQueue) drain(b *heronBackend) {
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		ev := q.pending[0]
+		q.pending[0] = queuedEvent{}
+		q.pending = q.pending[1:]
+		q.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), eventSendTimeout)
+		if err := logical.SendEvent(ctx, b, ev.name, ev.pairs...); err != nil {
+			b.Logger().Debug("event not sent", "event", ev.name, "error", err)
+		}
+		cancel()
+		b.eventSends.Done()
+	}
 }

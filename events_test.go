@@ -2,6 +2,7 @@ package heron
 
 import (
 	"bytes"
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -172,4 +173,46 @@ func TestEvents_AdminAndStaticChanges(t *testing.T) {
 	require.NotEmpty(t, byType[eventStaticDeactivate], "previous key superseded, and the role's keys at delete")
 	e.atTime(time.Now().Add(100 * time.Hour))
 	e.ok(logical.UpdateOperation, "tidy", nil)
+}
+
+// heldEventSender holds the issue event until another event is sent (or,
+// when none is, a moment has passed) and records each event when its send
+// returns, as a subscriber would receive it.
+type heldEventSender struct {
+	other chan struct{}
+	once  sync.Once
+	mu    sync.Mutex
+	got   []string
+}
+
+func (s *heldEventSender) SendEvent(_ context.Context, eventType logical.EventType, _ *logical.EventData) error {
+	if eventType == eventKeyIssue {
+		select {
+		case <-s.other:
+		case <-time.After(200 * time.Millisecond):
+		}
+	} else {
+		s.once.Do(func() { close(s.other) })
+	}
+	s.mu.Lock()
+	s.got = append(s.got, string(eventType))
+	s.mu.Unlock()
+	return nil
+}
+
+// Events reach Vault in the order of the changes: a key revoked while its
+// issue event is still on its way (Vault slow to take it) is seen issued,
+// then revoked, never the other way round, which would leave a subscriber
+// believing a deleted key live.
+func TestEvents_SentInTheOrderOfTheChanges(t *testing.T) {
+	sender := &heldEventSender{other: make(chan struct{})}
+	e := newTestEnv(t, withEvents(sender))
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "1h"})
+	lease := e.issue("app")
+	require.NoError(t, e.revoke(lease))
+	e.b.eventSends.Wait()
+	sender.mu.Lock()
+	defer sender.mu.Unlock()
+	require.Equal(t, []string{eventKeyIssue, eventKeyRevoke}, sender.got)
 }
