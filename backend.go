@@ -90,6 +90,10 @@ type heronBackend struct {
 	// closed is set by clean: no client is cached (nor budget claimed) after.
 	closed bool
 
+	// budgets holds the Heron budgets this mount spends: the plugin
+	// process's, shared by its mounts (tests give instances their own).
+	budgets *heronapi.Registry
+
 	// newClient builds the upstream client spending lim; tests swap it to
 	// inject faults.
 	newClient func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error)
@@ -196,6 +200,7 @@ func backend() *heronBackend {
 		wallNow:          time.Now,
 		windowNow:        time.Now,
 		createdSkew:      defaultCreatedSkew,
+		budgets:          heronapi.ProcessRegistry(),
 	}
 	b.newClient = b.defaultClient
 
@@ -283,8 +288,11 @@ func (b *heronBackend) clean(ctx context.Context) {
 // cachedClient is an environment's client and the budget it holds.
 type cachedClient struct {
 	api heronapi.API
-	// adminKey and baseURL are what it was built with (see refreshClient).
+	// adminKey, baseURL and rate are what it was built with (see
+	// refreshClient): another instance on the same storage (a reload, a
+	// failover) may have changed any of them.
 	adminKey, baseURL string
+	rate              int
 	// historyRetention is the config's, so that a revocation turning the
 	// record into a tombstone needs no read of the config.
 	historyRetention time.Duration
@@ -293,15 +301,15 @@ type cachedClient struct {
 }
 
 // refreshClient forgets env's cached client when cfg, just read from
-// storage, holds another admin key or base URL than it was built with: a
-// write by another instance (the old one of a reload finishing a rotation)
-// invalidates nothing here. Callers that read the config anyway (the pass,
+// storage, holds another admin key, base URL or budget than it was built
+// with: a write by another instance (the old one of a reload finishing a
+// rotation or lowering the budget) invalidates nothing here. Callers that read the config anyway (the pass,
 // a rotation) call it, so a request never needs a read of its own for it.
 func (b *heronBackend) refreshClient(cfg *heronConfig) {
 	b.clientsLock.RLock()
 	c, ok := b.clients[cfg.Environment]
 	b.clientsLock.RUnlock()
-	if ok && (c.adminKey != cfg.AdminAPIKey || c.baseURL != cfg.BaseURL) {
+	if ok && (c.adminKey != cfg.AdminAPIKey || c.baseURL != cfg.BaseURL || c.rate != cfg.RateLimitPerMinute) {
 		b.resetClient(cfg.Environment)
 	}
 }
@@ -385,17 +393,17 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 	if b.closed {
 		return b.checkClient(cfg, cfg.AdminAPIKey)
 	}
-	holder := b.id + "/" + env
+	holder := b.budgetHolder(env)
 	identity := limiterIdentity(cfg, cfg.AdminAPIKey)
-	lim := heronapi.AcquireLimiter(cfg.BaseURL, identity, holder, cfg.RateLimitPerMinute)
-	release := func() { heronapi.ReleaseLimiter(cfg.BaseURL, identity, holder) }
+	lim := b.budgets.Acquire(cfg.BaseURL, identity, holder, cfg.RateLimitPerMinute)
+	release := func() { b.budgets.Release(cfg.BaseURL, identity, holder) }
 	api, err := b.newClient(cfg, lim)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
 	api = b.patchingClient(env, api)
-	b.clients[env] = &cachedClient{api: api, adminKey: cfg.AdminAPIKey, baseURL: cfg.BaseURL, release: release, historyRetention: cfg.historyRetention()}
+	b.clients[env] = &cachedClient{api: api, adminKey: cfg.AdminAPIKey, baseURL: cfg.BaseURL, rate: cfg.RateLimitPerMinute, release: release, historyRetention: cfg.historyRetention()}
 	return api, nil
 }
 
@@ -412,9 +420,12 @@ func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.AP
 	return b.patchingClient(cfg.Environment, api), nil
 }
 
+// budgetHolder names this mount's claim on env's budget.
+func (b *heronBackend) budgetHolder(env string) string { return b.id + "/" + env }
+
 // peekLimiter is the budget cfg spends, without claiming it.
 func (b *heronBackend) peekLimiter(cfg *heronConfig) *heronapi.Limiter {
-	return heronapi.PeekLimiter(cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), cfg.RateLimitPerMinute)
+	return b.budgets.Peek(cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), b.budgetHolder(cfg.Environment), cfg.RateLimitPerMinute)
 }
 
 // defaultClient builds the real HTTP client for cfg.

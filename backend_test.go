@@ -602,3 +602,28 @@ func TestSystemView_LocalMountAskedOncePerSpell(t *testing.T) {
 		require.NoError(t, e.revoke(l))
 	}
 }
+
+// A reload or failover leaves two instances on one storage for a while, each
+// with its own cached client; the old one lowering rate_limit_per_minute and
+// then going away must not leave the new one spending the budget it had
+// cached. Its next pass reads the config and rebuilds the client at the
+// stored budget.
+func TestRefreshClient_BudgetLoweredByAnotherInstance(t *testing.T) {
+	ctx := context.Background()
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "1h"})
+	lease := e.issue("app") // the new instance's client, at the default budget
+	old := newMount(t, nil, e.s)
+	resp, err := mountDo(old, e.s, logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 600})
+	require.NoError(t, err)
+	require.False(t, resp != nil && resp.IsError(), "%v", resp)
+	old.clean(ctx) // the old instance goes away, letting go of its claim
+
+	e.pass()
+	cfg, err := getConfig(ctx, e.s, "development")
+	require.NoError(t, err)
+	require.Equal(t, 600, cfg.RateLimitPerMinute)
+	require.InDelta(t, 600, limiterRate(t, e.b.peekLimiter(cfg)), 0.001, "the pass rebuilt the client at the stored budget")
+	require.NoError(t, e.revoke(lease))
+}

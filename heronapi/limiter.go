@@ -2,7 +2,6 @@ package heronapi
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -348,121 +347,6 @@ func (l *Limiter) Observe(h http.Header) {
 		return
 	}
 	l.PauseFor(rl.untilReset / time.Duration(rl.remaining+1))
-}
-
-// limiterKey identifies an environment's budget. The key is hashed so the registry
-// (which lives as long as the plugin process) never holds a credential.
-type limiterKey struct {
-	baseURL string
-	keySum  [sha256.Size]byte
-}
-
-// sharedLimiter is one budget and who holds it: each holder (a mount's
-// environment) states its own rate_limit_per_minute, and the smallest applies,
-// so that the most careful mount's budget is never overspent by another.
-type sharedLimiter struct {
-	l       *Limiter
-	holders map[string]int
-	// idleSince is when the last holder let go (zero while held). The entry
-	// outlives its holders by idleLimiterTTL so that a client rebuilt after a
-	// config change or rotation keeps the budget's pause and spent tokens.
-	idleSince time.Time
-}
-
-// idleLimiterTTL is how long an unheld budget is remembered.
-const idleLimiterTTL = 10 * time.Minute
-
-// sweepIdleLocked forgets budgets unheld for longer than idleLimiterTTL.
-func sweepIdleLocked(now time.Time) {
-	for k, e := range sharedLimiters {
-		if len(e.holders) == 0 && now.Sub(e.idleSince) > idleLimiterTTL {
-			delete(sharedLimiters, k)
-		}
-	}
-}
-
-func (e *sharedLimiter) apply() {
-	low := 0
-	for _, n := range e.holders {
-		if low == 0 || n < low {
-			low = n
-		}
-	}
-	e.l.SetPerMinute(low)
-}
-
-var (
-	sharedMu       sync.Mutex
-	sharedLimiters = map[limiterKey]*sharedLimiter{}
-)
-
-func sharedKey(baseURL, identity string) limiterKey {
-	return limiterKey{baseURL: normalizeBaseURL(baseURL), keySum: sha256.Sum256([]byte(identity))}
-}
-
-// AcquireLimiter returns the process-wide limiter of (baseURL, identity) and
-// records that holder spends it at no more than perMinute. Every mount of the
-// plugin in this process draws from one limiter per environment, as Heron counts
-// the budget per environment, at the smallest perMinute of its holders. A
-// holder acquiring again replaces its own rate. Pair with ReleaseLimiter.
-func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
-	k := sharedKey(baseURL, identity)
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	sweepIdleLocked(time.Now())
-	e, ok := sharedLimiters[k]
-	if !ok {
-		e = &sharedLimiter{l: NewLimiter(perMinute), holders: map[string]int{}}
-		sharedLimiters[k] = e
-	}
-	e.holders[holder] = max(perMinute, 1)
-	e.idleSince = time.Time{}
-	e.apply()
-	return e.l
-}
-
-// ReleaseLimiter drops holder's claim on (baseURL, identity). The rate goes
-// back to the smallest of the remaining holders; the limiter is forgotten
-// idleLimiterTTL after nobody holds it, so the registry does not grow with
-// every admin key the process ever saw.
-func ReleaseLimiter(baseURL, identity, holder string) {
-	k := sharedKey(baseURL, identity)
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	e, ok := sharedLimiters[k]
-	if !ok {
-		return
-	}
-	delete(e.holders, holder)
-	if len(e.holders) == 0 {
-		e.idleSince = time.Now()
-	} else {
-		e.apply()
-	}
-	sweepIdleLocked(time.Now())
-}
-
-// PeekLimiter is for a one-off request (checking a config before it is
-// stored): the shared limiter of (baseURL, identity) when someone holds it,
-// its rate untouched, else a private limiter at perMinute. Nothing is
-// registered, so a check that fails changes no budget.
-func PeekLimiter(baseURL, identity string, perMinute int) *Limiter {
-	k := sharedKey(baseURL, identity)
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	if e, ok := sharedLimiters[k]; ok {
-		return e.l
-	}
-	return NewLimiter(perMinute)
-}
-
-// heldLimiterCount is how many budgets the registry holds for someone, after
-// forgetting those idle since before now-idleLimiterTTL (tests).
-func heldLimiterCount(now time.Time) int {
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	sweepIdleLocked(now)
-	return len(sharedLimiters)
 }
 
 // normalizeBaseURL makes spellings of the same server ("HTTPS://Host/", "https://host")

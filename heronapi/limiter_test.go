@@ -317,9 +317,9 @@ func TestSharedLimiter(t *testing.T) {
 	}
 	ReleaseLimiter(url+"/other", testKey, "mount-a")
 
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	for k := range sharedLimiters {
+	processRegistry.mu.Lock()
+	defer processRegistry.mu.Unlock()
+	for k := range processRegistry.entries {
 		dump := fmt.Sprintf("%#v %v %x", k, k, k.keySum)
 		for _, key := range []string{testKey, otherKey} {
 			if strings.Contains(dump, key) || strings.Contains(dump, key[4:]) {
@@ -335,6 +335,7 @@ func TestSharedLimiter(t *testing.T) {
 // nothing; the entry goes when both let go.
 func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	const url = "https://smallest-budget.example"
+	heldLimiterCount := processRegistry.heldCount
 	before := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second))
 	small := AcquireLimiter(url, testKey, "mount-small", 60)
 	big := AcquireLimiter(url, testKey, "mount-big", 100000)
@@ -346,7 +347,7 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	if big.PerMinute() != 60 {
 		t.Fatalf("rate changed by a re-acquire: %v", big.PerMinute())
 	}
-	if p := PeekLimiter(url, testKey, 100000); p != big || big.PerMinute() != 60 {
+	if p := PeekLimiter(url, testKey, "mount-other", 100000); p != big || big.PerMinute() != 60 {
 		t.Fatal("a one-off check must use the shared limiter without changing its rate")
 	}
 	ReleaseLimiter(url, testKey, "mount-small")
@@ -361,11 +362,18 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
 		t.Fatalf("registry entries: %d, want %d (forgotten once unheld for a while)", got, before)
 	}
-	if p := PeekLimiter(url, testKey, 30); p == big || p.PerMinute() != 30 {
-		t.Fatal("peeking a forgotten budget gives a private limiter at the asked rate")
+	p := PeekLimiter(url, testKey, "mount-new", 30)
+	if p == big || p.PerMinute() != 30 {
+		t.Fatal("peeking a forgotten budget gives a new limiter at the asked rate")
 	}
-	if got := heldLimiterCount(time.Now()); got != before {
-		t.Fatal("peeking must not register")
+	if got := heldLimiterCount(time.Now()); got != before+1 {
+		t.Fatal("a peeked budget is remembered unheld (a 429's pause outlives a failed check)")
+	}
+	if again := PeekLimiter(url, testKey, "mount-new", 30); again != p {
+		t.Fatal("the next check finds it")
+	}
+	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
+		t.Fatal("and forgets it like a released one")
 	}
 }
 

@@ -1,0 +1,223 @@
+package heronapi
+
+import (
+	"crypto/sha256"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Registry holds the budgets of a plugin process: one Limiter per (base URL,
+// identity), shared by every mount that spends it. The engine uses the
+// process-wide one (AcquireLimiter and the functions beside it); tests that
+// run several engine instances on a virtual clock make their own.
+//
+// Heron counts one budget per customer environment, whatever admin key
+// spends it, so a holder (a mount's environment) whose identity changes (an
+// admin key set by hand, a new base URL) takes its last minute's requests and
+// any pause along: the new budget counts them (see Acquire and Peek).
+type Registry struct {
+	clock clock
+
+	mu      sync.Mutex
+	entries map[limiterKey]*sharedLimiter
+	// held is the budget each holder acquired last, kept while that budget
+	// is remembered, so that the holder's next budget can take its record.
+	held map[string]limiterKey
+}
+
+// limiterKey identifies an environment's budget. The key is hashed so the registry
+// (which lives as long as the plugin process) never holds a credential.
+type limiterKey struct {
+	baseURL string
+	keySum  [sha256.Size]byte
+}
+
+// sharedLimiter is one budget and who holds it: each holder (a mount's
+// environment) states its own rate_limit_per_minute, and the smallest applies,
+// so that the most careful mount's budget is never overspent by another.
+type sharedLimiter struct {
+	l       *Limiter
+	holders map[string]int
+	// idleSince is when the last holder let go (zero while held). The entry
+	// outlives its holders by idleLimiterTTL so that a client rebuilt after a
+	// config change or rotation keeps the budget's pause and spent tokens.
+	idleSince time.Time
+}
+
+// idleLimiterTTL is how long an unheld budget is remembered.
+const idleLimiterTTL = 10 * time.Minute
+
+// NewRegistry returns an empty registry whose limiters run on c.
+func NewRegistry(c Clock) *Registry { return newRegistry(exportedClock{c}) }
+
+func newRegistry(c clock) *Registry {
+	return &Registry{clock: c, entries: map[limiterKey]*sharedLimiter{}, held: map[string]limiterKey{}}
+}
+
+// processRegistry is the plugin process's: every mount of the plugin in
+// this process draws from it.
+var processRegistry = newRegistry(wallClock{})
+
+// sweepIdleLocked forgets budgets unheld for longer than idleLimiterTTL.
+func (r *Registry) sweepIdleLocked(now time.Time) {
+	for k, e := range r.entries {
+		if len(e.holders) == 0 && now.Sub(e.idleSince) > idleLimiterTTL {
+			delete(r.entries, k)
+		}
+	}
+	for h, k := range r.held {
+		if _, ok := r.entries[k]; !ok {
+			delete(r.held, h)
+		}
+	}
+}
+
+func (e *sharedLimiter) apply() {
+	low := 0
+	for _, n := range e.holders {
+		if low == 0 || n < low {
+			low = n
+		}
+	}
+	e.l.SetPerMinute(low)
+}
+
+func sharedKey(baseURL, identity string) limiterKey {
+	return limiterKey{baseURL: normalizeBaseURL(baseURL), keySum: sha256.Sum256([]byte(identity))}
+}
+
+// Acquire returns the limiter of (baseURL, identity) and records that holder
+// spends it at no more than perMinute. Every mount of the plugin in this
+// process draws from one limiter per environment, as Heron counts the budget
+// per environment, at the smallest perMinute of its holders. A holder
+// acquiring again replaces its own rate. A holder that held another budget
+// before brings its record along: what it sent in the last minute, and its
+// pause, count in the new one. Pair with Release.
+func (r *Registry) Acquire(baseURL, identity, holder string, perMinute int) *Limiter {
+	k := sharedKey(baseURL, identity)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sweepIdleLocked(r.clock.now())
+	e, ok := r.entries[k]
+	if !ok {
+		e = &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}}
+		r.entries[k] = e
+	}
+	if prev, ok := r.held[holder]; ok && prev != k {
+		if old, ok := r.entries[prev]; ok {
+			e.l.absorb(old.l)
+		}
+	}
+	r.held[holder] = k
+	e.holders[holder] = max(perMinute, 1)
+	e.idleSince = time.Time{}
+	e.apply()
+	return e.l
+}
+
+// Release drops holder's claim on (baseURL, identity). The rate goes back
+// to the smallest of the remaining holders; the limiter is forgotten
+// idleLimiterTTL after nobody holds it, so the registry does not grow with
+// every admin key the process ever saw.
+func (r *Registry) Release(baseURL, identity, holder string) {
+	k := sharedKey(baseURL, identity)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[k]
+	if !ok {
+		return
+	}
+	delete(e.holders, holder)
+	if len(e.holders) == 0 {
+		e.idleSince = r.clock.now()
+	} else {
+		e.apply()
+	}
+	r.sweepIdleLocked(r.clock.now())
+}
+
+// Peek is for a one-off request (checking a config before it is stored),
+// claiming nothing: a check that fails changes no budget's rate. It is the
+// limiter of (baseURL, identity) when the registry has one, its rate
+// untouched; else, when holder spends a budget (the environment's, under its
+// current admin key), that one: the check is a request to the same
+// environment, and a 429 it meets pauses the budget that the environment's
+// other requests wait on. Else a new limiter at perMinute, remembered unheld
+// like a released one, so that a 429's pause outlives a check that failed on
+// it and the next check, or the budget the config then acquires, keeps it.
+func (r *Registry) Peek(baseURL, identity, holder string, perMinute int) *Limiter {
+	k := sharedKey(baseURL, identity)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entries[k]; ok {
+		return e.l
+	}
+	if prev, ok := r.held[holder]; ok {
+		if e, ok := r.entries[prev]; ok && len(e.holders) > 0 {
+			return e.l
+		}
+	}
+	e := &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}, idleSince: r.clock.now()}
+	r.entries[k] = e
+	return e.l
+}
+
+// heldCount is how many budgets the registry holds for someone, after
+// forgetting those idle since before now-idleLimiterTTL (tests).
+func (r *Registry) heldCount(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sweepIdleLocked(now)
+	return len(r.entries)
+}
+
+// AcquireLimiter is Registry.Acquire on the process's registry.
+func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
+	return processRegistry.Acquire(baseURL, identity, holder, perMinute)
+}
+
+// ReleaseLimiter is Registry.Release on the process's registry.
+func ReleaseLimiter(baseURL, identity, holder string) {
+	processRegistry.Release(baseURL, identity, holder)
+}
+
+// PeekLimiter is Registry.Peek on the process's registry.
+func PeekLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
+	return processRegistry.Peek(baseURL, identity, holder, perMinute)
+}
+
+// ProcessRegistry is the registry AcquireLimiter, ReleaseLimiter and
+// PeekLimiter use.
+func ProcessRegistry() *Registry { return processRegistry }
+
+// absorb makes l count what o sent in the last window and keep o's pause:
+// o is the budget l's holder spent under another name.
+func (l *Limiter) absorb(o *Limiter) {
+	if o == l {
+		return
+	}
+	o.mu.Lock()
+	sent := make([]time.Time, len(o.sent))
+	for i, d := range o.sent {
+		sent[i] = o.epoch.Add(d)
+	}
+	paused := o.pausedUntil
+	o.mu.Unlock()
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cutoff := l.clock.now().Add(-limiterWindow)
+	merged := make([]time.Duration, 0, len(l.sent)+len(sent))
+	merged = append(merged, l.sent...)
+	for _, t := range sent {
+		if t.After(cutoff) {
+			merged = append(merged, t.Sub(l.epoch))
+		}
+	}
+	slices.Sort(merged)
+	l.sent = merged
+	if paused.After(l.pausedUntil) {
+		l.pausedUntil = paused
+	}
+}
