@@ -73,6 +73,47 @@ type clock interface {
 	sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error
 }
 
+// deadliner is a clock on which a ctx's deadline reads differently from the
+// wall clock's (see Clock.Deadline); the limiter falls back to ctx.Deadline.
+type deadliner interface {
+	deadline(ctx context.Context) (time.Time, bool)
+}
+
+// Clock is a Limiter's time, for tests that run the engine on a virtual clock
+// (the engine's model-based test runs the real client against an emulator
+// and checks the budget over virtual minutes). Production uses NewLimiter and
+// the wall clock.
+type Clock interface {
+	Now() time.Time
+	// Sleep blocks until until (never when zero), wake is closed or ctx is
+	// done; only the last returns an error (ctx's). A virtual clock must
+	// release a sleeper once its time has come, or the waiter hangs.
+	Sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error
+	// Deadline is ctx's deadline on this clock, if it has one: Wait refuses
+	// a slot that comes after it (ErrRateLimited). A context's deadline is
+	// wall-clock time, which a virtual clock cannot compare with its own
+	// (a virtual 2030 against a real 2026 deadline would refuse every slot):
+	// the test's clock says what the deadline is in its time.
+	Deadline(ctx context.Context) (time.Time, bool)
+}
+
+// NewLimiterWithClock is NewLimiter on the clock c (tests that run the
+// engine on a virtual clock). The rules are NewLimiter's.
+func NewLimiterWithClock(perMinute int, c Clock) *Limiter {
+	return newLimiter(perMinute, exportedClock{c})
+}
+
+// exportedClock adapts a Clock to the limiter's clock.
+type exportedClock struct{ c Clock }
+
+func (e exportedClock) now() time.Time { return e.c.Now() }
+
+func (e exportedClock) sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	return e.c.Sleep(ctx, until, wake)
+}
+
+func (e exportedClock) deadline(ctx context.Context) (time.Time, bool) { return e.c.Deadline(ctx) }
+
 type wallClock struct{}
 
 func (wallClock) now() time.Time { return time.Now() }
@@ -205,11 +246,26 @@ func (l *Limiter) Wait(ctx context.Context) error {
 	// A slot granted just before the deadline is wasted: the request would be
 	// sent and its caller time out before it can record what happened. Keep a
 	// little of the caller's time for that.
-	if dl, ok := ctx.Deadline(); ok {
+	//
+	// limit is that deadline on the limiter's clock (zero: none). On the wall
+	// clock it is also ctx's deadline from here on, so that waiters queued
+	// behind the head wake when it passes. A virtual clock's limit is only
+	// compared with the slot: it is no wall-clock time to set on ctx (its
+	// waiters behind the head wake when the head is granted or gives up).
+	var limit time.Time
+	dl, ok := ctx.Deadline()
+	d, virtual := l.clock.(deadliner)
+	if virtual {
+		dl, ok = d.deadline(ctx)
+	}
+	if ok {
 		headroom := min(maxSlotHeadroom, dl.Sub(l.clock.now())/4)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, dl.Add(-headroom))
-		defer cancel()
+		limit = dl.Add(-headroom)
+		if !virtual {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, limit)
+			defer cancel()
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return l.waitErr(ctx, err)
@@ -233,11 +289,11 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		}
 		// The earliest this waiter could go: each one ahead of it takes a slot.
 		earliest := next.Add(time.Duration(pos) * l.interval)
-		if dl, ok := ctx.Deadline(); ok && earliest.After(dl) {
+		if !limit.IsZero() && earliest.After(limit) {
 			pausedUntil := l.pausedUntil
 			l.removeLocked(w)
 			l.mu.Unlock()
-			if pausedUntil.After(dl) {
+			if pausedUntil.After(limit) {
 				return fmt.Errorf("heron: request budget paused for another %s, past the request deadline: %w",
 					pausedUntil.Sub(now).Round(time.Millisecond), ErrRateLimited)
 			}
