@@ -1,0 +1,325 @@
+package heron
+
+// The request budget in the model (spec, "Upstream calls" and Invariants 8):
+// in any sliding 60-second window the engine sends at most
+// rate_limit_per_minute requests to a Heron environment (+1 tolerated),
+// across 429 pauses, Retry-After and budget changes. heronapi's own tests
+// (budgetRun) check the limiter alone; here the real backend and its real
+// client spend the budget, through every path that reaches Heron (issuance,
+// revocation and its retries, verify, rotation, rollback, tidy, the periodic
+// pass, static roles), with Heron's 429s and config writes that change the
+// budget:
+//
+//	r  for every request Heron received from the engine, the requests Heron
+//	   received from the engine for the same environment in the 60 s up to it
+//	   (on the virtual clock) number at most the budget in force at it, plus
+//	   one. The budget in force is the stored config's rate_limit_per_minute
+//	   at that moment (read when the request arrives); a lowered budget counts
+//	   what was sent under the old one, as budgetRun does.
+//
+// It runs in TestModel/budget (the "budget" action group, opt-in like
+// quarantine: HERON_MODEL_ACTIONS=all,budget), and in TestModelConcurrent's
+// default run. Elsewhere the limiter stays off (see "Model assumptions").
+//
+// Time. The engine's limiter runs on the model's Vault clock (mClock): a
+// limiter of heronapi on that clock (heronapi.NewLimiterWithClock), whose
+// Sleep moves the clock straight to the slot it waits for. A sequential step
+// is the only actor, and in TestModelConcurrent only one actor runs between
+// gates: whoever waits in the limiter is the only one who could move time,
+// so it moves it (time passes while a request waits for its slot, as it
+// would). A waiter behind the head of the queue (none in these models)
+// sleeps until the head is granted or gives up, as on the wall clock.
+//
+// Deadlines. A request's context carries a real 10 s deadline
+// (mReqDeadline), which the client needs as it is (its retries and
+// Retry-After checks run on the wall clock) but which the limiter cannot
+// compare with virtual slots. The model also puts the deadline on the
+// virtual clock into the context (mVirtualDeadline: virtual now + 10 s when
+// the request starts), and the limiter's clock answers that as the
+// deadline: a slot more than ~8 s of virtual time away ends in
+// ErrRateLimited at once, as it would in Vault, and the total virtual time
+// one request waits is bounded by its own deadline. Contexts without it
+// (none of the engine's Heron calls in these models) have no deadline.
+//
+// Which limiter. The engine takes its limiter from heronapi's process-wide
+// registry (AcquireLimiter, keyed by base URL and the config's budget
+// lineage, set to the smallest rate of its holders), which runs on the wall
+// clock. The model's newClient gives the client a twin of that limiter on
+// the virtual clock instead: one twin per registry limiter (so the twin
+// lives exactly as long as what it stands for: across restarts and crashes
+// of the plugin, which in the model keep the process), at the registry
+// limiter's rate whenever the engine builds a client (the engine sets the
+// rate in the registry just before: AcquireLimiter's apply). A rate that the
+// registry raises later, when a holder lets go, reaches the twin at the next
+// client: the twin is never above the registry.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"pgregory.net/rapid"
+
+	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+)
+
+// mBudgetMin and mBudgetMax bound the budgets the model draws: small, so
+// that a few steps spend a minute's worth and the limiter decides often.
+const (
+	mBudgetMin = 3
+	mBudgetMax = 30
+)
+
+// mVirtualDeadline is the context key of a request's deadline on the
+// virtual clock (see "Deadlines" above).
+type mVirtualDeadline struct{}
+
+// withVirtualDeadline gives ctx a deadline d from now on the model's clock.
+func (m *model) withVirtualDeadline(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, mVirtualDeadline{}, m.clock.Now().Add(d))
+}
+
+// limiterClock is the engine's limiter's time: the model's Vault clock.
+type limiterClock struct{ c *mClock }
+
+var _ heronapi.Clock = limiterClock{}
+
+func (l limiterClock) Now() time.Time { return l.c.Now() }
+
+// Sleep moves the clock to until: the caller is the only actor that runs
+// (see "Time" above). Without a time it waits for its turn (wake) or ctx.
+func (l limiterClock) Sleep(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	if !until.IsZero() {
+		l.c.advanceTo(until)
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-wake:
+		return nil
+	}
+}
+
+// Deadline is the request's deadline on the virtual clock (see "Deadlines").
+func (l limiterClock) Deadline(ctx context.Context) (time.Time, bool) {
+	dl, ok := ctx.Value(mVirtualDeadline{}).(time.Time)
+	return dl, ok
+}
+
+// advanceTo moves the clock forward to t (never back).
+func (c *mClock) advanceTo(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t
+	}
+}
+
+// mBudget is what the model knows of the engine's budget: the twins of the
+// registry's limiters, and every request Heron received from the engine.
+type mBudget struct {
+	clock     *mClock
+	perMinute int // what the model's config writes set (configData)
+
+	mu    sync.Mutex
+	twins map[*heronapi.Limiter]*heronapi.Limiter
+	// sent: per Heron environment, the engine's requests in arrival order.
+	sent map[string][]mSent
+	// checked: per environment, how many of sent r has checked, and the
+	// first request inside the window of the last one checked.
+	checked, lo map[string]int
+	// lastBudget is the stored rate_limit_per_minute as last read (the
+	// budget in force while no config is stored).
+	lastBudget int
+}
+
+// mSent is one request Heron received from the engine.
+type mSent struct {
+	at     time.Time // virtual
+	budget int       // in force when it arrived
+	what   string    // method and path, for the report
+}
+
+func newMBudget(clock *mClock, perMinute int) *mBudget {
+	return &mBudget{clock: clock, perMinute: perMinute, lastBudget: perMinute,
+		twins: map[*heronapi.Limiter]*heronapi.Limiter{}, sent: map[string][]mSent{},
+		checked: map[string]int{}, lo: map[string]int{}}
+}
+
+// withBudget turns the engine's limiter on at perMinute (newModel option).
+func withBudget(perMinute int) func(*model) {
+	return func(m *model) { m.budget = newMBudget(m.clock, perMinute) }
+}
+
+// twin is the virtual-clock limiter standing for the registry's lim, at
+// lim's rate now.
+func (bu *mBudget) twin(lim *heronapi.Limiter) *heronapi.Limiter {
+	if lim == nil {
+		return nil
+	}
+	bu.mu.Lock()
+	defer bu.mu.Unlock()
+	tw := bu.twins[lim]
+	if tw == nil {
+		tw = heronapi.NewLimiterWithClock(lim.PerMinute(), limiterClock{bu.clock})
+		bu.twins[lim] = tw
+	} else if n := lim.PerMinute(); tw.PerMinute() != n {
+		tw.SetPerMinute(n)
+	}
+	return tw
+}
+
+// limiterFor is what the model's newClient gives the client: the twin in
+// budget mode, else no limiter.
+func (m *model) limiterFor(lim *heronapi.Limiter) *heronapi.Limiter {
+	if m.budget == nil {
+		return nil
+	}
+	return m.budget.twin(lim)
+}
+
+// recordBudget wraps the handler in front of the emulator (outermost: a
+// 429 answered by the front still reached Heron) and records every request
+// of the engine, with the budget in force when it arrived. The customer's
+// own requests (with their key) are not the engine's.
+func (m *model) recordBudget(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tok := r.Header.Get("x-api-key"); strings.HasPrefix(r.URL.Path, "/api/") && tok != m.customerKey {
+			env := "(unknown key)"
+			if k, ok := m.srv.KeyByToken(tok); ok {
+				env = k.Environment
+			}
+			m.budget.record(env, r.Method+" "+r.URL.Path, m.storedBudget())
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// storedBudget is the stored config's rate_limit_per_minute, 0 when none is
+// stored (the last one read stays in force).
+func (m *model) storedBudget() int {
+	cfg, err := getConfig(context.Background(), m.st.inner, mEnv)
+	if err != nil || cfg == nil {
+		return 0
+	}
+	return cfg.RateLimitPerMinute
+}
+
+func (bu *mBudget) record(env, what string, stored int) {
+	bu.mu.Lock()
+	defer bu.mu.Unlock()
+	if stored > 0 {
+		bu.lastBudget = stored
+	}
+	bu.sent[env] = append(bu.sent[env], mSent{at: bu.clock.Now(), budget: bu.lastBudget, what: what})
+	mStat("r: requests Heron received from the engine")
+}
+
+// checkBudget is invariant r over the requests recorded since the last check.
+func (m *model) checkBudget() {
+	m.t.Helper()
+	if m.budget == nil || !m.invariants["r"] {
+		return
+	}
+	bu := m.budget
+	bu.mu.Lock()
+	envs := make([]string, 0, len(bu.sent))
+	for env := range bu.sent {
+		envs = append(envs, env)
+	}
+	sort.Strings(envs)
+	var violation string
+	for _, env := range envs {
+		sent := bu.sent[env]
+		lo := bu.lo[env]
+		for i := bu.checked[env]; i < len(sent); i++ {
+			at := sent[i].at
+			for !sent[lo].at.After(at.Add(-time.Minute)) {
+				lo++
+			}
+			n := i - lo + 1
+			switch {
+			case n == sent[i].budget:
+				mStat("r: a request that filled its window to the budget")
+			case n == sent[i].budget+1:
+				mStat("r: a request that filled its window to the budget+1")
+			}
+			if n > sent[i].budget+1 && violation == "" {
+				var lines []string
+				for j := lo; j <= i; j++ {
+					lines = append(lines, fmt.Sprintf("%s %s (budget %d)", sent[j].at.Format("15:04:05.000"), sent[j].what, sent[j].budget))
+				}
+				violation = fmt.Sprintf("Heron environment %q received %d requests from the engine in the 60 s up to %s, at a budget of %d (+1 tolerated): %s",
+					env, n, at.Format("15:04:05.000"), sent[i].budget, strings.Join(lines, "; "))
+			}
+		}
+		bu.checked[env], bu.lo[env] = len(sent), lo
+	}
+	bu.mu.Unlock()
+	if violation != "" {
+		m.fail("r", "more requests in a sliding minute than the budget in force (+1)", "%s", violation)
+	}
+}
+
+// actConfigBudget is an operator changing the budget: a settings-only config
+// write of rate_limit_per_minute.
+func (m *model) actConfigBudget(perMinute int) {
+	m.tick()
+	before := m.storedBudget()
+	m.configWrite(fmt.Sprintf("config update (rate_limit_per_minute %d -> %d, admin key unchanged)", before, perMinute),
+		map[string]interface{}{"rate_limit_per_minute": perMinute})
+	if m.storedBudget() == perMinute {
+		m.budget.perMinute = perMinute
+	}
+}
+
+// budgetRateLimited: err is the engine's own limiter refusing a request
+// (no slot before the deadline): in budget mode a read may fail for that
+// with Heron and storage healthy (s1 does not count it).
+func (m *model) budgetRateLimited(err error) bool {
+	if m.budget == nil || err == nil {
+		return false
+	}
+	if errors.Is(err, logical.ErrUpstreamRateLimited) || errors.Is(err, heronapi.ErrRateLimited) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "no request slot before the deadline") || strings.Contains(s, "request budget paused")
+}
+
+// settleBudget is the operator's part of settling in budget mode: the
+// budget is raised to what the other runs use and the last minute's record
+// and pauses run out, so that settling (rollback and tidy until quiet,
+// every lease revoked) is not refused by the budget. A raise is a budget
+// change too: r goes on counting across it.
+func (m *model) settleBudget() {
+	if m.budget == nil {
+		return
+	}
+	m.tick()
+	m.logStep("advance clock past the budget's window and any pause")
+	m.advanceClock(mRetryAfter + time.Minute)
+	if cfg, _ := getConfig(context.Background(), m.st.inner, mEnv); cfg != nil {
+		m.actConfigBudget(maxRateLimitPerMinute)
+	}
+	m.budget.perMinute = maxRateLimitPerMinute
+}
+
+// rapidBudgetActions are the "budget" group's actions.
+func (m *model) rapidBudgetActions() map[string]func(*rapid.T) {
+	return map[string]func(*rapid.T){
+		"configBudget": func(t *rapid.T) {
+			if m.budget == nil {
+				t.Skip("the limiter is off (no budget drawn)")
+			}
+			m.actConfigBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(t, "rate_limit_per_minute"))
+		},
+	}
+}
