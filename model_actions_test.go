@@ -29,7 +29,7 @@ var mActionGroups = map[string][]string{
 	"storage-faults": {"storageFault"},
 	"static":         {"staticCreate", "staticAdopt", "staticRead", "staticUse", "staticRotate", "staticDelete", "periodic"},
 	"quarantine":     {"quarantine"},
-	"budget":         {"configBudget"},
+	"budget":         {"configBudget", "configBudgetLower"},
 }
 
 // mOptInGroups are left out of "all": rapid picks an action by its index
@@ -382,6 +382,9 @@ func (m *model) actCrash() {
 // invariant f.
 func (m *model) configWrite(what string, data map[string]interface{}) {
 	before, _ := getConfig(context.Background(), m.st.inner, mEnv)
+	if k, ok := data["admin_api_key"].(string); ok && m.budget != nil {
+		m.budget.setByHand(k)
+	}
 	var op logical.Operation = logical.UpdateOperation
 	if before == nil {
 		op = logical.CreateOperation
