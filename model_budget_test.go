@@ -77,19 +77,33 @@ const (
 	mBudgetMax = 30
 )
 
-// mBudgetKnownGap is left out of TestModel/budget's gate run: a config
-// write that sets an admin key by hand (configNewKey, configCreate after a
-// delete) gives the config a new budget lineage (BudgetKey, config.go), so
-// the engine spends a new limiter with an empty record, although Heron
-// counts the requests per environment and the old key's last minute counts
-// there. r finds it at once (class "..., across an admin key set by hand
-// (a new budget lineage)"); the minimal sequence, at a budget of 14:
-// configRotate, configBudget to 3, configNewKey: Heron's environment gets 5
-// requests in 11.6 s (verify, rotation's list, create and verify under 14,
-// the new key's verify under 3). An engine question (spec, "Upstream calls",
-// and the config table's "one limiter per (base_url, admin key)"), not the
-// limiter's: HERON_MODEL_ACTIONS=all,budget runs with these actions, and
-// testdata/rapid-known keeps the sequence (-rapid.failfile replays it).
+// mBudgetKnownGap is left out of TestModel/budget's gate run: the config
+// writes that set an admin key by hand. r finds two engine gaps there at
+// once (spec, "Upstream calls" and Invariants 8, against the config table's
+// "one limiter per (base_url, admin key)" and Invariants 6's "a config
+// write that fails leaves the budget as it was"); they are the engine's to
+// settle, not the limiter's:
+//
+//   - A hand-set admin key gives the config a new budget lineage
+//     (BudgetKey, path_config.go), so the engine spends a new limiter with
+//     an empty record and no pause, although Heron counts per environment.
+//     At a budget of 14: configRotate, configBudget to 3, configNewKey: the
+//     environment gets 5 requests in 11.6 s (r: "more requests in a sliding
+//     minute than the budget in force (+1), across an admin key set by
+//     hand"). At a budget of 3: heron429 on the next POST, issue (its POST
+//     gets the 429, Retry-After 60 s), configNewKey: the new key's verify
+//     goes 1 s later (r: "request sent within a 429's Retry-After, across an
+//     admin key set by hand").
+//   - The check of a key nobody holds yet (a config write's verify,
+//     PeekLimiter) runs on a limiter of its own that is dropped after the
+//     write: a 429 there pauses nothing. force429, configOtherUser (its
+//     verify gets the 429), configOtherUser again 1 s later: the second
+//     verify is sent within the first's Retry-After (r: "request sent within
+//     a 429's Retry-After").
+//
+// HERON_MODEL_ACTIONS=all,budget runs with these actions; testdata/rapid-known
+// keeps the last two sequences, each replayed with the HERON_MODEL_ACTIONS in
+// its file name and -rapid.failfile=<file>.
 const mBudgetKnownGap = "-configNewKey,-configCreate,-configOtherUser"
 
 // mVirtualDeadline is the context key of a request's deadline on the
