@@ -54,9 +54,11 @@ package heron
 // client: the twin is never above the registry.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -279,6 +281,12 @@ func (s *statusWriter) WriteHeader(code int) {
 		s.status = code
 	}
 	s.ResponseWriter.WriteHeader(code)
+}
+
+// Hijack passes on: the emulator's lost answers (FaultDropBeforeProcessing,
+// FaultProcessThenDrop) hijack the connection to drop it.
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return s.ResponseWriter.(http.Hijacker).Hijack()
 }
 
 // storedBudget is the stored config's rate_limit_per_minute, 0 when none is
