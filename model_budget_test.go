@@ -108,6 +108,28 @@ const (
 // its file name and -rapid.failfile=<file>.
 const mBudgetKnownGap = "-configNewKey,-configCreate,-configOtherUser"
 
+// A budget lowered while others spend it: TestModelConcurrent's default run
+// only raises the budget inside a round (and lowers it between rounds),
+// because r finds two engine gaps when a round lowers it (run them with
+// HERON_MODEL_CONCURRENT_ACTORS=all HERON_MODEL_CONCURRENT_BUDGET=1
+// HERON_MODEL_INVARIANTS=r). A config write applies a new
+// rate_limit_per_minute only when a client is next built (resetClient lets
+// go of the writer's claim; the next AcquireLimiter sets the rate):
+//
+//   - An operation in flight keeps its client, and its limiter's old rate,
+//     until then: a round [tidy configRotate configWrite] lowering 25 to 4
+//     lets the rotation's create and verify go 2.4 s apart under the stored
+//     budget of 4, 7 requests in 15 s (-rapid.seed=2343107852515154280 with
+//     -rapid.checks=1000 reaches it; rapid calls the failure flaky, as it may
+//     with this scheduler).
+//   - A reload's new instance that built its client (its pass) before the
+//     old instance's config write lowered the budget goes on spending at the
+//     old rate, its later passes included: refreshClient rebuilds a client
+//     for another admin key or base URL, not for another budget, and the
+//     registry keeps the new instance's claim at the old rate (a round
+//     [failover configWrite], then the new instance's requests: 6 in 42 s at
+//     a stored budget of 3).
+
 // mVirtualDeadline is the context key of a request's deadline on the
 // virtual clock (see "Deadlines" above).
 type mVirtualDeadline struct{}
