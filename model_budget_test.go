@@ -13,13 +13,16 @@ package heron
 //	r  for every request Heron received from the engine, the requests Heron
 //	   received from the engine for the same environment in the 60 s up to it
 //	   (on the virtual clock) number at most the budget in force at it, plus
-//	   one. The budget in force is the stored config's rate_limit_per_minute
-//	   at that moment (read when the request arrives); a lowered budget counts
-//	   what was sent under the old one, as budgetRun does.
+//	   one; and none of them arrived before the Retry-After of a 429 Heron
+//	   answered the engine for that environment had run out. The budget in
+//	   force is the stored config's rate_limit_per_minute at that moment
+//	   (read when the request arrives); a lowered budget counts what was sent
+//	   under the old one, as budgetRun does.
 //
 // It runs in TestModel/budget (the "budget" action group, opt-in like
-// quarantine: HERON_MODEL_ACTIONS=all,budget), and in TestModelConcurrent's
-// default run. Elsewhere the limiter stays off (see "Model assumptions").
+// quarantine: HERON_MODEL_ACTIONS=all,budget), and in about half of the
+// checks of TestModelConcurrent's default run. Elsewhere the limiter stays
+// off (see "Model assumptions" in model_test.go).
 //
 // Time. The engine's limiter runs on the model's Vault clock (mClock): a
 // limiter of heronapi on that clock (heronapi.NewLimiterWithClock), whose
@@ -38,8 +41,10 @@ package heron
 // the request starts), and the limiter's clock answers that as the
 // deadline: a slot more than ~8 s of virtual time away ends in
 // ErrRateLimited at once, as it would in Vault, and the total virtual time
-// one request waits is bounded by its own deadline. Contexts without it
-// (none of the engine's Heron calls in these models) have no deadline.
+// one request waits is bounded by its own deadline. A context without it
+// has no deadline for the limiter: the model leaves it out on purpose while
+// settling and for t2's pass run alone ("patient"), which wait for their
+// slots however far.
 //
 // Which limiter. The engine takes its limiter from heronapi's process-wide
 // registry (AcquireLimiter, keyed by base URL and the config's budget
@@ -119,9 +124,9 @@ const mBudgetKnownGap = "-configNewKey,-configCreate,-configOtherUser"
 //   - An operation in flight keeps its client, and its limiter's old rate,
 //     until then: a round [tidy configRotate configWrite] lowering 25 to 4
 //     lets the rotation's create and verify go 2.4 s apart under the stored
-//     budget of 4, 7 requests in 15 s (-rapid.seed=2343107852515154280 with
-//     -rapid.checks=1000 reaches it; rapid calls the failure flaky, as it may
-//     with this scheduler).
+//     budget of 4, 7 requests in 15 s (a search of 1000 checks found it;
+//     rapid called the failure flaky, as it may with this scheduler, so no
+//     failfile is kept).
 //   - A reload's new instance that built its client (its pass) before the
 //     old instance's config write lowered the budget goes on spending at the
 //     old rate, its later passes included: refreshClient rebuilds a client
