@@ -29,13 +29,14 @@ var mActionGroups = map[string][]string{
 	"storage-faults": {"storageFault"},
 	"static":         {"staticCreate", "staticAdopt", "staticRead", "staticUse", "staticRotate", "staticDelete", "periodic"},
 	"quarantine":     {"quarantine"},
+	"budget":         {"configBudget", "configBudgetLower"},
 }
 
 // mOptInGroups are left out of "all": rapid picks an action by its index
 // among the sorted names, so a new action would change what every kept
 // failfile of TestModel/all replays. TestModel runs them in a subtest of
 // their own (all of "all" plus these), with its own failfiles.
-var mOptInGroups = map[string]bool{"quarantine": true}
+var mOptInGroups = map[string]bool{"quarantine": true, "budget": true}
 
 func mAllActions() []string {
 	var all []string
@@ -67,7 +68,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 		case known[name]:
 			return []string{name}, nil
 		}
-		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults, static, quarantine; actions: %s)", name, strings.Join(mAllActions(), ", "))
+		return nil, fmt.Errorf("HERON_MODEL_ACTIONS: unknown action or group %q (groups: core, config, roles, customer, heron-faults, storage-faults, static, quarantine, budget; actions: %s)", name, strings.Join(mAllActions(), ", "))
 	}
 	sel := map[string]bool{}
 	spec = strings.TrimSpace(spec)
@@ -102,7 +103,7 @@ func mSelectedActions(spec string) (map[string]bool, error) {
 	return sel, nil
 }
 
-var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "s5", "q", "final"}
+var mAllInvariants = []string{"a", "b", "c", "d", "e", "f", "s1", "s2", "s3", "s4", "s5", "q", "r", "final"}
 
 func mSelectedInvariants(spec string) (map[string]bool, error) {
 	sel := map[string]bool{}
@@ -381,6 +382,9 @@ func (m *model) actCrash() {
 // invariant f.
 func (m *model) configWrite(what string, data map[string]interface{}) {
 	before, _ := getConfig(context.Background(), m.st.inner, mEnv)
+	if k, ok := data["admin_api_key"].(string); ok && m.budget != nil {
+		m.budget.setByHand(k)
+	}
 	var op logical.Operation = logical.UpdateOperation
 	if before == nil {
 		op = logical.CreateOperation
@@ -618,6 +622,9 @@ func (m *model) rapidActions(selected map[string]bool) map[string]func(*rapid.T)
 		},
 	}
 	for name, fn := range m.rapidStaticActions() {
+		all[name] = fn
+	}
+	for name, fn := range m.rapidBudgetActions() {
 		all[name] = fn
 	}
 	out := map[string]func(*rapid.T){}

@@ -48,6 +48,7 @@ package heron
 //	HERON_MODEL_INVARIANTS, HERON_MODEL_LOG, HERON_MODEL_IGNORE as for TestModel
 //	HERON_MODEL_TRACE=1                      each round's time and gate count (and t1's details) to stderr
 //	HERON_MODEL_CONCURRENT_FAULTS=0          no Heron and storage faults armed between rounds (on by default)
+//	HERON_MODEL_CONCURRENT_BUDGET=1          the budget (invariant r) with an explicit actor set too
 //
 // The default run (no HERON_MODEL_CONCURRENT_ACTORS) uses the fixed seed of
 // TestModel (mSetChecks), 30 checks, and never puts mExcludedPairs in one
@@ -179,13 +180,26 @@ func TestModelConcurrent(t *testing.T) {
 	}
 	t.Run(name, func(t *testing.T) {
 		rapid.Check(t, func(rt *rapid.T) {
-			c := newCModel(rt, invariants, actors)
+			// The default run spends a small budget and checks r in about
+			// half of its checks (a small budget refuses many of the
+			// actors' calls; the other half keeps every interleaving for
+			// the other invariants). An explicit actor set runs without the
+			// limiter, as its kept failfiles were recorded (the budget is
+			// one more draw), unless HERON_MODEL_CONCURRENT_BUDGET=1.
+			var opts []func(*model)
+			if strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == "" || os.Getenv("HERON_MODEL_CONCURRENT_BUDGET") == "1" {
+				if rapid.Bool().Draw(rt, "budget on") {
+					opts = append(opts, withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget")))
+				}
+			}
+			c := newCModel(rt, invariants, actors, opts...)
 			c.pairs = strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == ""
 			defer c.close()
 			rt.Repeat(c.rapidActions())
 			c.finish()
 		})
 	})
+	mPrintStats(t)
 }
 
 // mConcurrentInvariants is mSelectedInvariants plus this test's t1, t2, t3.
@@ -231,8 +245,8 @@ type cModel struct {
 	everCurrent   map[string]bool
 }
 
-func newCModel(t *rapid.T, invariants map[string]bool, actors map[string]bool) *cModel {
-	c := &cModel{model: newModel(t, invariants), actors: actors,
+func newCModel(t *rapid.T, invariants map[string]bool, actors map[string]bool, opts ...func(*model)) *cModel {
+	c := &cModel{model: newModel(t, invariants, opts...), actors: actors,
 		cronSetAt: map[string]time.Time{}, firstInactive: map[string]time.Time{}, everCurrent: map[string]bool{}}
 	// Replace the instance newModel started by one whose Heron client parks
 	// at the gates (a restart: nothing in memory survives).
@@ -249,8 +263,11 @@ func (c *cModel) newInstance() *heronBackend {
 	c.startBackend()
 	b := c.b
 	c.b = old
-	b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
-		api, err := heronapi.New(b.clientConfig(cfg, nil))
+	b.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+		// The limiter runs inside the gated call, after the gate: the actor
+		// the scheduler released is the only one running, and moves the
+		// virtual clock to its slot (model_budget_test.go).
+		api, err := heronapi.New(b.clientConfig(cfg, c.limiterFor(lim)))
 		if err != nil {
 			return nil, err
 		}
@@ -263,6 +280,7 @@ func (c *cModel) newInstance() *heronBackend {
 func (c *cModel) req(ctx context.Context, b *heronBackend, r *logical.Request) error {
 	ctx, cancel := context.WithTimeout(ctx, mReqDeadline)
 	defer cancel()
+	ctx = c.actorDeadline(ctx)
 	r.Storage = &gateStorage{inner: c.st, s: c.cur}
 	if r.DisplayName == "" {
 		r.DisplayName = "token-model"
@@ -277,6 +295,7 @@ func (c *cModel) req(ctx context.Context, b *heronBackend, r *logical.Request) e
 func (c *cModel) pass(ctx context.Context, b *heronBackend) error {
 	ctx, cancel := context.WithTimeout(ctx, mReqDeadline)
 	defer cancel()
+	ctx = c.actorDeadline(ctx)
 	return b.periodicFunc(ctx, &logical.Request{Operation: logical.RollbackOperation, Storage: &gateStorage{inner: c.st, s: c.cur}})
 }
 
@@ -333,6 +352,10 @@ func (c *cModel) rapidActions() map[string]func(*rapid.T) {
 			c.observe()
 		},
 		"passAlone": func(t *rapid.T) { c.round(t, []string{"pass"}) },
+		"configBudget": func(t *rapid.T) {
+			// Only present with the budget on (see below).
+			c.actConfigBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(t, "rate_limit_per_minute"))
+		},
 		"": func(t *rapid.T) {
 			c.check("after step")
 		},
@@ -341,6 +364,11 @@ func (c *cModel) rapidActions() map[string]func(*rapid.T) {
 		if name != "" {
 			actions[name] = fn
 		}
+	}
+	if c.budget == nil {
+		// Without the budget, the action set (and so what a kept failfile
+		// replays) is what it was before the budget existed.
+		delete(actions, "configBudget")
 	}
 	return actions
 }
@@ -382,6 +410,13 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 	s := newSched()
 	c.cur = s
 	defer func() { c.cur = nil }()
+	if len(picked) == 1 && picked[0] == "pass" && c.budget != nil {
+		// t2 asks a healthy pass run alone to rotate what is due: with the
+		// budget on, it waits for its slots (the virtual clock moves to
+		// them) rather than give up at its deadline, as "healthy" means.
+		c.patient = true
+		defer func() { c.patient = false }()
+	}
 	oldB := c.b
 	var newB *heronBackend
 	results := make([]string, len(picked))
@@ -393,7 +428,13 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 		i, kind := i, kind
 		label := fmt.Sprintf("%s#%d", kind, i)
 		run := func(fn func(ctx context.Context) error) {
-			s.spawn(label, func(ctx context.Context) { results[i] = short(fn(ctx)) })
+			s.spawn(label, func(ctx context.Context) {
+				err := fn(ctx)
+				if c.budgetRateLimited(err) {
+					mStat("r: concurrent actors that failed rate limited")
+				}
+				results[i] = short(err)
+			})
 		}
 		switch kind {
 		case "issue":
@@ -402,6 +443,7 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 				var err error
 				ctx2, cancel := context.WithTimeout(ctx, mReqDeadline)
 				defer cancel()
+				ctx2 = c.actorDeadline(ctx2)
 				resp, err = oldB.HandleRequest(ctx2, &logical.Request{Operation: logical.ReadOperation, Path: "creds/app",
 					Storage: &gateStorage{inner: c.st, s: s}, DisplayName: "token-model", Data: map[string]interface{}{}})
 				return outcome(resp, err)
@@ -466,10 +508,22 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 				return c.req(ctx, oldB, &logical.Request{Operation: logical.UpdateOperation, Path: "config/" + mEnv + "/rotate"})
 			})
 		case "configWrite":
-			n := rapid.IntRange(0, 3).Draw(t, "max_retries")
+			data := map[string]interface{}{"max_retries": rapid.IntRange(0, 3).Draw(t, "max_retries")}
+			if c.budget != nil {
+				// A budget change while other actors spend the budget: in
+				// the default run only raised (or kept; the configBudget
+				// step lowers it between rounds). A budget lowered in a
+				// round is a known engine gap (model_budget_test.go, "A
+				// budget lowered while others spend it"); an explicit actor
+				// set (with HERON_MODEL_CONCURRENT_BUDGET=1) lowers it too.
+				low := c.budget.perMinute
+				if !c.pairs {
+					low = mBudgetMin
+				}
+				data["rate_limit_per_minute"] = rapid.IntRange(min(low, mBudgetMax), mBudgetMax).Draw(t, "rate_limit_per_minute")
+			}
 			run(func(ctx context.Context) error {
-				return c.req(ctx, oldB, &logical.Request{Operation: logical.UpdateOperation, Path: "config/" + mEnv,
-					Data: map[string]interface{}{"max_retries": n}})
+				return c.req(ctx, oldB, &logical.Request{Operation: logical.UpdateOperation, Path: "config/" + mEnv, Data: data})
 			})
 		case "pass", "failover":
 			b := oldB
@@ -515,10 +569,24 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 		c.logStep("  actor %s#%d: %s", picked[i], i, results[i])
 	}
 	c.logStep("round %v (%s): %d gates: %s", picked, time.Since(started).Round(time.Millisecond), len(s.trace), strings.Join(s.trace, " | "))
+	if c.budget != nil {
+		if n := c.storedBudget(); n > 0 {
+			c.budget.perMinute = n
+		}
+	}
 	c.observe()
 	if due != nil {
 		c.checkFired(due)
 	}
+}
+
+// actorDeadline puts the actor's deadline on the virtual clock into ctx
+// (model_budget_test.go, "Deadlines"), unless the round is patient.
+func (c *cModel) actorDeadline(ctx context.Context) context.Context {
+	if c.patient {
+		return ctx
+	}
+	return c.withVirtualDeadline(ctx, mReqDeadline)
 }
 
 // registerLease is Vault registering the lease an issue actor got back.

@@ -136,6 +136,7 @@ func (m *model) check(when string) {
 	m.observeStatics(w)
 	m.checkWorld(w, when)
 	m.checkStatics(w)
+	m.checkBudget()
 	m.rememberActive(w)
 }
 
@@ -269,6 +270,10 @@ func (m *model) finish() {
 	m.srv.ResetFaults()
 	m.f429.clear()
 	m.st.clear()
+	// In budget mode the operator's and Vault's requests wait for their
+	// slot however far (the virtual clock moves there), so that a small
+	// budget does not refuse what settling needs (model_budget_test.go).
+	m.patient = m.budget != nil
 	m.actRestart()
 	// Every write-ahead record's window has closed by now (a late key
 	// could appear for 5 minutes of real time; the model does not wait).

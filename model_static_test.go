@@ -317,7 +317,7 @@ func (m *model) actStaticRead(name string) {
 	if err := outcome(resp, err); err != nil {
 		m.logStep("static-creds %s: %s (healthy: %v)", name, short(err), healthy)
 		mStat(fmt.Sprintf("static-creds read (healthy %v): error", healthy))
-		if healthy && r != nil && m.invariants["s1"] {
+		if healthy && r != nil && m.invariants["s1"] && !m.budgetRateLimited(err) {
 			m.fail("s1", "static-creds failed with Heron and storage healthy", "static-creds/%s failed although Heron and storage were healthy: %v", name, err)
 		}
 		return

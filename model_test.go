@@ -49,6 +49,11 @@ package heron
 //	   is never active in Heron again: no renewal, revocation retry, rotation,
 //	   tidy or periodic pass reactivates it (the model never lifts one).
 //	   (Details in the section "Static roles", model_static_test.go.)
+//	r  the request budget (TestModel/budget, with the engine's limiter on):
+//	   in the 60 s up to any request Heron received from the engine, Heron
+//	   received at most the stored rate_limit_per_minute (+1) from it for
+//	   that environment, and none within a 429's Retry-After
+//	   (model_budget_test.go).
 //	final  after settling (static roles' overlaps run out, then the operator
 //	   deletes every static role): no key the engine created is active unless it is
 //	   the current admin key, every key Heron holds is tracked or belongs to
@@ -57,7 +62,7 @@ package heron
 //
 // How to run:
 //
-//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI), and ~40 with quarantine
+//	go test -count=1 -run 'TestModel$' -v .                  # ~40 checks (CI), ~40 with quarantine, ~40 with the budget
 //	HERON_MODEL_CHECKS=10000 go test -count=1 -run 'TestModel$' -timeout 2h .
 //	go test -count=1 -run 'TestModel$' -rapid.checks=2000 -rapid.steps=60 .
 //	go test -count=1 -run TestModelRegressions -v .          # minimal sequences found so far
@@ -80,8 +85,10 @@ package heron
 // configDelete configCreate), roles (roleWrite roleDelete), customer
 // (customerKey), heron-faults (heronFault heron429 force429 latency),
 // storage-faults (storageFault), static (staticCreate staticAdopt staticRead
-// staticUse staticRotate staticDelete periodic). Run with -v to see each step
-// and its outcome.
+// staticUse staticRotate staticDelete periodic); opt-in, not in "all":
+// quarantine (quarantine), budget (configBudget configBudgetLower: with it
+// the engine's limiter runs at a budget drawn first, and r is checked). Run
+// with -v to see each step and its outcome.
 //
 // rapid saves a failing sequence under testdata/rapid/TestModel/<actions>/ and
 // replays it first on every later run with the same action set (the subtest
@@ -93,11 +100,13 @@ package heron
 //
 // Model assumptions (see also the report in the commit message):
 //   - The engine's own rate limiter is left out (newClient builds clients with
-//     Limiter nil): its pauses run on the wall clock and would make sequences
-//     neither fast nor reproducible. Every 429 carries Retry-After: 60 and each
-//     request runs under a 10 s deadline, so the client never waits one out: a
-//     429 armed for "the next request" stands for Heron answering 429 through
-//     all of a request's retries.
+//     Limiter nil) except with the budget group (TestModel/budget): there it
+//     runs on the virtual clock (model_budget_test.go), which a request
+//     waiting for its slot moves forward. Every 429 carries Retry-After: 60
+//     and each request runs under a 10 s deadline, so the client never waits
+//     one out: a 429 armed for "the next request" stands for Heron answering
+//     429 through all of a request's retries (with the limiter on, the pause
+//     also refuses the environment's next requests for a minute).
 //   - The Vault clock is virtual (b.now); every step moves it one second, the
 //     advance and vaultRetry actions more. Leases end where Vault would end
 //     them: issue time + TTL, moved on every successful renewal to now + TTL.
@@ -140,7 +149,7 @@ func TestModel(t *testing.T) {
 	}
 	t.Run(name, func(t *testing.T) {
 		rapid.Check(t, func(rt *rapid.T) {
-			m := newModel(rt, invariants)
+			m := newModel(rt, invariants, mBudgetOption(rt, actions)...)
 			defer m.close()
 			rt.Repeat(m.rapidActions(actions))
 			m.finish()
@@ -157,8 +166,29 @@ func TestModel(t *testing.T) {
 				m.finish()
 			})
 		})
+		// Everything with the engine's limiter on at a small budget, budget
+		// changes and invariant r (model_budget_test.go).
+		withBudgetActions, _ := mSelectedActions("all,budget," + mBudgetKnownGap)
+		t.Run("budget", func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				m := newModel(rt, invariants, mBudgetOption(rt, withBudgetActions)...)
+				defer m.close()
+				rt.Repeat(m.rapidActions(withBudgetActions))
+				m.finish()
+			})
+		})
 	}
 	mPrintStats(t)
+}
+
+// mBudgetOption: with the budget group selected, the engine's limiter runs
+// at a budget drawn first (before any action, so that a run without the
+// group draws exactly what it drew before the group existed).
+func mBudgetOption(rt *rapid.T, actions map[string]bool) []func(*model) {
+	if !actions["configBudget"] {
+		return nil
+	}
+	return []func(*model){withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget"))}
 }
 
 // mDefaultSeed is the seed of the 40 sequences every plain `go test` runs.

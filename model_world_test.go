@@ -200,9 +200,18 @@ type model struct {
 	lastActive map[string]bool
 	// quarantined: keys whose quarantine the engine reported done (q).
 	quarantined map[string]bool
+
+	// budget: the engine's limiter is on, on the virtual clock, and r is
+	// checked (model_budget_test.go); nil: the limiter is off.
+	budget *mBudget
+	// patient: requests carry no deadline on the virtual clock, so the
+	// limiter lets them wait for their slot however far (settling).
+	patient bool
 }
 
-func newModel(t rapid.TB, invariants map[string]bool) *model {
+// newModel builds a check's world; opts (withBudget) apply before the
+// backend starts.
+func newModel(t rapid.TB, invariants map[string]bool, opts ...func(*model)) *model {
 	t.Helper()
 	m := &model{
 		t:           t,
@@ -220,6 +229,9 @@ func newModel(t rapid.TB, invariants map[string]bool) *model {
 		// are the same on every replay.
 		clock: &mClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)},
 	}
+	for _, o := range opts {
+		o(m)
+	}
 	m.srv = herontest.NewUnstartedServer(herontest.Options{
 		Environments: map[string][]string{
 			mEnv:       {m.devAdmin, m.customerKey},
@@ -228,7 +240,11 @@ func newModel(t rapid.TB, invariants map[string]bool) *model {
 		RateLimitPerMinute: -1,
 	})
 	m.lu = &virtualLastUsed{srv: m.srv, clock: m.clock, at: map[string]time.Time{}}
-	m.front = httptest.NewServer(m.f429.wrap(m.lu.wrap(m.srv.Handler())))
+	front := m.f429.wrap(m.lu.wrap(m.srv.Handler()))
+	if m.budget != nil {
+		front = m.recordBudget(front)
+	}
+	m.front = httptest.NewServer(front)
 	m.useFront = httptest.NewServer(m.lu.wrap(m.srv.Handler()))
 	k, _ := m.srv.KeyByToken(m.customerKey)
 	m.customerKeyID = k.ID
@@ -268,12 +284,16 @@ func copyMap(in map[string]interface{}) map[string]interface{} {
 }
 
 func (m *model) configData(adminKey string) map[string]interface{} {
+	budget := maxRateLimitPerMinute
+	if m.budget != nil {
+		budget = m.budget.perMinute
+	}
 	return map[string]interface{}{
 		"admin_api_key":         adminKey,
 		"base_url":              m.front.URL,
 		"max_retries":           2,
 		"request_timeout":       "5s",
-		"rate_limit_per_minute": maxRateLimitPerMinute,
+		"rate_limit_per_minute": budget,
 	}
 }
 
@@ -291,9 +311,10 @@ func (m *model) startBackend() {
 	b.retryWaitMin = time.Millisecond
 	b.createdSkew = mCreatedSkew
 	b.now = m.clock.Now
-	b.newClient = func(cfg *heronConfig, _ *heronapi.Limiter) (heronapi.API, error) {
-		// wall-clock pauses: see "Model assumptions"
-		return heronapi.New(b.clientConfig(cfg, nil))
+	b.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+		// No limiter, or its twin on the virtual clock: see "Model
+		// assumptions" and model_budget_test.go.
+		return heronapi.New(b.clientConfig(cfg, m.limiterFor(lim)))
 	}
 	if err := b.Setup(context.Background(), conf); err != nil {
 		m.t.Fatalf("backend setup: %v", err)
@@ -309,6 +330,9 @@ func (m *model) do(op logical.Operation, path string, data map[string]interface{
 func (m *model) doReq(req *logical.Request) (*logical.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), mReqDeadline)
 	defer cancel()
+	if !m.patient {
+		ctx = m.withVirtualDeadline(ctx, mReqDeadline)
+	}
 	req.Storage = m.st
 	if req.DisplayName == "" {
 		req.DisplayName = "token-model"
@@ -316,7 +340,11 @@ func (m *model) doReq(req *logical.Request) (*logical.Response, error) {
 	if req.Data == nil {
 		req.Data = map[string]interface{}{}
 	}
-	return m.b.HandleRequest(ctx, req)
+	resp, err := m.b.HandleRequest(ctx, req)
+	if m.budgetRateLimited(outcome(resp, err)) {
+		mStat("r: engine requests that failed rate limited")
+	}
+	return resp, err
 }
 
 // outcome folds a response and error into one error (nil on success).
