@@ -29,6 +29,22 @@ func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) ([]
 	return c.ListKeys(ctx)
 }
 
+// verifyStoredEnvironment is verifyAdminKey for a config write. The check
+// goes to the environment this mount's config of that name spends its
+// budget on, so when cfg spends another budget (an admin key set by hand, a
+// new base URL, a config created again) the check counts in both: it waits
+// out the environment's pause and last minute of requests, and a 429 it
+// meets pauses the environment whether the write is then stored or not.
+func (b *heronBackend) verifyStoredEnvironment(ctx context.Context, prev, cfg *heronConfig) ([]heronapi.Key, error) {
+	scope := b.budgetScope(cfg.Environment)
+	b.budgets.Follow(scope, cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), cfg.RateLimitPerMinute)
+	if prev.AdminAPIKey != "" {
+		// Stored or not, the stored config spends its budget again after.
+		defer b.budgets.Follow(scope, prev.BaseURL, limiterIdentity(prev, prev.AdminAPIKey), prev.RateLimitPerMinute)
+	}
+	return b.verifyAdminKey(ctx, cfg)
+}
+
 // verifyError maps a failed verify to what it means: Heron refusing the key
 // is the caller's to fix (400); Heron unreachable, rate limited or failing is
 // not a judgement on the key (502, naming what Heron answered).

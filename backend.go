@@ -48,6 +48,7 @@ func (b *heronBackend) Setup(ctx context.Context, conf *logical.BackendConfig) e
 		return err
 	}
 	b.storage = conf.StorageView
+	b.mountID = conf.BackendUUID
 	return nil
 }
 
@@ -90,6 +91,9 @@ type heronBackend struct {
 	// closed is set by clean: no client is cached (nor budget claimed) after.
 	closed bool
 
+	// mountID is Vault's id of the mount (BackendUUID), the same for every
+	// instance of it.
+	mountID string
 	// budgets holds the Heron budgets this mount spends: the plugin
 	// process's, shared by its mounts (tests give instances their own).
 	budgets *heronapi.Registry
@@ -395,6 +399,7 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 	}
 	holder := b.budgetHolder(env)
 	identity := limiterIdentity(cfg, cfg.AdminAPIKey)
+	b.budgets.Follow(b.budgetScope(env), cfg.BaseURL, identity, cfg.RateLimitPerMinute)
 	lim := b.budgets.Acquire(cfg.BaseURL, identity, holder, cfg.RateLimitPerMinute)
 	release := func() { b.budgets.Release(cfg.BaseURL, identity, holder) }
 	api, err := b.newClient(cfg, lim)
@@ -420,12 +425,22 @@ func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.AP
 	return b.patchingClient(cfg.Environment, api), nil
 }
 
-// budgetHolder names this mount's claim on env's budget.
+// budgetHolder names this instance's claim on env's budget.
 func (b *heronBackend) budgetHolder(env string) string { return b.id + "/" + env }
+
+// budgetScope names env's config of this mount for the budget registry: the
+// same across the mount's backend instances (a reload, a failover), whose
+// budgets follow one another (heronapi.Registry.Follow).
+func (b *heronBackend) budgetScope(env string) string {
+	if b.mountID == "" {
+		return b.budgetHolder(env)
+	}
+	return "mount:" + b.mountID + "/" + env
+}
 
 // peekLimiter is the budget cfg spends, without claiming it.
 func (b *heronBackend) peekLimiter(cfg *heronConfig) *heronapi.Limiter {
-	return b.budgets.Peek(cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), b.budgetHolder(cfg.Environment), cfg.RateLimitPerMinute)
+	return b.budgets.Peek(cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), cfg.RateLimitPerMinute)
 }
 
 // defaultClient builds the real HTTP client for cfg.

@@ -168,7 +168,7 @@ func TestModel(t *testing.T) {
 		})
 		// Everything with the engine's limiter on at a small budget, budget
 		// changes and invariant r (model_budget_test.go).
-		withBudgetActions, _ := mSelectedActions("all,budget," + mBudgetKnownGap)
+		withBudgetActions, _ := mSelectedActions("all,budget")
 		t.Run("budget", func(t *testing.T) {
 			rapid.Check(t, func(rt *rapid.T) {
 				m := newModel(rt, invariants, mBudgetOption(rt, withBudgetActions)...)

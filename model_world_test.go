@@ -301,6 +301,8 @@ func (m *model) configData(adminKey string) map[string]interface{} {
 // does on mount and on plugin restart: nothing in memory survives.
 func (m *model) startBackend() {
 	conf := logical.TestBackendConfig()
+	// One mount: every instance (a restart, a failover) is the same one.
+	conf.BackendUUID = "model-mount"
 	conf.StorageView = m.st
 	conf.Logger = m.log
 	conf.System = &logical.StaticSystemView{
@@ -311,8 +313,13 @@ func (m *model) startBackend() {
 	b.retryWaitMin = time.Millisecond
 	b.createdSkew = mCreatedSkew
 	b.now = m.clock.Now
+	if m.budget != nil {
+		// The model's plugin process: its budgets on the virtual clock,
+		// shared by every instance (model_budget_test.go).
+		b.budgets = m.budget.reg
+	}
 	b.newClient = func(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
-		// No limiter, or its twin on the virtual clock: see "Model
+		// No limiter, or the registry's on the virtual clock: see "Model
 		// assumptions" and model_budget_test.go.
 		return heronapi.New(b.clientConfig(cfg, m.limiterFor(lim)))
 	}

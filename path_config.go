@@ -398,7 +398,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	var unreachable []string
 	switch {
 	case verify && (create || setsKey || setsURL || len(tracked) > 0):
-		live, err := b.verifyAdminKey(ctx, cfg)
+		live, err := b.verifyStoredEnvironment(ctx, &prev, cfg)
 		if err != nil {
 			return verifyError(env, err)
 		}

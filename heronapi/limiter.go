@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,12 +42,15 @@ import (
 type Limiter struct {
 	clock clock
 
-	mu          sync.Mutex
-	perMinute   int
-	interval    time.Duration // window / perMinute: the spacing of grants
-	burst       int           // grants that may go within burst x interval
-	epoch       time.Time     // sent holds offsets from it (8 bytes a grant)
-	sent        []time.Duration
+	mu        sync.Mutex
+	perMinute int
+	interval  time.Duration // window / perMinute: the spacing of grants
+	burst     int           // grants that may go within burst x interval
+	epoch     time.Time     // sent holds offsets from it (8 bytes a grant)
+	sent      []time.Duration
+	// sentIDs name the grants of sent (same order), so that a record taken
+	// into another limiter twice counts each grant once (Registry).
+	sentIDs     []uint64
 	pausedUntil time.Time
 	queue       []*limiterWaiter
 	// changed is closed (and replaced) when the budget changes, so that a head
@@ -55,6 +59,9 @@ type Limiter struct {
 	// onGrant, when set (tests), sees every grant time, under mu.
 	onGrant func(time.Time)
 }
+
+// grantIDs numbers every grant of the process (see Limiter.sentIDs).
+var grantIDs atomic.Uint64
 
 // limiterWindow is Heron's counting window.
 const limiterWindow = time.Minute
@@ -190,6 +197,7 @@ func (l *Limiter) nextLocked(now time.Time) time.Time {
 	}
 	if cut > 0 {
 		l.sent = l.sent[cut:]
+		l.sentIDs = l.sentIDs[cut:]
 	}
 	t := now
 	if l.pausedUntil.After(t) {
@@ -220,6 +228,7 @@ func (l *Limiter) nextLocked(now time.Time) time.Time {
 // grantLocked records a grant at now and hands the head of the queue on.
 func (l *Limiter) grantLocked(w *limiterWaiter, now time.Time) {
 	l.sent = append(l.sent, now.Sub(l.epoch))
+	l.sentIDs = append(l.sentIDs, grantIDs.Add(1))
 	if l.onGrant != nil {
 		l.onGrant(now)
 	}

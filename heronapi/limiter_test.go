@@ -347,7 +347,7 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	if big.PerMinute() != 60 {
 		t.Fatalf("rate changed by a re-acquire: %v", big.PerMinute())
 	}
-	if p := PeekLimiter(url, testKey, "mount-other", 100000); p != big || big.PerMinute() != 60 {
+	if p := PeekLimiter(url, testKey, 100000); p != big || big.PerMinute() != 60 {
 		t.Fatal("a one-off check must use the shared limiter without changing its rate")
 	}
 	ReleaseLimiter(url, testKey, "mount-small")
@@ -362,14 +362,14 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
 		t.Fatalf("registry entries: %d, want %d (forgotten once unheld for a while)", got, before)
 	}
-	p := PeekLimiter(url, testKey, "mount-new", 30)
+	p := PeekLimiter(url, testKey, 30)
 	if p == big || p.PerMinute() != 30 {
 		t.Fatal("peeking a forgotten budget gives a new limiter at the asked rate")
 	}
 	if got := heldLimiterCount(time.Now()); got != before+1 {
 		t.Fatal("a peeked budget is remembered unheld (a 429's pause outlives a failed check)")
 	}
-	if again := PeekLimiter(url, testKey, "mount-new", 30); again != p {
+	if again := PeekLimiter(url, testKey, 30); again != p {
 		t.Fatal("the next check finds it")
 	}
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {

@@ -15,15 +15,15 @@ import (
 // Heron counts one budget per customer environment, whatever admin key
 // spends it, so a holder (a mount's environment) whose identity changes (an
 // admin key set by hand, a new base URL) takes its last minute's requests and
-// any pause along: the new budget counts them (see Acquire and Peek).
+// any pause along: the new budget counts them (see Follow).
 type Registry struct {
 	clock clock
 
 	mu      sync.Mutex
 	entries map[limiterKey]*sharedLimiter
-	// held is the budget each holder acquired last, kept while that budget
-	// is remembered, so that the holder's next budget can take its record.
-	held map[string]limiterKey
+	// spends is the budget each scope (a mount's environment) spent last,
+	// kept while that budget is remembered (see Follow).
+	spends map[string]limiterKey
 }
 
 // limiterKey identifies an environment's budget. The key is hashed so the registry
@@ -52,7 +52,7 @@ const idleLimiterTTL = 10 * time.Minute
 func NewRegistry(c Clock) *Registry { return newRegistry(exportedClock{c}) }
 
 func newRegistry(c clock) *Registry {
-	return &Registry{clock: c, entries: map[limiterKey]*sharedLimiter{}, held: map[string]limiterKey{}}
+	return &Registry{clock: c, entries: map[limiterKey]*sharedLimiter{}, spends: map[string]limiterKey{}}
 }
 
 // processRegistry is the plugin process's: every mount of the plugin in
@@ -66,9 +66,9 @@ func (r *Registry) sweepIdleLocked(now time.Time) {
 			delete(r.entries, k)
 		}
 	}
-	for h, k := range r.held {
+	for sc, k := range r.spends {
 		if _, ok := r.entries[k]; !ok {
-			delete(r.held, h)
+			delete(r.spends, sc)
 		}
 	}
 }
@@ -91,9 +91,7 @@ func sharedKey(baseURL, identity string) limiterKey {
 // spends it at no more than perMinute. Every mount of the plugin in this
 // process draws from one limiter per environment, as Heron counts the budget
 // per environment, at the smallest perMinute of its holders. A holder
-// acquiring again replaces its own rate. A holder that held another budget
-// before brings its record along: what it sent in the last minute, and its
-// pause, count in the new one. Pair with Release.
+// acquiring again replaces its own rate. Pair with Release.
 func (r *Registry) Acquire(baseURL, identity, holder string, perMinute int) *Limiter {
 	k := sharedKey(baseURL, identity)
 	r.mu.Lock()
@@ -104,12 +102,6 @@ func (r *Registry) Acquire(baseURL, identity, holder string, perMinute int) *Lim
 		e = &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}}
 		r.entries[k] = e
 	}
-	if prev, ok := r.held[holder]; ok && prev != k {
-		if old, ok := r.entries[prev]; ok {
-			e.l.absorb(old.l)
-		}
-	}
-	r.held[holder] = k
 	e.holders[holder] = max(perMinute, 1)
 	e.idleSince = time.Time{}
 	e.apply()
@@ -140,27 +132,52 @@ func (r *Registry) Release(baseURL, identity, holder string) {
 // Peek is for a one-off request (checking a config before it is stored),
 // claiming nothing: a check that fails changes no budget's rate. It is the
 // limiter of (baseURL, identity) when the registry has one, its rate
-// untouched; else, when holder spends a budget (the environment's, under its
-// current admin key), that one: the check is a request to the same
-// environment, and a 429 it meets pauses the budget that the environment's
-// other requests wait on. Else a new limiter at perMinute, remembered unheld
-// like a released one, so that a 429's pause outlives a check that failed on
-// it and the next check, or the budget the config then acquires, keeps it.
-func (r *Registry) Peek(baseURL, identity, holder string, perMinute int) *Limiter {
+// untouched; else a new limiter at perMinute, remembered unheld like a
+// released one, so that a 429's pause outlives a check that failed on it and
+// the next check, or the budget the config then acquires, keeps it. (The
+// engine Follows the checked budget before the check, and the stored one
+// again after.)
+func (r *Registry) Peek(baseURL, identity string, perMinute int) *Limiter {
 	k := sharedKey(baseURL, identity)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e, ok := r.entries[k]; ok {
-		return e.l
+	return r.entryLocked(k, perMinute).l
+}
+
+// entryLocked is k's entry, created unheld at perMinute when there is none.
+// An unheld entry is in use again: it is remembered idleLimiterTTL from now.
+func (r *Registry) entryLocked(k limiterKey, perMinute int) *sharedLimiter {
+	e, ok := r.entries[k]
+	if !ok {
+		e = &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}}
+		r.entries[k] = e
 	}
-	if prev, ok := r.held[holder]; ok {
-		if e, ok := r.entries[prev]; ok && len(e.holders) > 0 {
-			return e.l
+	if len(e.holders) == 0 {
+		e.idleSince = r.clock.now()
+	}
+	return e
+}
+
+// Follow records that scope (a mount's environment, the same across the
+// mount's backend instances) spends the budget of (baseURL, identity) from
+// now on. When the scope spent another budget before (its admin key set by
+// hand, its base URL changed, its config deleted and created again, or the
+// check of a new key, which goes to the same environment), that budget's
+// last minute of requests and its pause count in this one: Heron counts one
+// budget per environment, whatever key spends it. The budget is created
+// unheld at perMinute when the registry has none. A grant the budget counts
+// already is not counted twice, so following back and forth is safe.
+func (r *Registry) Follow(scope, baseURL, identity string, perMinute int) {
+	k := sharedKey(baseURL, identity)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entryLocked(k, perMinute)
+	if prev, ok := r.spends[scope]; ok && prev != k {
+		if old, ok := r.entries[prev]; ok {
+			e.l.absorb(old.l)
 		}
 	}
-	e := &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}, idleSince: r.clock.now()}
-	r.entries[k] = e
-	return e.l
+	r.spends[scope] = k
 }
 
 // heldCount is how many budgets the registry holds for someone, after
@@ -183,8 +200,8 @@ func ReleaseLimiter(baseURL, identity, holder string) {
 }
 
 // PeekLimiter is Registry.Peek on the process's registry.
-func PeekLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
-	return processRegistry.Peek(baseURL, identity, holder, perMinute)
+func PeekLimiter(baseURL, identity string, perMinute int) *Limiter {
+	return processRegistry.Peek(baseURL, identity, perMinute)
 }
 
 // ProcessRegistry is the registry AcquireLimiter, ReleaseLimiter and
@@ -192,15 +209,20 @@ func PeekLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
 func ProcessRegistry() *Registry { return processRegistry }
 
 // absorb makes l count what o sent in the last window and keep o's pause:
-// o is the budget l's holder spent under another name.
+// o is the budget l's holder spent under another name. A grant l already
+// counts (taken from o before) is not counted again.
 func (l *Limiter) absorb(o *Limiter) {
 	if o == l {
 		return
 	}
+	type grant struct {
+		at time.Time
+		id uint64
+	}
 	o.mu.Lock()
-	sent := make([]time.Time, len(o.sent))
+	theirs := make([]grant, len(o.sent))
 	for i, d := range o.sent {
-		sent[i] = o.epoch.Add(d)
+		theirs[i] = grant{o.epoch.Add(d), o.sentIDs[i]}
 	}
 	paused := o.pausedUntil
 	o.mu.Unlock()
@@ -208,15 +230,23 @@ func (l *Limiter) absorb(o *Limiter) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cutoff := l.clock.now().Add(-limiterWindow)
-	merged := make([]time.Duration, 0, len(l.sent)+len(sent))
-	merged = append(merged, l.sent...)
-	for _, t := range sent {
-		if t.After(cutoff) {
-			merged = append(merged, t.Sub(l.epoch))
+	have := make(map[uint64]bool, len(l.sentIDs))
+	all := make([]grant, 0, len(l.sent)+len(theirs))
+	for i, d := range l.sent {
+		have[l.sentIDs[i]] = true
+		all = append(all, grant{l.epoch.Add(d), l.sentIDs[i]})
+	}
+	for _, g := range theirs {
+		if g.at.After(cutoff) && !have[g.id] {
+			all = append(all, g)
 		}
 	}
-	slices.Sort(merged)
-	l.sent = merged
+	slices.SortStableFunc(all, func(a, b grant) int { return a.at.Compare(b.at) })
+	l.sent, l.sentIDs = l.sent[:0], l.sentIDs[:0]
+	for _, g := range all {
+		l.sent = append(l.sent, g.at.Sub(l.epoch))
+		l.sentIDs = append(l.sentIDs, g.id)
+	}
 	if paused.After(l.pausedUntil) {
 		l.pausedUntil = paused
 	}
