@@ -54,8 +54,14 @@ type trackedKey struct {
 	// LastRenewed, DeletedAt and Reason complete the key's history: the
 	// record of a deleted key stays as a tombstone (see forgetKey).
 	LastRenewed time.Time `json:"last_renewed,omitempty"`
-	DeletedAt   time.Time `json:"deleted_at,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
+	// RenewedTTL is the TTL the last renewal returned to Vault, and
+	// EndBefore the lease's end as Vault held it before that renewal: a
+	// renewal that failed after its write was stored leaves Vault's end
+	// where it was, and Vault's TTL at a later revoke tells (vaultLeaseEnd).
+	RenewedTTL time.Duration `json:"renewed_ttl,omitempty"`
+	EndBefore  time.Time     `json:"end_before,omitempty"`
+	DeletedAt  time.Time     `json:"deleted_at,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
 
 	// RateLimitedRevokes counts revocations of this key's lease that found no
 	// budget. After deferRevokeAfter of them the lease is let go and the key

@@ -649,8 +649,13 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 		return logical.ErrorResponse(bad), nil
 	}
 	// Stored or not (a write that reports an error may have been), the
-	// cached client takes the config as storage has it now.
+	// cached client takes the config as storage has it now; built at once,
+	// so that a new rate_limit_per_minute applies to the requests already
+	// waiting for their slot, not only to the next client.
 	b.resetClient(env)
+	if _, cerr := b.getClient(ctx, req.Storage, env); cerr != nil {
+		b.Logger().Debug("client not rebuilt after a settings write; the next request builds it", "environment", env, "error", cerr)
+	}
 	if err != nil {
 		return nil, err
 	}

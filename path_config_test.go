@@ -605,3 +605,20 @@ func TestConfigDelete_OrphanStaticKeyBlockNamesTidy(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tidy", nil)
 	tidyAfterRetention(e)
 }
+
+// A settings write that lowers rate_limit_per_minute (in an incident) takes
+// effect for the requests already waiting for a slot, not only for the
+// clients built after it: the limiter they wait on runs at the new budget
+// as soon as the write returns.
+func TestConfigSettingsWrite_NewBudgetAppliesToRequestsAlreadyWaiting(t *testing.T) {
+	e := getTestBackend(t)
+	e.configure("development")
+	e.role("app", map[string]interface{}{"ttl": "1h"})
+	lease := e.issue("app") // the client, and the limiter its requests wait on
+	cfg, err := getConfig(context.Background(), e.s, "development")
+	require.NoError(t, err)
+	waitingOn := e.b.peekLimiter(cfg)
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 42})
+	require.InDelta(t, 42, limiterRate(t, waitingOn), 0.001)
+	require.NoError(t, e.revoke(lease))
+}

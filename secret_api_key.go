@@ -91,6 +91,10 @@ func (b *heronBackend) secretKeyRenew(ctx context.Context, req *logical.Request,
 	if rec == nil || rec.State != keyStateActive || rec.Pending != "" {
 		return nil, &codedError{code: http.StatusBadRequest, msg: fmt.Sprintf("key %s is no longer active in this engine (deleted or deactivated in Heron?): its lease cannot be renewed", keyID)}
 	}
+	// The end Vault holds now: it stays if this renewal fails, even after
+	// its write was stored (see vaultLeaseEnd).
+	rec.EndBefore = vaultLeaseEnd(rec, req.Secret)
+	rec.RenewedTTL = ttl
 	rec.Expires = leaseEnd(b.now(), ttl, req.Secret.IssueTime, b.effectiveMaxTTL(role))
 	// A renewal means Vault holds the lease live: a failed revocation it
 	// gave up on before is over, and the next one decides afresh.
@@ -265,9 +269,26 @@ func (b *heronBackend) secretKeyRevoke(ctx context.Context, req *logical.Request
 // a renewal moves it, Vault's own issue time and TTL, sent with every
 // revoke, say when Vault ends it: the later of the two is taken, so a
 // revocation before Vault's end is never mistaken for an expiry.
+//
+// After a renewal, Vault's TTL (sent with every revoke and renewal) is the
+// one the last renewal that took returned. When it is not the TTL the
+// record's last renewal returned, that renewal failed after its write was
+// stored: Vault still ends the lease when it did before it (EndBefore), and
+// the later end is taken again. (TTLs are compared to within
+// renewalTTLSlack: Vault clamps to the max TTL counted from the second of
+// issue.)
 func vaultLeaseEnd(rec *trackedKey, secret *logical.Secret) time.Time {
 	end := rec.Expires
-	if secret == nil || !rec.LastRenewed.IsZero() || secret.IssueTime.IsZero() || secret.TTL <= 0 {
+	if secret == nil || secret.TTL <= 0 {
+		return end
+	}
+	if !rec.LastRenewed.IsZero() {
+		if d := secret.TTL - rec.RenewedTTL; rec.RenewedTTL > 0 && (d > renewalTTLSlack || d < -renewalTTLSlack) && rec.EndBefore.After(end) {
+			end = rec.EndBefore
+		}
+		return end
+	}
+	if secret.IssueTime.IsZero() {
 		return end
 	}
 	if v := secret.IssueTime.Add(secret.TTL); v.After(end) {
@@ -275,6 +296,10 @@ func vaultLeaseEnd(rec *trackedKey, secret *logical.Secret) time.Time {
 	}
 	return end
 }
+
+// renewalTTLSlack is how far Vault's TTL may be from what a renewal returned
+// and still be that renewal's.
+const renewalTTLSlack = 2 * time.Second
 
 // decision names what a revocation does to the key.
 func decision(expired bool) string {

@@ -184,3 +184,47 @@ func TestRevoke_SecretWithoutKeyIDIsUnrecoverable(t *testing.T) {
 		require.True(t, err == logical.ErrUnrecoverable, "%s: want logical.ErrUnrecoverable itself, got %#v", name, err)
 	}
 }
+
+// Invariant 2 across a failed renewal: a renewal to a shorter TTL whose
+// record write was stored but reported an error fails, so Vault keeps the
+// lease's end where it was; a revocation after the renewal's end but before
+// Vault's is a revocation (the key is deleted), not an expiry. A renewal
+// that took counts from its own end as before.
+func TestLease_RenewalThatFailedAfterItsWriteKeepsVaultsEnd(t *testing.T) {
+	for _, took := range []bool{false, true} {
+		t.Run(map[bool]string{false: "renewal failed", true: "renewal took"}[took], func(t *testing.T) {
+			e := getTestBackend(t)
+			e.configure("development")
+			e.role("app", map[string]interface{}{"ttl": "5m", "max_ttl": "1h"})
+			t0 := time.Now()
+			e.atTime(t0)
+			lease := e.issue("app")
+			id := lease.Data["key_id"].(string)
+
+			e.atTime(t0.Add(time.Minute))
+			if took {
+				resp, err := e.renew(lease, 2*time.Minute)
+				require.NoError(t, err)
+				lease.Secret.TTL = resp.Secret.TTL // Vault's lease now ends at +3m
+			} else {
+				fs := &commitFailStorage{Storage: e.s, prefix: keyStoragePrefix, commit: true}
+				real := e.s
+				e.s = fs
+				_, err := e.renew(lease, 2*time.Minute)
+				require.Error(t, err, "the renewal's write reported an error")
+				e.s = real // Vault's lease still ends at +5m
+			}
+
+			e.atTime(t0.Add(4 * time.Minute)) // after the renewal's end, before the lease's original one
+			require.NoError(t, e.revoke(lease))
+			k := heronKey(e, id)
+			if took {
+				require.False(t, k.Deleted, "an expiry deactivates")
+				require.False(t, k.IsActive)
+				e.allowLive[id] = true
+			} else {
+				require.True(t, k.Deleted, "a revocation before Vault's end deletes the key")
+			}
+		})
+	}
+}

@@ -132,7 +132,8 @@ func (r *Registry) Release(baseURL, identity, holder string) {
 // Peek is for a one-off request (checking a config before it is stored),
 // claiming nothing: a check that fails changes no budget's rate. It is the
 // limiter of (baseURL, identity) when the registry has one, its rate
-// untouched; else a new limiter at perMinute, remembered unheld like a
+// untouched while someone holds it (at perMinute while nobody does); else a
+// new limiter at perMinute, remembered unheld like a
 // released one, so that a 429's pause outlives a check that failed on it and
 // the next check, or the budget the config then acquires, keeps it. (The
 // engine Follows the checked budget before the check, and the stored one
@@ -141,7 +142,12 @@ func (r *Registry) Peek(baseURL, identity string, perMinute int) *Limiter {
 	k := sharedKey(baseURL, identity)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.entryLocked(k, perMinute).l
+	e := r.entryLocked(k, perMinute)
+	if len(e.holders) == 0 {
+		// Nobody spends it at a rate of theirs: the check's config says.
+		e.l.SetPerMinute(perMinute)
+	}
+	return e.l
 }
 
 // entryLocked is k's entry, created unheld at perMinute when there is none.
