@@ -399,8 +399,9 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 	}
 	holder := b.budgetHolder(env)
 	identity := limiterIdentity(cfg, cfg.AdminAPIKey)
-	b.budgets.Follow(b.budgetScope(env), cfg.BaseURL, identity, cfg.RateLimitPerMinute)
-	lim := b.budgets.Acquire(cfg.BaseURL, identity, holder, cfg.RateLimitPerMinute)
+	scope := b.budgetScope(env)
+	b.budgets.Follow(scope, cfg.BaseURL, identity, cfg.RateLimitPerMinute)
+	lim := b.budgets.Acquire(cfg.BaseURL, identity, holder, scope, cfg.RateLimitPerMinute)
 	release := func() { b.budgets.Release(cfg.BaseURL, identity, holder) }
 	api, err := b.newClient(cfg, lim)
 	if err != nil {

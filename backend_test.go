@@ -109,6 +109,7 @@ func newTestEnv(tb testing.TB, opts ...testOption) *testEnv {
 		storage = setup.wrap(storage)
 	}
 	conf.StorageView = storage
+	conf.BackendUUID = mountIDOf(storage)
 	conf.EventsSender = setup.events
 	conf.Logger = setup.logger
 	if conf.Logger == nil {
@@ -620,6 +621,11 @@ func TestRefreshClient_BudgetLoweredByAnotherInstance(t *testing.T) {
 	require.False(t, resp != nil && resp.IsError(), "%v", resp)
 	old.clean(ctx) // the old instance goes away, letting go of its claim
 
+	// Both instances are the one mount: the rate its config states now is
+	// the budget's, whichever instance stated it last.
+	cached, err := getConfig(ctx, e.s, "development")
+	require.NoError(t, err)
+	require.InDelta(t, 600, limiterRate(t, e.b.peekLimiter(cached)), 0.001, "the old instance's release restored the rate it had lowered")
 	e.pass()
 	cfg, err := getConfig(ctx, e.s, "development")
 	require.NoError(t, err)

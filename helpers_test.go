@@ -286,6 +286,7 @@ func newMount(t *testing.T, sys logical.SystemView, s logical.Storage) *heronBac
 	b.retryWaitMin = 5 * time.Millisecond
 	conf := logical.TestBackendConfig()
 	conf.StorageView = s
+	conf.BackendUUID = mountIDOf(s)
 	conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
 	if sys == nil {
 		sys = &logical.StaticSystemView{DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL}
@@ -295,6 +296,11 @@ func newMount(t *testing.T, sys logical.SystemView, s logical.Storage) *heronBac
 	t.Cleanup(func() { b.clean(context.Background()) })
 	return b
 }
+
+// mountIDOf is Vault's id (BackendUUID) of the mount whose storage is s:
+// backends on one storage are instances of one mount (a reload, a
+// failover), on another storage another mount.
+func mountIDOf(s logical.Storage) string { return fmt.Sprintf("test-mount-%p", s) }
 
 // mountDo sends one request to the mount b on storage s.
 func mountDo(b *heronBackend, s logical.Storage, op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {

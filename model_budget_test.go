@@ -96,27 +96,21 @@ const (
 //     configOtherUser (its verify gets the 429), configOtherUser again 1 s
 //     later went within the first's Retry-After.
 
-// A budget lowered while others spend it: TestModelConcurrent's default run
-// only raises the budget inside a round (and lowers it between rounds),
-// because r finds two engine gaps when a round lowers it (run them with
-// HERON_MODEL_CONCURRENT_ACTORS=all HERON_MODEL_CONCURRENT_BUDGET=1
-// HERON_MODEL_INVARIANTS=r). A config write applies a new
-// rate_limit_per_minute only when a client is next built (resetClient lets
-// go of the writer's claim; the next AcquireLimiter sets the rate):
+// A budget lowered while others spend it: TestModelConcurrent's rounds
+// change the budget both ways. r found two engine gaps there, since closed:
 //
-//   - An operation in flight keeps its client, and its limiter's old rate,
-//     until then: a round [tidy configRotate configWrite] lowering 25 to 4
-//     lets the rotation's create and verify go 2.4 s apart under the stored
-//     budget of 4, 7 requests in 15 s (a search of 1000 checks found it;
-//     rapid called the failure flaky, as it may with this scheduler, so no
-//     failfile is kept).
-//   - A reload's new instance that built its client (its pass) before the
-//     old instance's config write lowered the budget goes on spending at the
-//     old rate, its later passes included: refreshClient rebuilds a client
-//     for another admin key or base URL, not for another budget, and the
-//     registry keeps the new instance's claim at the old rate (a round
-//     [failover configWrite], then the new instance's requests: 6 in 42 s at
-//     a stored budget of 3).
+//   - An operation in flight kept its client, and its limiter's old rate,
+//     until a client was next built (a settings write let go of the
+//     writer's claim; the next Acquire set the rate): a round [tidy
+//     configRotate configWrite] lowering 25 to 4 let 7 requests go in 15 s.
+//     A settings write now builds the client at once, and the limiter the
+//     in-flight requests wait on runs at the new rate.
+//   - A reload's new instance that built its client before the old
+//     instance's write lowered the budget went on spending at the old rate
+//     once the old instance let go ([failover configWrite]: 6 requests in
+//     42 s at a stored budget of 3). Rates are now per mount's environment
+//     (the registry's scope, Vault's mount id), whichever instance stated
+//     them last, and refreshClient rebuilds a client whose budget changed.
 
 // mVirtualDeadline is the context key of a request's deadline on the
 // virtual clock (see "Deadlines" above).

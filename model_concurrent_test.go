@@ -510,17 +510,10 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 		case "configWrite":
 			data := map[string]interface{}{"max_retries": rapid.IntRange(0, 3).Draw(t, "max_retries")}
 			if c.budget != nil {
-				// A budget change while other actors spend the budget: in
-				// the default run only raised (or kept; the configBudget
-				// step lowers it between rounds). A budget lowered in a
-				// round is a known engine gap (model_budget_test.go, "A
-				// budget lowered while others spend it"); an explicit actor
-				// set (with HERON_MODEL_CONCURRENT_BUDGET=1) lowers it too.
-				low := c.budget.perMinute
-				if !c.pairs {
-					low = mBudgetMin
-				}
-				data["rate_limit_per_minute"] = rapid.IntRange(min(low, mBudgetMax), mBudgetMax).Draw(t, "rate_limit_per_minute")
+				// A budget change, up or down, while other actors spend
+				// the budget (model_budget_test.go, "A budget lowered while
+				// others spend it").
+				data["rate_limit_per_minute"] = rapid.IntRange(mBudgetMin, mBudgetMax).Draw(t, "rate_limit_per_minute")
 			}
 			run(func(ctx context.Context) error {
 				return c.req(ctx, oldB, &logical.Request{Operation: logical.UpdateOperation, Path: "config/" + mEnv, Data: data})

@@ -33,12 +33,16 @@ type limiterKey struct {
 	keySum  [sha256.Size]byte
 }
 
-// sharedLimiter is one budget and who holds it: each holder (a mount's
+// sharedLimiter is one budget and who holds it: each scope (a mount's
 // environment) states its own rate_limit_per_minute, and the smallest applies,
-// so that the most careful mount's budget is never overspent by another.
+// so that the most careful mount's budget is never overspent by another. A
+// scope may hold it through several holders (the backend instances of one
+// mount during a reload or failover): the rate its latest Acquire stated is
+// the scope's, since all of them read the same stored config.
 type sharedLimiter struct {
 	l       *Limiter
-	holders map[string]int
+	holders map[string]string // holder -> its scope
+	rates   map[string]int    // scope -> rate
 	// idleSince is when the last holder let go (zero while held). The entry
 	// outlives its holders by idleLimiterTTL so that a client rebuilt after a
 	// config change or rotation keeps the budget's pause and spent tokens.
@@ -75,7 +79,7 @@ func (r *Registry) sweepIdleLocked(now time.Time) {
 
 func (e *sharedLimiter) apply() {
 	low := 0
-	for _, n := range e.holders {
+	for _, n := range e.rates {
 		if low == 0 || n < low {
 			low = n
 		}
@@ -83,33 +87,58 @@ func (e *sharedLimiter) apply() {
 	e.l.SetPerMinute(low)
 }
 
+func newSharedLimiter(perMinute int, c clock) *sharedLimiter {
+	return &sharedLimiter{l: newLimiter(perMinute, c), holders: map[string]string{}, rates: map[string]int{}}
+}
+
 func sharedKey(baseURL, identity string) limiterKey {
 	return limiterKey{baseURL: normalizeBaseURL(baseURL), keySum: sha256.Sum256([]byte(identity))}
 }
 
 // Acquire returns the limiter of (baseURL, identity) and records that holder
-// spends it at no more than perMinute. Every mount of the plugin in this
-// process draws from one limiter per environment, as Heron counts the budget
-// per environment, at the smallest perMinute of its holders. A holder
-// acquiring again replaces its own rate. Pair with Release.
-func (r *Registry) Acquire(baseURL, identity, holder string, perMinute int) *Limiter {
+// spends it for scope at no more than perMinute. Every mount of the plugin in
+// this process draws from one limiter per environment, as Heron counts the
+// budget per environment, at the smallest perMinute of its scopes. A scope
+// acquiring again replaces its own rate, through whichever of its holders.
+// Pair with Release.
+func (r *Registry) Acquire(baseURL, identity, holder, scope string, perMinute int) *Limiter {
 	k := sharedKey(baseURL, identity)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sweepIdleLocked(r.clock.now())
 	e, ok := r.entries[k]
 	if !ok {
-		e = &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}}
+		e = newSharedLimiter(perMinute, r.clock)
 		r.entries[k] = e
 	}
-	e.holders[holder] = max(perMinute, 1)
+	if was, ok := e.holders[holder]; ok && was != scope {
+		r.dropHolderLocked(e, holder)
+	}
+	e.holders[holder] = scope
+	e.rates[scope] = max(perMinute, 1)
 	e.idleSince = time.Time{}
 	e.apply()
 	return e.l
 }
 
+// dropHolderLocked removes holder, and its scope's rate when no other holder
+// of the scope is left.
+func (r *Registry) dropHolderLocked(e *sharedLimiter, holder string) {
+	scope, ok := e.holders[holder]
+	if !ok {
+		return
+	}
+	delete(e.holders, holder)
+	for _, sc := range e.holders {
+		if sc == scope {
+			return
+		}
+	}
+	delete(e.rates, scope)
+}
+
 // Release drops holder's claim on (baseURL, identity). The rate goes back
-// to the smallest of the remaining holders; the limiter is forgotten
+// to the smallest of the remaining scopes'; the limiter is forgotten
 // idleLimiterTTL after nobody holds it, so the registry does not grow with
 // every admin key the process ever saw.
 func (r *Registry) Release(baseURL, identity, holder string) {
@@ -120,7 +149,7 @@ func (r *Registry) Release(baseURL, identity, holder string) {
 	if !ok {
 		return
 	}
-	delete(e.holders, holder)
+	r.dropHolderLocked(e, holder)
 	if len(e.holders) == 0 {
 		e.idleSince = r.clock.now()
 	} else {
@@ -155,7 +184,7 @@ func (r *Registry) Peek(baseURL, identity string, perMinute int) *Limiter {
 func (r *Registry) entryLocked(k limiterKey, perMinute int) *sharedLimiter {
 	e, ok := r.entries[k]
 	if !ok {
-		e = &sharedLimiter{l: newLimiter(perMinute, r.clock), holders: map[string]int{}}
+		e = newSharedLimiter(perMinute, r.clock)
 		r.entries[k] = e
 	}
 	if len(e.holders) == 0 {
@@ -195,9 +224,10 @@ func (r *Registry) heldCount(now time.Time) int {
 	return len(r.entries)
 }
 
-// AcquireLimiter is Registry.Acquire on the process's registry.
+// AcquireLimiter is Registry.Acquire on the process's registry, for a
+// holder that is a scope of its own.
 func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
-	return processRegistry.Acquire(baseURL, identity, holder, perMinute)
+	return processRegistry.Acquire(baseURL, identity, holder, holder, perMinute)
 }
 
 // ReleaseLimiter is Registry.Release on the process's registry.

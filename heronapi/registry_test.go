@@ -52,12 +52,12 @@ func TestRegistry_FollowTakesTheRecordToTheNextBudget(t *testing.T) {
 	r := newRegistry(c)
 	const url = "https://registry-carry.example"
 	r.Follow("mount/env", url, "budget:old", 3)
-	old := r.Acquire(url, "budget:old", "instance/env", 3)
+	old := r.Acquire(url, "budget:old", "instance/env", "scope:instance/env", 3)
 	sendEvery(t, c, old, 3, 20*time.Second) // 3 requests at 0, 20 and 40 s
 	r.Release(url, "budget:old", "instance/env")
 
 	r.Follow("mount/env", url, "budget:new", 3)
-	fresh := r.Acquire(url, "budget:new", "instance/env", 3)
+	fresh := r.Acquire(url, "budget:new", "instance/env", "scope:instance/env", 3)
 	if fresh == old {
 		t.Fatal("another identity is another budget")
 	}
@@ -77,9 +77,9 @@ func TestRegistry_FollowTakesTheRecordToTheNextBudget(t *testing.T) {
 
 	// A pause (429) goes along too, to a budget another mount holds already.
 	r.Follow("mount/env2", url, "budget:a", 600)
-	a := r.Acquire(url, "budget:a", "instance/env2", 600)
+	a := r.Acquire(url, "budget:a", "instance/env2", "scope:instance/env2", 600)
 	a.PauseFor(45 * time.Second)
-	other := r.Acquire(url, "budget:b", "other-mount/env", 600)
+	other := r.Acquire(url, "budget:b", "other-mount/env", "scope:other-mount/env", 600)
 	r.Follow("mount/env2", url, "budget:b", 600)
 	if next := nextSlot(other); next.Before(c.now().Add(45 * time.Second)) {
 		t.Fatalf("the pause was left behind: next slot in %s", next.Sub(c.now()))
@@ -102,7 +102,7 @@ func TestRegistry_ChecksCountInTheEnvironmentsBudget(t *testing.T) {
 	r := newRegistry(c)
 	const url = "https://registry-peek.example"
 	r.Follow("mount/env", url, "budget:current", 60)
-	cur := r.Acquire(url, "budget:current", "instance/env", 60)
+	cur := r.Acquire(url, "budget:current", "instance/env", "scope:instance/env", 60)
 	cur.PauseFor(20 * time.Second) // an issuance met a 429
 	r.Follow("mount/env", url, "budget:candidate", 1000)
 	check := r.Peek(url, "budget:candidate", 1000)
@@ -123,7 +123,7 @@ func TestRegistry_ChecksCountInTheEnvironmentsBudget(t *testing.T) {
 	if second := r.Peek(url, "budget:brand-new", 60); second != first {
 		t.Fatal("the next check of the same config forgot the 429's pause")
 	}
-	held := r.Acquire(url, "budget:brand-new", "instance/other", 60)
+	held := r.Acquire(url, "budget:brand-new", "instance/other", "scope:instance/other", 60)
 	if next := nextSlot(held); held != first || next.Before(c.now().Add(30*time.Second)) {
 		t.Fatal("the config stored after the check lost the pause")
 	}
