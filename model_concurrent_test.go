@@ -409,7 +409,13 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 	c.tick()
 	s := newSched()
 	c.cur = s
-	defer func() { c.cur = nil }()
+	completed := false
+	defer func() {
+		if !completed {
+			s.abort()
+		}
+		c.cur = nil
+	}()
 	if len(picked) == 1 && picked[0] == "pass" && c.budget != nil {
 		// t2 asks a healthy pass run alone to rotate what is due: with the
 		// budget on, it waits for its slots (the virtual clock moves to
@@ -546,6 +552,7 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 	}
 	started := time.Now()
 	s.run(t, func(a *schedActor) { c.atGate(a) })
+	completed = true
 	for _, f := range after {
 		f()
 	}

@@ -62,7 +62,10 @@ type actorKey struct{}
 
 // sched runs one round of actors.
 type sched struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// aborted: the round ended early (its check failed, or rapid ran out of
+	// data while shrinking); gates let every actor through (abort).
+	aborted bool
 	actors  []*schedActor
 	changed chan struct{} // a token whenever an actor parks or finishes
 	trace   []string
@@ -89,11 +92,45 @@ func (s *sched) gate(ctx context.Context, label string) {
 		return
 	}
 	s.mu.Lock()
+	if s.aborted {
+		s.mu.Unlock()
+		return
+	}
 	a.state, a.label = actorParked, label
 	a.gates++
 	s.mu.Unlock()
 	s.notify()
 	<-a.release
+}
+
+// abort ends a round that stopped early: every actor runs on to its end
+// without gates, so that an engine lock a parked actor holds is released
+// before the model closes the backend (which would wait on it for ever). It
+// waits up to schedStuckAfter for them.
+func (s *sched) abort() {
+	s.mu.Lock()
+	s.aborted = true
+	for _, a := range s.actors {
+		if a.state == actorParked {
+			a.state = actorRunning
+			select {
+			case a.release <- struct{}{}:
+			default:
+			}
+		}
+	}
+	s.mu.Unlock()
+	for deadline := time.Now().Add(schedStuckAfter); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		done := true
+		for _, a := range s.actors {
+			done = done && a.state == actorDone
+		}
+		s.mu.Unlock()
+		if done {
+			return
+		}
+	}
 }
 
 // spawn starts fn as a new actor; it runs until its first gate.

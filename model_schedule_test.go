@@ -90,6 +90,8 @@ type mPassBefore struct {
 	// missed: a scheduled time came since the key or schedule was set, but
 	// its window closed before now.
 	missed bool
+	// role is the role as it was before the pass.
+	role *staticRole
 }
 
 // beforePass notes, before a pass at now, which static roles are due (and
@@ -101,7 +103,7 @@ func (m *model) beforePass(now time.Time) (map[string]mPassBefore, bool) {
 		k, inHeron := m.srv.Key(r.KeyID)
 		rec := w.tracked[r.KeyID]
 		p := mPassBefore{
-			keyID: r.KeyID, keySetAt: r.KeySetAt, at: mWindowAt(r, now), retry: r.RetryRotation,
+			keyID: r.KeyID, keySetAt: r.KeySetAt, at: mWindowAt(r, now), retry: r.RetryRotation, role: r,
 			live: r.KeyID != "" && inHeron && !k.Deleted && k.IsActive && rec != nil && rec.State == keyStateActive && !rec.Quarantined,
 		}
 		if unwindowed := *r; p.at.IsZero() && r.RotationWindow > 0 {
@@ -133,6 +135,11 @@ func (m *model) checkScheduledRotations(before map[string]mPassBefore, healthy b
 		}
 		rotated := r.KeyID != p.keyID
 		ms := m.static(name)
+		if rotated && r.KeySetAt.After(now) && !p.role.DisableAutomatedRotation && !p.role.RotationManaged {
+			// With the budget on, the pass's waits for its slots move the
+			// virtual clock: the rotation is judged at its own time.
+			p.at = mWindowAt(p.role, r.KeySetAt)
+		}
 		switch {
 		case rotated && p.at.IsZero():
 			m.fail("s5", "the pass rotated a static role outside its schedule's window", "static role %q was rotated by the pass at %s (key %s -> %s), but no scheduled time of %q has its window (%s) open then (key set %s, schedule set %s)",
