@@ -422,24 +422,6 @@ func (m *model) budgetRateLimited(err error) bool {
 	return strings.Contains(s, "no request slot before the deadline") || strings.Contains(s, "request budget paused")
 }
 
-// settleBudget is the operator's part of settling in budget mode: the
-// budget is raised to what the other runs use and the last minute's record
-// and pauses run out, so that settling (rollback and tidy until quiet,
-// every lease revoked) is not refused by the budget. A raise is a budget
-// change too: r goes on counting across it.
-func (m *model) settleBudget() {
-	if m.budget == nil {
-		return
-	}
-	m.tick()
-	m.logStep("advance clock past the budget's window and any pause")
-	m.advanceClock(mRetryAfter + time.Minute)
-	if cfg, _ := getConfig(context.Background(), m.st.inner, mEnv); cfg != nil {
-		m.actConfigBudget(maxRateLimitPerMinute)
-	}
-	m.budget.perMinute = maxRateLimitPerMinute
-}
-
 // rapidBudgetActions are the "budget" group's actions.
 func (m *model) rapidBudgetActions() map[string]func(*rapid.T) {
 	return map[string]func(*rapid.T){
