@@ -297,6 +297,8 @@ type cachedClient struct {
 	// failover) may have changed any of them.
 	adminKey, baseURL string
 	rate              int
+	// identity names its budget (limiterIdentity).
+	identity string
 	// historyRetention is the config's, so that a revocation turning the
 	// record into a tombstone needs no read of the config.
 	historyRetention time.Duration
@@ -409,7 +411,7 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 		return nil, fmt.Errorf("building Heron client for config %q: %w", env, err)
 	}
 	api = b.patchingClient(env, api)
-	b.clients[env] = &cachedClient{api: api, adminKey: cfg.AdminAPIKey, baseURL: cfg.BaseURL, rate: cfg.RateLimitPerMinute, release: release, historyRetention: cfg.historyRetention()}
+	b.clients[env] = &cachedClient{api: api, adminKey: cfg.AdminAPIKey, baseURL: cfg.BaseURL, rate: cfg.RateLimitPerMinute, identity: identity, release: release, historyRetention: cfg.historyRetention()}
 	return api, nil
 }
 
@@ -424,6 +426,18 @@ func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.AP
 		return nil, err
 	}
 	return b.patchingClient(cfg.Environment, api), nil
+}
+
+// lowerBudgetNow applies cfg's rate_limit_per_minute to the budget this
+// instance's cached client spends, when it is lower than the client's.
+func (b *heronBackend) lowerBudgetNow(cfg *heronConfig) {
+	b.clientsLock.RLock()
+	c, ok := b.clients[cfg.Environment]
+	b.clientsLock.RUnlock()
+	if !ok || cfg.RateLimitPerMinute >= c.rate {
+		return
+	}
+	b.budgets.Acquire(c.baseURL, c.identity, b.budgetHolder(cfg.Environment), b.budgetScope(cfg.Environment), cfg.RateLimitPerMinute)
 }
 
 // budgetHolder names this instance's claim on env's budget.

@@ -643,6 +643,10 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 			return false, nil
 		}
 		warnings = append(warnings, w...)
+		// A lowered budget applies before it is stored: a request sent
+		// between the write and the client's rebuild must already count
+		// against it (a raised one applies after, below).
+		b.lowerBudgetNow(cfg)
 		return true, nil
 	})
 	if bad != "" {

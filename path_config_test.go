@@ -618,7 +618,18 @@ func TestConfigSettingsWrite_NewBudgetAppliesToRequestsAlreadyWaiting(t *testing
 	cfg, err := getConfig(context.Background(), e.s, "development")
 	require.NoError(t, err)
 	waitingOn := e.b.peekLimiter(cfg)
+	// A request sent while the lowered budget is being stored must count
+	// against it already: it applies before the write.
+	var atWrite int
+	e.s = &onFirstWrite{Storage: e.s, prefixes: []string{configStoragePrefix}, hook: func() { atWrite = waitingOn.PerMinute() }}
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 42})
+	require.Equal(t, 42, atWrite, "the lowered budget applies before it is stored")
 	require.InDelta(t, 42, limiterRate(t, waitingOn), 0.001)
+
+	// A raised one applies once stored (until then the lower one holds).
+	e.s = &onFirstWrite{Storage: e.s, prefixes: []string{configStoragePrefix}, hook: func() { atWrite = waitingOn.PerMinute() }}
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 600})
+	require.Equal(t, 42, atWrite)
+	require.InDelta(t, 600, limiterRate(t, waitingOn), 0.001)
 	require.NoError(t, e.revoke(lease))
 }
