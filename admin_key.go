@@ -35,14 +35,24 @@ func (b *heronBackend) verifyAdminKey(ctx context.Context, cfg *heronConfig) ([]
 // new base URL, a config created again) the check counts in both: it waits
 // out the environment's pause and last minute of requests, and a 429 it
 // meets pauses the environment whether the write is then stored or not.
+//
+// While the check runs, the stored config's requests (a settings write, a
+// reload's other instance) still spend the stored budget, so the check's
+// requests are recorded in both (heronapi.JointLimiter), not only carried
+// over once.
 func (b *heronBackend) verifyStoredEnvironment(ctx context.Context, prev, cfg *heronConfig) ([]heronapi.Key, error) {
 	scope := b.budgetScope(cfg.Environment)
 	b.budgets.Follow(scope, cfg.BaseURL, limiterIdentity(cfg, cfg.AdminAPIKey), cfg.RateLimitPerMinute)
-	if prev.AdminAPIKey != "" {
-		// Stored or not, the stored config spends its budget again after.
-		defer b.budgets.Follow(scope, prev.BaseURL, limiterIdentity(prev, prev.AdminAPIKey), prev.RateLimitPerMinute)
+	if prev.AdminAPIKey == "" {
+		return b.verifyAdminKey(ctx, cfg)
 	}
-	return b.verifyAdminKey(ctx, cfg)
+	// Stored or not, the stored config spends its budget again after.
+	defer b.budgets.Follow(scope, prev.BaseURL, limiterIdentity(prev, prev.AdminAPIKey), prev.RateLimitPerMinute)
+	c, err := b.checkClientWith(cfg, heronapi.JointLimiter(b.peekLimiter(prev), b.peekLimiter(cfg)))
+	if err != nil {
+		return nil, err
+	}
+	return c.ListKeys(ctx)
 }
 
 // verifyError maps a failed verify to what it means: Heron refusing the key

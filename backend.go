@@ -421,7 +421,12 @@ func (b *heronBackend) client(ctx context.Context, s logical.Storage, env string
 func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.API, error) {
 	c := *cfg
 	c.AdminAPIKey = apiKey
-	api, err := b.newClient(&c, b.peekLimiter(&c))
+	return b.checkClientWith(&c, b.peekLimiter(&c))
+}
+
+// checkClientWith is checkClient for cfg's own admin key, spending lim.
+func (b *heronBackend) checkClientWith(cfg *heronConfig, lim *heronapi.Limiter) (heronapi.API, error) {
+	api, err := b.newClient(cfg, lim)
 	if err != nil {
 		return nil, err
 	}
@@ -430,14 +435,27 @@ func (b *heronBackend) checkClient(cfg *heronConfig, apiKey string) (heronapi.AP
 
 // lowerBudgetNow applies cfg's rate_limit_per_minute to the budget this
 // instance's cached client spends, when it is lower than the client's.
+// The client cache's read lock is held throughout, so that a client reset
+// meanwhile (the backend closing, another instance's key) never gets its
+// claim back.
 func (b *heronBackend) lowerBudgetNow(cfg *heronConfig) {
 	b.clientsLock.RLock()
+	defer b.clientsLock.RUnlock()
 	c, ok := b.clients[cfg.Environment]
-	b.clientsLock.RUnlock()
-	if !ok || cfg.RateLimitPerMinute >= c.rate {
+	if !ok || b.closed || cfg.RateLimitPerMinute >= c.rate {
 		return
 	}
-	b.budgets.Acquire(c.baseURL, c.identity, b.budgetHolder(cfg.Environment), b.budgetScope(cfg.Environment), cfg.RateLimitPerMinute)
+	b.budgets.Restate(c.baseURL, c.identity, b.budgetHolder(cfg.Environment), b.budgetScope(cfg.Environment), cfg.RateLimitPerMinute)
+}
+
+// rebuildClient builds env's client from the config as storage has it now,
+// after a config write reset it: a new budget then applies to the requests
+// already waiting for a slot, not only to the next client.
+func (b *heronBackend) rebuildClient(ctx context.Context, s logical.Storage, env string) {
+	b.resetClient(env)
+	if _, err := b.getClient(ctx, s, env); err != nil {
+		b.Logger().Debug("client not rebuilt after a config write; the next request builds it", "environment", env, "error", err)
+	}
 }
 
 // budgetHolder names this instance's claim on env's budget.

@@ -39,10 +39,11 @@ const (
 	// issuance's answer, or gave the lease up as irrevocable).
 	overdueGrace = time.Hour
 	// sweepSharesPerCycle: the periodic pass (every minute) reads one such
-	// share of the records each time, so all of them within the hour (the
-	// bound on a key outliving its lease, with overdueGrace); minSweepShare:
-	// below this many records, all of them every pass.
-	sweepSharesPerCycle = 50
+	// share of the records each time but every passListEvery-th (which
+	// lists Heron), so all of them within the hour (40 shares in 50 passes:
+	// the bound on a key outliving its lease, with overdueGrace);
+	// minSweepShare: below this many records, all of them every pass.
+	sweepSharesPerCycle = 40
 	minSweepShare       = 1000
 )
 

@@ -506,6 +506,9 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 		}
 		warnings = append(warnings, w...)
 		*stored = *cfg
+		// As in a settings write: a lowered budget applies before it is
+		// stored.
+		b.lowerBudgetNow(cfg)
 		return true, nil
 	})
 	if bad != "" {
@@ -513,7 +516,7 @@ func (b *heronBackend) pathConfigWrite(ctx context.Context, req *logical.Request
 	}
 	// The write may have been stored although it reported an error: the
 	// cached client must not go on with a key storage no longer holds.
-	b.resetClient(env)
+	b.rebuildClient(ctx, req.Storage, env)
 	if err != nil {
 		return nil, err
 	}
@@ -653,13 +656,8 @@ func (b *heronBackend) pathConfigWriteSettings(ctx context.Context, req *logical
 		return logical.ErrorResponse(bad), nil
 	}
 	// Stored or not (a write that reports an error may have been), the
-	// cached client takes the config as storage has it now; built at once,
-	// so that a new rate_limit_per_minute applies to the requests already
-	// waiting for their slot, not only to the next client.
-	b.resetClient(env)
-	if _, cerr := b.getClient(ctx, req.Storage, env); cerr != nil {
-		b.Logger().Debug("client not rebuilt after a settings write; the next request builds it", "environment", env, "error", cerr)
-	}
+	// cached client takes the config as storage has it now.
+	b.rebuildClient(ctx, req.Storage, env)
 	if err != nil {
 		return nil, err
 	}

@@ -631,5 +631,11 @@ func TestConfigSettingsWrite_NewBudgetAppliesToRequestsAlreadyWaiting(t *testing
 	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 600})
 	require.Equal(t, 42, atWrite)
 	require.InDelta(t, 600, limiterRate(t, waitingOn), 0.001)
+
+	// So does a write that also checks the key (the full path).
+	e.s = &onFirstWrite{Storage: e.s, prefixes: []string{configStoragePrefix}, hook: func() { atWrite = waitingOn.PerMinute() }}
+	e.ok(logical.UpdateOperation, "config/development", map[string]interface{}{"rate_limit_per_minute": 30, "verify": true})
+	require.Equal(t, 30, atWrite, "the lowered budget applies before it is stored")
+	require.InDelta(t, 30, limiterRate(t, waitingOn), 0.001)
 	require.NoError(t, e.revoke(lease))
 }

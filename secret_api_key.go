@@ -283,7 +283,11 @@ func vaultLeaseEnd(rec *trackedKey, secret *logical.Secret) time.Time {
 		return end
 	}
 	if !rec.LastRenewed.IsZero() {
-		if d := secret.TTL - rec.RenewedTTL; rec.RenewedTTL > 0 && (d > renewalTTLSlack || d < -renewalTTLSlack) && rec.EndBefore.After(end) {
+		// Within the slack either may be Vault's: the later is taken, so
+		// that an error leans towards deleting, never towards a live key.
+		d := secret.TTL - rec.RenewedTTL
+		mismatch := rec.RenewedTTL > 0 && (d > renewalTTLSlack || d < -renewalTTLSlack)
+		if rec.EndBefore.After(end) && (mismatch || rec.EndBefore.Sub(end) <= renewalTTLSlack) {
 			end = rec.EndBefore
 		}
 		return end

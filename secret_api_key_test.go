@@ -228,3 +228,16 @@ func TestLease_RenewalThatFailedAfterItsWriteKeepsVaultsEnd(t *testing.T) {
 		})
 	}
 }
+
+// Within renewalTTLSlack Vault's TTL cannot tell whether a renewal that
+// returned nearly the same TTL took: the later of the two ends is taken, so
+// that a revocation is never mistaken for an expiry.
+func TestLease_VaultLeaseEndAfterARenewalWithinTheSlack(t *testing.T) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	rec := &trackedKey{LastRenewed: t0, Expires: t0.Add(5 * time.Minute), EndBefore: t0.Add(5*time.Minute + time.Second), RenewedTTL: 5 * time.Minute}
+	got := vaultLeaseEnd(rec, &logical.Secret{LeaseOptions: logical.LeaseOptions{TTL: 5*time.Minute + time.Second, IssueTime: t0}})
+	require.Equal(t, rec.EndBefore, got)
+	rec.EndBefore = t0.Add(time.Minute) // earlier: the renewal's own end stands
+	got = vaultLeaseEnd(rec, &logical.Secret{LeaseOptions: logical.LeaseOptions{TTL: 5 * time.Minute, IssueTime: t0}})
+	require.Equal(t, rec.Expires, got)
+}

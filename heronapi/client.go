@@ -641,7 +641,17 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	// The timeout starts after the limiter let us through: queueing for budget is
 	// bounded by the caller's context, not by the per-request timeout.
 	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
-	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	req = req.WithContext(ctx)
+	if req.Method == http.MethodGet && (req.Body == nil || req.Body == http.NoBody) {
+		// Go's transport sends a GET again by itself when a kept-alive
+		// connection closes after the request went out and before any
+		// answer: a request Heron counts that never waited for a slot. A
+		// GET with an empty body that cannot be rewound is not "replayable"
+		// (Go sends no body for it), so that error comes back here and the
+		// client's own retry waits for its slot.
+		req.Body, req.GetBody, req.ContentLength = noReplayBody{}, nil, 0
+	}
+	resp, err := t.base.RoundTrip(req)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -674,6 +684,12 @@ func (t *attemptTransport) CloseIdleConnections() {
 		c.CloseIdleConnections()
 	}
 }
+
+// noReplayBody is an empty request body that Go's transport cannot rewind.
+type noReplayBody struct{}
+
+func (noReplayBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (noReplayBody) Close() error             { return nil }
 
 type cancelOnClose struct {
 	io.ReadCloser

@@ -58,6 +58,27 @@ type Limiter struct {
 	changed chan struct{}
 	// onGrant, when set (tests), sees every grant time, under mu.
 	onGrant func(time.Time)
+	// joint, when set, are the limiters this one stands for together
+	// (JointLimiter): its methods act on each of them instead.
+	joint []*Limiter
+}
+
+// JointLimiter is a limiter for requests that count in every one of ls:
+// Wait waits for a slot in each in turn (so each records the request), and
+// a pause or an observation applies to all. A config check of a new admin
+// key spends both the budget the stored config spends and the new one,
+// which name one Heron environment while the config moves between them.
+func JointLimiter(ls ...*Limiter) *Limiter {
+	var parts []*Limiter
+	for _, l := range ls {
+		if l != nil && !slices.Contains(parts, l) {
+			parts = append(parts, l)
+		}
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return &Limiter{joint: parts}
 }
 
 // grantIDs numbers every grant of the process (see Limiter.sentIDs).
@@ -174,6 +195,9 @@ func (l *Limiter) setLocked(n int) {
 // raised budget lets requests go sooner, spaced at the new rate; a lowered one
 // counts what was sent in the last minute under the old one.
 func (l *Limiter) SetPerMinute(n int) {
+	if l.joint != nil {
+		return // each part keeps the rate of its own budget
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.setLocked(n)
@@ -183,6 +207,15 @@ func (l *Limiter) SetPerMinute(n int) {
 
 // PerMinute is the budget the limiter runs at.
 func (l *Limiter) PerMinute() int {
+	if l.joint != nil {
+		low := 0
+		for _, p := range l.joint {
+			if n := p.PerMinute(); low == 0 || n < low {
+				low = n
+			}
+		}
+		return low
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.perMinute
@@ -251,6 +284,14 @@ func (l *Limiter) removeLocked(w *limiterWaiter) {
 // come after ctx's deadline (the caller can answer "rate limited" at once instead
 // of timing out), and returns ctx.Err() when ctx is canceled.
 func (l *Limiter) Wait(ctx context.Context) error {
+	if l.joint != nil {
+		for _, p := range l.joint {
+			if err := p.Wait(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	// A slot granted just before the deadline is wasted: the request would be
 	// sent and its caller time out before it can record what happened. Keep a
 	// little of the caller's time for that.
@@ -340,6 +381,12 @@ func (l *Limiter) PauseFor(d time.Duration) {
 	if d <= 0 {
 		return
 	}
+	if l.joint != nil {
+		for _, p := range l.joint {
+			p.PauseFor(d)
+		}
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if until := l.clock.now().Add(d); until.After(l.pausedUntil) {
@@ -351,6 +398,12 @@ func (l *Limiter) PauseFor(d time.Duration) {
 // customer's own traffic may be spending it): it spreads the remaining requests
 // evenly until the reset instead of spending them all now and then hitting 429s.
 func (l *Limiter) Observe(h http.Header) {
+	if l.joint != nil {
+		for _, p := range l.joint {
+			p.Observe(h)
+		}
+		return
+	}
 	rl, ok := parseRateLimit(h, l.clock.now())
 	if !ok || !rl.low() {
 		return

@@ -128,3 +128,35 @@ func TestRegistry_ChecksCountInTheEnvironmentsBudget(t *testing.T) {
 		t.Fatal("the config stored after the check lost the pause")
 	}
 }
+
+// A request that counts in two budgets of one environment (a config check
+// of a new admin key while the stored config spends the old one) waits for
+// a slot in each and is recorded in each; a 429's pause reaches both.
+func TestJointLimiter_RecordsInEachBudget(t *testing.T) {
+	c := &stepClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := newRegistry(c)
+	const url = "https://joint.example"
+	stored := r.Acquire(url, "budget:stored", "instance/env", "mount/env", 3)
+	checked := r.Peek(url, "budget:checked", 3)
+	joint := JointLimiter(stored, checked)
+	if err := joint.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []*Limiter{stored, checked} {
+		l.mu.Lock()
+		n := len(l.sent)
+		l.mu.Unlock()
+		if n != 1 {
+			t.Fatalf("a budget recorded %d grants for the one request", n)
+		}
+	}
+	joint.PauseFor(30 * time.Second)
+	for _, l := range []*Limiter{stored, checked} {
+		if next := nextSlot(l); next.Before(c.now().Add(30 * time.Second)) {
+			t.Fatal("the pause missed a budget")
+		}
+	}
+	if JointLimiter(stored, stored) != stored || JointLimiter(nil, checked) != checked {
+		t.Fatal("a joint of one budget is that budget")
+	}
+}
