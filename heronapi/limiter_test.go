@@ -586,6 +586,12 @@ func (r budgetRun) run(t budgetT) {
 	}
 	history := []change{{t0, r.start}}
 	for _, ch := range r.changes {
+		if n := len(history); n > 1 && history[n-1].at.Equal(t0.Add(ch.after)) {
+			// Two changes at one instant are one: the last (the workers
+			// may be granted between two SetPerMinute calls otherwise).
+			history[n-1].to = ch.to
+			continue
+		}
 		history = append(history, change{t0.Add(ch.after), ch.to})
 	}
 	budgetAt := func(at time.Time) int {
