@@ -79,7 +79,7 @@ func (s *mountSystemView) LocalMount() bool {
 }
 
 // heronBackend is the engine. One instance per mount; the Heron rate limiters are
-// shared process-wide (see heronapi.SharedLimiter) because Heron's budget is per
+// shared process-wide (heronapi.ProcessRegistry) because Heron's budget is per
 // environment, not per mount.
 type heronBackend struct {
 	*framework.Backend
@@ -309,8 +309,9 @@ type cachedClient struct {
 // refreshClient forgets env's cached client when cfg, just read from
 // storage, holds another admin key, base URL or budget than it was built
 // with: a write by another instance (the old one of a reload finishing a
-// rotation or lowering the budget) invalidates nothing here. Callers that read the config anyway (the pass,
-// a rotation) call it, so a request never needs a read of its own for it.
+// rotation or lowering the budget) invalidates nothing here. Callers that
+// read the config anyway (the pass, a rotation) call it, so a request never
+// needs a read of its own for it.
 func (b *heronBackend) refreshClient(cfg *heronConfig) {
 	b.clientsLock.RLock()
 	c, ok := b.clients[cfg.Environment]

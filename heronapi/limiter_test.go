@@ -295,27 +295,27 @@ func TestSharedLimiter(t *testing.T) {
 	t.Parallel()
 	const url = "https://shared-limiter-test.example"
 	otherKey := "key_" + strings.Repeat("ab", 24)
-	a := AcquireLimiter(url, testKey, "mount-a", 250)
-	defer ReleaseLimiter(url, testKey, "mount-a")
-	if b := AcquireLimiter(url, testKey, "mount-b", 250); b != a {
+	a := acquireLimiter(url, testKey, "mount-a", 250)
+	defer releaseLimiter(url, testKey, "mount-a")
+	if b := acquireLimiter(url, testKey, "mount-b", 250); b != a {
 		t.Fatal("same (url, key) must share one limiter")
 	}
-	if b := AcquireLimiter("HTTPS://Shared-Limiter-Test.example:443/", testKey, "mount-c", 600); b != a {
+	if b := acquireLimiter("HTTPS://Shared-Limiter-Test.example:443/", testKey, "mount-c", 600); b != a {
 		t.Fatal("spellings of the same base URL must share one limiter")
 	}
-	defer ReleaseLimiter(url, testKey, "mount-c")
+	defer releaseLimiter(url, testKey, "mount-c")
 	if a.PerMinute() != 250 {
 		t.Fatalf("a larger budget of another holder must not raise the shared rate: %v", a.PerMinute())
 	}
-	ReleaseLimiter(url, testKey, "mount-b")
-	if b := AcquireLimiter(url, otherKey, "mount-a", 250); b == a {
+	releaseLimiter(url, testKey, "mount-b")
+	if b := acquireLimiter(url, otherKey, "mount-a", 250); b == a {
 		t.Fatal("different keys must not share a limiter")
 	}
-	ReleaseLimiter(url, otherKey, "mount-a")
-	if b := AcquireLimiter(url+"/other", testKey, "mount-a", 250); b == a {
+	releaseLimiter(url, otherKey, "mount-a")
+	if b := acquireLimiter(url+"/other", testKey, "mount-a", 250); b == a {
 		t.Fatal("different base URLs must not share a limiter")
 	}
-	ReleaseLimiter(url+"/other", testKey, "mount-a")
+	releaseLimiter(url+"/other", testKey, "mount-a")
 
 	processRegistry.mu.Lock()
 	defer processRegistry.mu.Unlock()
@@ -337,39 +337,39 @@ func TestSharedLimiterSmallestBudgetWins(t *testing.T) {
 	const url = "https://smallest-budget.example"
 	heldLimiterCount := processRegistry.heldCount
 	before := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second))
-	small := AcquireLimiter(url, testKey, "mount-small", 60)
-	big := AcquireLimiter(url, testKey, "mount-big", 100000)
+	small := acquireLimiter(url, testKey, "mount-small", 60)
+	big := acquireLimiter(url, testKey, "mount-big", 100000)
 	if small != big || big.PerMinute() != 60 {
 		t.Fatalf("want one limiter at 60/min, got %v", big.PerMinute())
 	}
 	// The small mount rebuilds its client (config rewrite): still the smallest.
-	AcquireLimiter(url, testKey, "mount-small", 60)
+	acquireLimiter(url, testKey, "mount-small", 60)
 	if big.PerMinute() != 60 {
 		t.Fatalf("rate changed by a re-acquire: %v", big.PerMinute())
 	}
-	if p := PeekLimiter(url, testKey, 100000); p != big || big.PerMinute() != 60 {
+	if p := peekLimiter(url, testKey, 100000); p != big || big.PerMinute() != 60 {
 		t.Fatal("a one-off check must use the shared limiter without changing its rate")
 	}
-	ReleaseLimiter(url, testKey, "mount-small")
+	releaseLimiter(url, testKey, "mount-small")
 	if big.PerMinute() != 100000 {
 		t.Fatalf("after the small mount let go the rate is the remaining holder's: %v", big.PerMinute())
 	}
-	ReleaseLimiter(url, testKey, "mount-big")
-	if again := AcquireLimiter(url, testKey, "mount-big", 100000); again != big {
+	releaseLimiter(url, testKey, "mount-big")
+	if again := acquireLimiter(url, testKey, "mount-big", 100000); again != big {
 		t.Fatal("a client rebuilt right after letting go keeps the budget (its pause and spent tokens)")
 	}
-	ReleaseLimiter(url, testKey, "mount-big")
+	releaseLimiter(url, testKey, "mount-big")
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
 		t.Fatalf("registry entries: %d, want %d (forgotten once unheld for a while)", got, before)
 	}
-	p := PeekLimiter(url, testKey, 30)
+	p := peekLimiter(url, testKey, 30)
 	if p == big || p.PerMinute() != 30 {
 		t.Fatal("peeking a forgotten budget gives a new limiter at the asked rate")
 	}
 	if got := heldLimiterCount(time.Now()); got != before+1 {
 		t.Fatal("a peeked budget is remembered unheld (a 429's pause outlives a failed check)")
 	}
-	if again := PeekLimiter(url, testKey, 30); again != p {
+	if again := peekLimiter(url, testKey, 30); again != p {
 		t.Fatal("the next check finds it")
 	}
 	if got := heldLimiterCount(time.Now().Add(idleLimiterTTL + time.Second)); got != before {
@@ -381,8 +381,8 @@ func TestConcurrentLimiterUse(t *testing.T) {
 	t.Parallel()
 	// For -race: every Limiter method from many goroutines at once; and
 	// none of it loses a grant, fails a Wait, or breaks the shared entry.
-	l := AcquireLimiter("http://race.example", testKey, "race", 60000)
-	defer ReleaseLimiter("http://race.example", testKey, "race")
+	l := acquireLimiter("http://race.example", testKey, "race", 60000)
+	defer releaseLimiter("http://race.example", testKey, "race")
 	var grants atomic.Int64
 	l.mu.Lock()
 	l.onGrant = func(time.Time) { grants.Add(1) }
@@ -402,8 +402,8 @@ func TestConcurrentLimiterUse(t *testing.T) {
 				l.Observe(h)
 				l.PauseFor(time.Microsecond)
 				l.SetPerMinute(60000 + i)
-				_ = AcquireLimiter("http://race.example", testKey, fmt.Sprint("race-", i), 60000)
-				ReleaseLimiter("http://race.example", testKey, fmt.Sprint("race-", i))
+				_ = acquireLimiter("http://race.example", testKey, fmt.Sprint("race-", i), 60000)
+				releaseLimiter("http://race.example", testKey, fmt.Sprint("race-", i))
 			}
 		}()
 	}
@@ -414,10 +414,10 @@ func TestConcurrentLimiterUse(t *testing.T) {
 	if p := l.PerMinute(); p < 60000 || p > 60007 {
 		t.Errorf("rate %d is none that was set (60000..60007)", p)
 	}
-	if again := AcquireLimiter("http://race.example", testKey, "race-check", 60000); again != l {
+	if again := acquireLimiter("http://race.example", testKey, "race-check", 60000); again != l {
 		t.Error("the entry held by \"race\" was dropped or replaced by the others' releases")
 	}
-	ReleaseLimiter("http://race.example", testKey, "race-check")
+	releaseLimiter("http://race.example", testKey, "race-check")
 }
 
 // virtualClock is the limiter's clock in tests that check the budget over many
@@ -727,4 +727,19 @@ func TestLimiterBudgetHoldsOverEverySlidingWindow(t *testing.T) {
 			tc.run.run(t)
 		})
 	}
+}
+
+// acquireLimiter, releaseLimiter and peekLimiter are the process registry's
+// Acquire (each holder a scope of its own, as separate mounts are), Release
+// and Peek.
+func acquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
+	return processRegistry.Acquire(baseURL, identity, holder, holder, perMinute)
+}
+
+func releaseLimiter(baseURL, identity, holder string) {
+	processRegistry.Release(baseURL, identity, holder)
+}
+
+func peekLimiter(baseURL, identity string, perMinute int) *Limiter {
+	return processRegistry.Peek(baseURL, identity, perMinute)
 }

@@ -9,8 +9,8 @@ import (
 
 // Registry holds the budgets of a plugin process: one Limiter per (base URL,
 // identity), shared by every mount that spends it. The engine uses the
-// process-wide one (AcquireLimiter and the functions beside it); tests that
-// run several engine instances on a virtual clock make their own.
+// process-wide one (ProcessRegistry); tests that run several engine
+// instances on a virtual clock make their own.
 //
 // Heron counts one budget per customer environment, whatever admin key
 // spends it, so a holder (a mount's environment) whose identity changes (an
@@ -240,24 +240,8 @@ func (r *Registry) heldCount(now time.Time) int {
 	return len(r.entries)
 }
 
-// AcquireLimiter is Registry.Acquire on the process's registry, for a
-// holder that is a scope of its own.
-func AcquireLimiter(baseURL, identity, holder string, perMinute int) *Limiter {
-	return processRegistry.Acquire(baseURL, identity, holder, holder, perMinute)
-}
-
-// ReleaseLimiter is Registry.Release on the process's registry.
-func ReleaseLimiter(baseURL, identity, holder string) {
-	processRegistry.Release(baseURL, identity, holder)
-}
-
-// PeekLimiter is Registry.Peek on the process's registry.
-func PeekLimiter(baseURL, identity string, perMinute int) *Limiter {
-	return processRegistry.Peek(baseURL, identity, perMinute)
-}
-
-// ProcessRegistry is the registry AcquireLimiter, ReleaseLimiter and
-// PeekLimiter use.
+// ProcessRegistry is the plugin process's registry, which every mount of
+// the plugin in this process draws from.
 func ProcessRegistry() *Registry { return processRegistry }
 
 // absorb makes l count what o sent in the last window and keep o's pause:
