@@ -263,12 +263,13 @@ func (b *heronBackend) cleanupPass(ctx context.Context, s logical.Storage, sweep
 	var share []string
 	var haveIDs bool
 	var err error
-	if periodic && !sweep && listHeron && b.sweepListedBefore() {
+	listed, tracked := b.sweepListing()
+	if periodic && !sweep && listHeron && listed {
 		// The pass that lists Heron's keys (100,000 on a large mount) reads
 		// no share of records and lists no ids: its list is the cost of a
 		// pass already. The shares wait a pass; whether any key is tracked
 		// is the last list of the ids'.
-		haveIDs = b.sweepTrackedLast()
+		haveIDs = tracked
 	} else {
 		share, haveIDs, err = b.passShare(ctx, s, sweep)
 	}
@@ -377,18 +378,12 @@ func (b *heronBackend) passShare(ctx context.Context, s logical.Storage, all boo
 	return slices.Clone(share), len(ids) > 0, nil
 }
 
-// sweepListedBefore reports whether this instance has listed the tracked
-// key ids yet, and sweepTrackedLast whether that list was not empty.
-func (b *heronBackend) sweepListedBefore() bool {
+// sweepListing reports whether this instance has listed the tracked key ids
+// yet, and whether that list was not empty.
+func (b *heronBackend) sweepListing() (listed, tracked bool) {
 	b.sweepLock.Lock()
 	defer b.sweepLock.Unlock()
-	return b.sweepListed
-}
-
-func (b *heronBackend) sweepTrackedLast() bool {
-	b.sweepLock.Lock()
-	defer b.sweepLock.Unlock()
-	return b.sweepTracked
+	return b.sweepListed, b.sweepTracked
 }
 
 // listing is what the pass learnt from Heron: which of the keys it wants to

@@ -147,13 +147,11 @@ func (b *heronBackend) pathCredsRead(ctx context.Context, req *logical.Request, 
 	}()
 	var lease leaseTTLResult
 	leaseTTL := func() (time.Duration, error) {
-		if leaseTTLc != nil {
-			lease, leaseTTLc = <-leaseTTLc, nil
-			if lease.err != nil {
-				lease.err = fmt.Errorf("computing lease TTL: %w", lease.err)
-			}
+		lease = <-leaseTTLc
+		if lease.err != nil {
+			return 0, fmt.Errorf("computing lease TTL: %w", lease.err)
 		}
-		return lease.ttl, lease.err
+		return lease.ttl, nil
 	}
 
 	key, err := b.createTrackedKey(ctx, req.Storage, client, &trackedKey{
@@ -212,8 +210,9 @@ type issuedKey struct {
 // when Heron answered, as Vault counts it from when it registers the lease: a
 // slow creation must not make an early revocation look like an expiry.
 //
-// leaseTTL is waited for only once Heron has answered (see pathCredsRead); an
-// error from it undoes the creation like a failed write of the record.
+// leaseTTL is called once, only once Heron has answered (see
+// pathCredsRead); an error from it undoes the creation like a failed write
+// of the record.
 func (b *heronBackend) createTrackedKey(ctx context.Context, s logical.Storage, client heronapi.API, rec *trackedKey, leaseTTL func() (time.Duration, error), uniqueName bool) (*issuedKey, error) {
 	// The HMAC secret first: once the key exists, nothing may stop it
 	// being recorded. Created on the mount's first issuance, cached after.
