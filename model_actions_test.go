@@ -288,7 +288,14 @@ func (m *model) actRevoke(l *mLease) {
 // retries (vaultRetry) until it succeeds or mMaxRevokeTries attempts failed.
 func (m *model) actRevokeAsync(l *mLease) {
 	m.tick()
-	m.decide(l, false)
+	err := m.startRevoke(l, false)
+	m.logStep("revoke-async %s (%s) attempt 1: %s", l, l.decision, short(err))
+}
+
+// startRevoke is Vault's first attempt at revoking l (an expiry when
+// expired): done, or left for Vault's retries.
+func (m *model) startRevoke(l *mLease, expired bool) error {
+	m.decide(l, expired)
 	l.attempts = 0
 	err := m.sendRevoke(l)
 	if err == nil {
@@ -296,7 +303,7 @@ func (m *model) actRevokeAsync(l *mLease) {
 	} else {
 		l.state = leaseRevoking
 	}
-	m.logStep("revoke-async %s (%s) attempt 1: %s", l, l.decision, short(err))
+	return err
 }
 
 // actVaultRetry moves the clock by Vault's backoff and re-sends a failed
@@ -325,14 +332,7 @@ func (m *model) advanceClock(d time.Duration) {
 		if l.state != leaseLive || now.Before(l.end) {
 			continue
 		}
-		m.decide(l, true)
-		l.attempts = 0
-		err := m.sendRevoke(l)
-		if err == nil {
-			l.state = leaseDone
-		} else {
-			l.state = leaseRevoking
-		}
+		err := m.startRevoke(l, true)
 		m.logStep("  lease expired: %s (%s): %s", l, l.decision, short(err))
 	}
 }
