@@ -52,22 +52,39 @@ func (b *heronBackend) Setup(ctx context.Context, conf *logical.BackendConfig) e
 	return nil
 }
 
-// mountSystemView is Vault's system view with the mount's local flag kept for
-// a few seconds. The SDK asks for it before every request to a path that a
-// performance secondary forwards (creds/<role> among them), a round trip to
-// Vault each time, although a mount is local or not from its creation on.
-// It is asked again now and then because Vault's gRPC client answers false
-// when the call fails: a wrong answer must not stay for the mount's life.
+// mountSystemView is Vault's system view with the mount's local flag and the
+// node's replication state kept for a few seconds. The SDK asks for the state
+// before every request and for the flag before every request to a path that
+// a performance secondary forwards (creds/<role> among them), a round trip to
+// Vault each time, although a mount is local or not from its creation on and
+// a node's replication state changes only with a new instance of the mount:
+// Vault fixes "performance standby" in the system view it gives the instance,
+// and a node that becomes active, or a cluster that becomes a performance
+// secondary, sets its mounts up again. Both are asked again now and then
+// because Vault's gRPC client answers false and no state when the call
+// fails: a wrong answer must not stay for the mount's life.
 type mountSystemView struct {
 	logical.SystemView
 
 	mu      sync.Mutex
 	local   bool
 	localAt time.Time
+	repl    consts.ReplicationState
+	replAt  time.Time
 }
 
-// localMountFor is how long an answer of LocalMount is used.
+// localMountFor is how long an answer of LocalMount or ReplicationState is
+// used.
 const localMountFor = 10 * time.Second
+
+func (s *mountSystemView) ReplicationState() consts.ReplicationState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); s.replAt.IsZero() || now.Sub(s.replAt) >= localMountFor {
+		s.repl, s.replAt = s.SystemView.ReplicationState(), now
+	}
+	return s.repl
+}
 
 func (s *mountSystemView) LocalMount() bool {
 	s.mu.Lock()

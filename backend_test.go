@@ -545,8 +545,8 @@ func TestInvalidate_EntriesWrittenElsewhereAreReadAgain(t *testing.T) {
 // countingSystemView counts Vault's answers about the mount.
 type countingSystemView struct {
 	logical.StaticSystemView
-	mu                       sync.Mutex
-	localMount, maxLeaseTTLs int
+	mu                                  sync.Mutex
+	localMount, replState, maxLeaseTTLs int
 }
 
 func (s *countingSystemView) LocalMount() bool {
@@ -556,6 +556,13 @@ func (s *countingSystemView) LocalMount() bool {
 	return s.StaticSystemView.LocalMount()
 }
 
+func (s *countingSystemView) ReplicationState() consts.ReplicationState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replState++
+	return s.StaticSystemView.ReplicationState()
+}
+
 func (s *countingSystemView) MaxLeaseTTL() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -563,19 +570,23 @@ func (s *countingSystemView) MaxLeaseTTL() time.Duration {
 	return s.StaticSystemView.MaxLeaseTTL()
 }
 
-func (s *countingSystemView) counts() (int, int) {
+func (s *countingSystemView) counts() (local, repl, maxTTL int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.localMount, s.maxLeaseTTLs
+	return s.localMount, s.replState, s.maxLeaseTTLs
 }
 
-// Whether a mount is local is fixed when it is enabled, yet the SDK asks
-// before every request to a path a performance secondary forwards
-// (creds/<role>), a round trip to Vault each time: the answer is kept for a
-// few seconds, then asked again (Vault's gRPC client says false when the
-// call fails, which must not stick). The lease's TTL is still asked of
-// Vault on every issuance: a tune takes effect at once.
-func TestSystemView_LocalMountAskedOncePerSpell(t *testing.T) {
+// Whether a mount is local is fixed when it is enabled, and whether the node
+// is a performance standby when the mount's instance is set up (a node that
+// becomes active, or a cluster that becomes a performance secondary, sets its
+// mounts up again); yet the SDK asks for both before every request (the
+// replication state before any operation, LocalMount before those a
+// performance secondary forwards, creds/<role> among them), a round trip to
+// Vault each time. The answers are kept for a few seconds, then asked again
+// (Vault's gRPC client answers false and no state when the call fails, which
+// must not stick). The lease's TTL is still asked of Vault on every
+// issuance: a tune takes effect at once.
+func TestSystemView_MountFactsAskedOncePerSpell(t *testing.T) {
 	sys := &countingSystemView{StaticSystemView: logical.StaticSystemView{
 		DefaultLeaseTTLVal: testDefaultLeaseTTL, MaxLeaseTTLVal: testMaxLeaseTTL,
 		ReplicationStateVal: consts.ReplicationPerformancePrimary,
@@ -583,22 +594,27 @@ func TestSystemView_LocalMountAskedOncePerSpell(t *testing.T) {
 	e := newTestEnv(t, withSystemView(sys))
 	e.configure("development")
 	e.role("app", map[string]interface{}{"ttl": "10m"})
+	_, replBefore, _ := sys.counts()
 	var leases []*logical.Response
 	for range 20 {
 		leases = append(leases, e.issue("app"))
 	}
-	local, maxTTL := sys.counts()
+	local, repl, maxTTL := sys.counts()
 	require.Equal(t, 1, local, "LocalMount asked once for 20 issuances")
+	require.LessOrEqual(t, repl-replBefore, 1, "the replication state asked at most once for 20 issuances")
 	require.GreaterOrEqual(t, maxTTL, 20, "the mount's max TTL is asked on every issuance")
 
 	// Past localMountFor, the next request asks again.
 	msv := e.b.System().(*mountSystemView)
 	msv.mu.Lock()
 	msv.localAt = msv.localAt.Add(-localMountFor)
+	msv.replAt = msv.replAt.Add(-localMountFor)
 	msv.mu.Unlock()
+	_, replBefore, _ = sys.counts()
 	leases = append(leases, e.issue("app"))
-	local, _ = sys.counts()
+	local, repl, _ = sys.counts()
 	require.Equal(t, 2, local)
+	require.Equal(t, replBefore+1, repl)
 	for _, l := range leases {
 		require.NoError(t, e.revoke(l))
 	}
