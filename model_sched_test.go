@@ -16,8 +16,9 @@ package heron
 // Actors that block on an engine lock (a record's or config's lock, held by
 // an actor parked at a gate) are not at a gate: the scheduler tells them from
 // actors still running by their goroutine's state in runtime.Stack ("sync."
-// or "semacquire": waiting on a Go sync primitive), so the choice of the next
-// actor does not depend on wall-clock timing. When no actor is at a gate and
+// or "semacquire": waiting on a Go sync primitive; or "select" in the list
+// cache's listKeys: waiting for another actor's fetch), so the choice of the
+// next actor does not depend on wall-clock timing. When no actor is at a gate and
 // every unfinished actor waits on such a lock, nothing can ever proceed: the
 // check fails with "deadlock or engine lock held across a gate".
 
@@ -188,6 +189,18 @@ func lockWaiters(want map[string]bool) map[string]bool {
 		st := strings.TrimPrefix(strings.Join(f[2:], " "), "[")
 		if strings.HasPrefix(st, "sync.") || strings.HasPrefix(st, "semacquire") {
 			out[f[1]] = true
+		}
+		// A reader of the list cache waits on the fetch another actor is
+		// making (list_cache.go, listKeys): a channel, not a lock, but as
+		// much a wait on another actor. Taken for running, it kept the
+		// round waiting until its request's deadline (10 s of wall clock)
+		// while the fetching actor stayed parked at its gate.
+		if strings.HasPrefix(st, "select") {
+			if _, rest, ok := bytes.Cut(g, []byte("\n")); ok {
+				if frame, _, _ := bytes.Cut(rest, []byte("\n")); bytes.Contains(frame, []byte(".(*heronBackend).listKeys(")) {
+					out[f[1]] = true
+				}
+			}
 		}
 	}
 	return out
