@@ -48,7 +48,7 @@ package heron
 //	HERON_MODEL_INVARIANTS, HERON_MODEL_LOG, HERON_MODEL_IGNORE as for TestModel
 //	HERON_MODEL_TRACE=1                      each round's time and gate count (and t1's details) to stderr
 //	HERON_MODEL_CONCURRENT_FAULTS=0          no Heron and storage faults at all: none armed between rounds, none at a gate (on by default)
-//	HERON_MODEL_GATE_FAULTS=0                no faults at a gate, those armed between rounds stay (a failfile kept before gate faults replays as recorded)
+//	HERON_MODEL_GATE_FAULTS=0                no faults at a gate, those armed between rounds stay (only the variant without them runs)
 //	HERON_MODEL_CONCURRENT_BUDGET=1          the budget (invariant r) with an explicit actor set too
 //
 // The default run (no HERON_MODEL_CONCURRENT_ACTORS) uses the fixed seed of
@@ -63,10 +63,13 @@ package heron
 // Retry-After: the faults armed between rounds (heronFault, heron429,
 // storageFault), armed for that one operation. So a fault lands at step k
 // of one actor while another is between its steps. The round a t2 pass
-// runs alone in has none (t2 asks for Heron and storage healthy). Sequences
-// kept before these draws existed (the failfiles of 2026-12-06) replay as
-// recorded only with HERON_MODEL_GATE_FAULTS=0; with them on, the same
-// draws read as another sequence.
+// runs alone in has none (t2 asks for Heron and storage healthy). The
+// default run checks two variants: TestModelConcurrent/default without
+// faults at gates, so that the sequences kept before these draws existed
+// (the failfiles of 2026-12-06, in which the same draws would read as
+// another sequence) replay as recorded, and .../default-gate-faults with
+// them (failfiles of its own); a search with explicit checks runs only the
+// latter, which can draw no fault, unless HERON_MODEL_GATE_FAULTS=0.
 //
 // rapid keeps a failing sequence under testdata/rapid/TestModelConcurrent_<actors>/
 // and replays it first on later runs; the order of gates is rapid's choice,
@@ -193,29 +196,51 @@ func TestModelConcurrent(t *testing.T) {
 	if spec := strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")); spec != "" {
 		name = "actors=" + regexp.MustCompile(`[^A-Za-z0-9,=+-]`).ReplaceAllString(spec, "_")
 	}
-	t.Run(name, func(t *testing.T) {
-		rapid.Check(t, func(rt *rapid.T) {
-			// The default run spends a small budget and checks r in about
-			// half of its checks (a small budget refuses many of the
-			// actors' calls; the other half keeps every interleaving for
-			// the other invariants). An explicit actor set runs without the
-			// limiter, as its kept failfiles were recorded (the budget is
-			// one more draw), unless HERON_MODEL_CONCURRENT_BUDGET=1.
-			var opts []func(*model)
-			if strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == "" || os.Getenv("HERON_MODEL_CONCURRENT_BUDGET") == "1" {
-				if rapid.Bool().Draw(rt, "budget on") {
-					opts = append(opts, withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget")))
-				}
-			}
-			c := newCModel(rt, invariants, actors, opts...)
-			c.pairs = strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == ""
-			c.gateFaults = os.Getenv("HERON_MODEL_CONCURRENT_FAULTS") != "0" && os.Getenv("HERON_MODEL_GATE_FAULTS") != "0"
-			defer c.close()
-			rt.Repeat(c.rapidActions())
-			c.finish()
-		})
-	})
+	// Two variants: without faults at gates, whose name keeps the
+	// failfiles kept before those draws existed replaying as recorded, and
+	// with them ("-gate-faults", its own failfiles). The default run (CI)
+	// runs both; a search (explicit checks) only the one with gate faults,
+	// which can draw none, unless HERON_MODEL_GATE_FAULTS=0.
+	gateFaults := os.Getenv("HERON_MODEL_CONCURRENT_FAULTS") != "0" && os.Getenv("HERON_MODEL_GATE_FAULTS") != "0"
+	type variant struct {
+		name  string
+		gates bool
+	}
+	var variants []variant
+	if !gateFaults || !explicit {
+		variants = append(variants, variant{name, false})
+	}
+	if gateFaults {
+		variants = append(variants, variant{name + "-gate-faults", true})
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) { mRunConcurrent(t, invariants, actors, v.gates) })
+	}
 	mPrintStats(t)
+}
+
+// mRunConcurrent is one rapid search of TestModelConcurrent.
+func mRunConcurrent(t *testing.T, invariants, actors map[string]bool, gateFaults bool) {
+	rapid.Check(t, func(rt *rapid.T) {
+		// The default run spends a small budget and checks r in about
+		// half of its checks (a small budget refuses many of the
+		// actors' calls; the other half keeps every interleaving for
+		// the other invariants). An explicit actor set runs without the
+		// limiter, as its kept failfiles were recorded (the budget is
+		// one more draw), unless HERON_MODEL_CONCURRENT_BUDGET=1.
+		var opts []func(*model)
+		if strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == "" || os.Getenv("HERON_MODEL_CONCURRENT_BUDGET") == "1" {
+			if rapid.Bool().Draw(rt, "budget on") {
+				opts = append(opts, withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget")))
+			}
+		}
+		c := newCModel(rt, invariants, actors, opts...)
+		c.pairs = strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == ""
+		c.gateFaults = gateFaults
+		defer c.close()
+		rt.Repeat(c.rapidActions())
+		c.finish()
+	})
 }
 
 // mConcurrentInvariants is mSelectedInvariants plus this test's t1, t2, t3.
