@@ -47,12 +47,29 @@ package heron
 //	HERON_MODEL_CONCURRENT_ACTORS=all,-failover                 actor kinds to use in rounds
 //	HERON_MODEL_INVARIANTS, HERON_MODEL_LOG, HERON_MODEL_IGNORE as for TestModel
 //	HERON_MODEL_TRACE=1                      each round's time and gate count (and t1's details) to stderr
-//	HERON_MODEL_CONCURRENT_FAULTS=0          no Heron and storage faults armed between rounds (on by default)
+//	HERON_MODEL_CONCURRENT_FAULTS=0          no Heron and storage faults at all: none armed between rounds, none at a gate (on by default)
+//	HERON_MODEL_GATE_FAULTS=0                no faults at a gate, those armed between rounds stay (only the variant without them runs)
 //	HERON_MODEL_CONCURRENT_BUDGET=1          the budget (invariant r) with an explicit actor set too
 //
 // The default run (no HERON_MODEL_CONCURRENT_ACTORS) uses the fixed seed of
 // TestModel (mSetChecks), 30 checks, and never puts mExcludedPairs in one
 // round; an explicit HERON_MODEL_CONCURRENT_ACTORS=all does.
+//
+// Faults inside a round: at every gate before a storage write (put or
+// delete) or a Heron call, rapid may also decide that the operation fails
+// (gateFault; about one such gate in 23, so that rounds still get on): a
+// write refused or committed and then reported failed, a Heron 5xx, an
+// answer lost before or after Heron processed the request, or a 429 with
+// Retry-After: the faults armed between rounds (heronFault, heron429,
+// storageFault), armed for that one operation. So a fault lands at step k
+// of one actor while another is between its steps. The round a t2 pass
+// runs alone in has none (t2 asks for Heron and storage healthy). The
+// default run checks two variants: TestModelConcurrent/default without
+// faults at gates, so that the sequences kept before these draws existed
+// (the failfiles of 2026-12-06, in which the same draws would read as
+// another sequence) replay as recorded, and .../default-gate-faults with
+// them (failfiles of its own); a search with explicit checks runs only the
+// latter, which can draw no fault, unless HERON_MODEL_GATE_FAULTS=0.
 //
 // rapid keeps a failing sequence under testdata/rapid/TestModelConcurrent_<actors>/
 // and replays it first on later runs; the order of gates is rapid's choice,
@@ -83,6 +100,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/heron-vault/vault-plugin-secrets-heron/heronapi"
+	"github.com/heron-vault/vault-plugin-secrets-heron/herontest"
 )
 
 // mActorKinds are the actors a round draws from.
@@ -178,28 +196,51 @@ func TestModelConcurrent(t *testing.T) {
 	if spec := strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")); spec != "" {
 		name = "actors=" + regexp.MustCompile(`[^A-Za-z0-9,=+-]`).ReplaceAllString(spec, "_")
 	}
-	t.Run(name, func(t *testing.T) {
-		rapid.Check(t, func(rt *rapid.T) {
-			// The default run spends a small budget and checks r in about
-			// half of its checks (a small budget refuses many of the
-			// actors' calls; the other half keeps every interleaving for
-			// the other invariants). An explicit actor set runs without the
-			// limiter, as its kept failfiles were recorded (the budget is
-			// one more draw), unless HERON_MODEL_CONCURRENT_BUDGET=1.
-			var opts []func(*model)
-			if strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == "" || os.Getenv("HERON_MODEL_CONCURRENT_BUDGET") == "1" {
-				if rapid.Bool().Draw(rt, "budget on") {
-					opts = append(opts, withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget")))
-				}
-			}
-			c := newCModel(rt, invariants, actors, opts...)
-			c.pairs = strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == ""
-			defer c.close()
-			rt.Repeat(c.rapidActions())
-			c.finish()
-		})
-	})
+	// Two variants: without faults at gates, whose name keeps the
+	// failfiles kept before those draws existed replaying as recorded, and
+	// with them ("-gate-faults", its own failfiles). The default run (CI)
+	// runs both; a search (explicit checks) only the one with gate faults,
+	// which can draw none, unless HERON_MODEL_GATE_FAULTS=0.
+	gateFaults := os.Getenv("HERON_MODEL_CONCURRENT_FAULTS") != "0" && os.Getenv("HERON_MODEL_GATE_FAULTS") != "0"
+	type variant struct {
+		name  string
+		gates bool
+	}
+	var variants []variant
+	if !gateFaults || !explicit {
+		variants = append(variants, variant{name, false})
+	}
+	if gateFaults {
+		variants = append(variants, variant{name + "-gate-faults", true})
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) { mRunConcurrent(t, invariants, actors, v.gates) })
+	}
 	mPrintStats(t)
+}
+
+// mRunConcurrent is one rapid search of TestModelConcurrent.
+func mRunConcurrent(t *testing.T, invariants, actors map[string]bool, gateFaults bool) {
+	rapid.Check(t, func(rt *rapid.T) {
+		// The default run spends a small budget and checks r in about
+		// half of its checks (a small budget refuses many of the
+		// actors' calls; the other half keeps every interleaving for
+		// the other invariants). An explicit actor set runs without the
+		// limiter, as its kept failfiles were recorded (the budget is
+		// one more draw), unless HERON_MODEL_CONCURRENT_BUDGET=1.
+		var opts []func(*model)
+		if strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == "" || os.Getenv("HERON_MODEL_CONCURRENT_BUDGET") == "1" {
+			if rapid.Bool().Draw(rt, "budget on") {
+				opts = append(opts, withBudget(rapid.IntRange(mBudgetMin, mBudgetMax).Draw(rt, "budget")))
+			}
+		}
+		c := newCModel(rt, invariants, actors, opts...)
+		c.pairs = strings.TrimSpace(os.Getenv("HERON_MODEL_CONCURRENT_ACTORS")) == ""
+		c.gateFaults = gateFaults
+		defer c.close()
+		rt.Repeat(c.rapidActions())
+		c.finish()
+	})
 }
 
 // mConcurrentInvariants is mSelectedInvariants plus this test's t1, t2, t3.
@@ -235,6 +276,9 @@ type cModel struct {
 	actors map[string]bool
 	pairs  bool   // mExcludedPairs apply (the default run)
 	cur    *sched // the round running now (nil between rounds)
+	// gateFaults: rapid may fail the operation at any gate of a round
+	// (gateFault); roundFaults: it may in the round running now.
+	gateFaults, roundFaults bool
 
 	// cronSetAt: when the model set a cron schedule on a static role (t1
 	// counts a cron's first time from then, independently of the record).
@@ -323,9 +367,10 @@ func (c *cModel) rapidActions() map[string]func(*rapid.T) {
 	// Faults armed between rounds hit whichever actor of the next rounds
 	// makes that call first: a Heron answer of 5xx, 429 or a lost one, a
 	// storage write that fails (before or after it lands).
-	// (HERON_MODEL_CONCURRENT_FAULTS=0 leaves them out.) Their first long
-	// run found only the documented limit of a revocation whose decision
-	// storage refused too (see the revoke actor).
+	// (HERON_MODEL_CONCURRENT_FAULTS=0 leaves them out, and the faults at
+	// a gate too: gateFault.) Their first long run found only the
+	// documented limit of a revocation whose decision storage refused too
+	// (see the revoke actor).
 	faults := map[string]func(*rapid.T){}
 	if os.Getenv("HERON_MODEL_CONCURRENT_FAULTS") != "0" {
 		faults = c.model.rapidActions(map[string]bool{"heronFault": true, "heron429": true, "storageFault": true})
@@ -415,6 +460,7 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 			s.abort()
 		}
 		c.cur = nil
+		c.roundFaults = false
 	}()
 	if len(picked) == 1 && picked[0] == "pass" && c.budget != nil {
 		// t2 asks a healthy pass run alone to rotate what is due: with the
@@ -550,8 +596,14 @@ func (c *cModel) round(t *rapid.T, picked []string) {
 	if len(picked) == 1 && picked[0] == "pass" {
 		due = c.dueTargets()
 	}
+	// t2 judges a pass run alone with Heron and storage healthy: no fault
+	// strikes inside that round.
+	c.roundFaults = c.gateFaults && due == nil
 	started := time.Now()
-	s.run(t, func(a *schedActor) { c.atGate(a) })
+	s.run(t, func(a *schedActor) {
+		c.atGate(a)
+		c.gateFault(t, a)
+	})
 	completed = true
 	for _, f := range after {
 		f()
@@ -661,6 +713,79 @@ func (c *cModel) atGate(a *schedActor) {
 		}
 		return
 	}
+}
+
+// mGateFaultKinds are what may strike a Heron call at its gate: the
+// between-round faults' statuses and drops (mFaultModes) and a 429 with
+// Retry-After (front429).
+var mGateFaultKinds = func() []string {
+	var out []string
+	for _, m := range mFaultModes {
+		out = append(out, m.String())
+	}
+	return append(out, "429")
+}()
+
+// mGateFaultOdds: at a gate where a fault may strike, rapid draws from
+// 0..mGateFaultOdds and the operation fails on mGateFaultOdds only (rapid's
+// draws lean to both ends of a range: about one gate in 23, rather than one
+// in 32; shrinking leads towards no fault).
+const mGateFaultOdds = 31
+
+// gateFault is "Faults inside a round": with the world frozen at a's gate,
+// rapid may decide that the operation a is about to make fails, as an
+// armed fault between rounds would make it fail (the same mechanisms: a
+// storage write refused or committed-then-failed, modelStorage; a Heron
+// 5xx, lost answer or 429, herontest's FailNext and front429), armed for
+// that one operation and taken back once it returned if it did not use it
+// up (a call the client's own limiter refused never reached Heron).
+func (c *cModel) gateFault(t *rapid.T, a *schedActor) {
+	if !c.roundFaults {
+		return
+	}
+	label := a.label
+	var op, key, method, path string
+	switch {
+	case strings.HasPrefix(label, "storage put "):
+		op, key = "put", strings.TrimPrefix(label, "storage put ")
+	case strings.HasPrefix(label, "storage delete "):
+		op, key = "delete", strings.TrimPrefix(label, "storage delete ")
+	case strings.HasPrefix(label, "heron create "):
+		method, path = "POST", "/api/credentials/keys"
+	case label == "heron list":
+		method, path = "GET", "/api/credentials/keys"
+	case strings.HasPrefix(label, "heron deactivate "), strings.HasPrefix(label, "heron activate "):
+		method, path = "PUT", "/api/credentials/keys"
+	case strings.HasPrefix(label, "heron delete "):
+		method, path = "DELETE", "/api/credentials/keys"
+	case label == "heron hello":
+		method, path = "GET", "/api/hello_world"
+	default:
+		return // a read of storage: reads never fail (modelStorage)
+	}
+	if rapid.IntRange(0, mGateFaultOdds).Draw(t, "gate fault") != mGateFaultOdds {
+		return
+	}
+	var what string
+	if op != "" {
+		mode := rapid.SampledFrom([]storageFaultMode{storageFailBefore, storageFailAfter}).Draw(t, "gate storage fault")
+		c.cur.setAfter(a, c.st.armOnce(op, key, mode))
+		what = mode.String()
+	} else {
+		what = rapid.SampledFrom(mGateFaultKinds).Draw(t, "gate heron fault")
+		if what == "429" {
+			c.cur.setAfter(a, c.f429.armOnce(method))
+		} else {
+			mode, err := herontest.ParseFaultMode(what)
+			if err != nil {
+				panic(err)
+			}
+			c.srv.FailNext(method, path, 1, mode)
+			c.cur.setAfter(a, func() { c.srv.CancelFailNext(method, path, mode) })
+		}
+	}
+	mStat("gate faults: " + strings.SplitN(label, " ", 3)[0] + " " + strings.SplitN(label, " ", 3)[1] + " " + what)
+	c.cur.trace[len(c.cur.trace)-1] += " [fault: " + what + "]"
 }
 
 func fmtTime(t time.Time) string {

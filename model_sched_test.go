@@ -16,8 +16,9 @@ package heron
 // Actors that block on an engine lock (a record's or config's lock, held by
 // an actor parked at a gate) are not at a gate: the scheduler tells them from
 // actors still running by their goroutine's state in runtime.Stack ("sync."
-// or "semacquire": waiting on a Go sync primitive), so the choice of the next
-// actor does not depend on wall-clock timing. When no actor is at a gate and
+// or "semacquire": waiting on a Go sync primitive; or "select" in the list
+// cache's listKeys: waiting for another actor's fetch), so the choice of the
+// next actor does not depend on wall-clock timing. When no actor is at a gate and
 // every unfinished actor waits on such a lock, nothing can ever proceed: the
 // check fails with "deadlock or engine lock held across a gate".
 
@@ -56,6 +57,10 @@ type schedActor struct {
 	release chan struct{}
 	goid    string // its goroutine's id, for runtime.Stack
 	gates   int
+	// after: set by the driver before it releases the actor, run by the
+	// gated operation once it returned (takes back a fault armed for that
+	// operation alone that it did not use up).
+	after func()
 }
 
 type actorKey struct{}
@@ -80,27 +85,35 @@ func (s *sched) notify() {
 	}
 }
 
-// gate parks the calling actor (found in ctx) until the driver releases it.
+// gate parks the calling actor (found in ctx) until the driver releases it,
+// and returns what the gated operation runs once it returned (see after).
 // Calls from outside any actor (the model's own bookkeeping, Vault's expiry
 // of leases between rounds) pass straight through.
-func (s *sched) gate(ctx context.Context, label string) {
+func (s *sched) gate(ctx context.Context, label string) (done func()) {
+	done = func() {}
 	if s == nil || ctx == nil {
-		return
+		return done
 	}
 	a, _ := ctx.Value(actorKey{}).(*schedActor)
 	if a == nil {
-		return
+		return done
 	}
 	s.mu.Lock()
 	if s.aborted {
 		s.mu.Unlock()
-		return
+		return done
 	}
 	a.state, a.label = actorParked, label
 	a.gates++
 	s.mu.Unlock()
 	s.notify()
 	<-a.release
+	s.mu.Lock()
+	if a.after != nil {
+		done, a.after = a.after, nil
+	}
+	s.mu.Unlock()
+	return done
 }
 
 // abort ends a round that stopped early: every actor runs on to its end
@@ -131,6 +144,14 @@ func (s *sched) abort() {
 			return
 		}
 	}
+}
+
+// setAfter hands a, about to be released, what its gated operation runs
+// once it returned.
+func (s *sched) setAfter(a *schedActor, f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a.after = f
 }
 
 // spawn starts fn as a new actor; it runs until its first gate.
@@ -188,6 +209,18 @@ func lockWaiters(want map[string]bool) map[string]bool {
 		st := strings.TrimPrefix(strings.Join(f[2:], " "), "[")
 		if strings.HasPrefix(st, "sync.") || strings.HasPrefix(st, "semacquire") {
 			out[f[1]] = true
+		}
+		// A reader of the list cache waits on the fetch another actor is
+		// making (list_cache.go, listKeys): a channel, not a lock, but as
+		// much a wait on another actor. Taken for running, it kept the
+		// round waiting until its request's deadline (10 s of wall clock)
+		// while the fetching actor stayed parked at its gate.
+		if strings.HasPrefix(st, "select") {
+			if _, rest, ok := bytes.Cut(g, []byte("\n")); ok {
+				if frame, _, _ := bytes.Cut(rest, []byte("\n")); bytes.Contains(frame, []byte(".(*heronBackend).listKeys(")) {
+					out[f[1]] = true
+				}
+			}
 		}
 	}
 	return out
@@ -322,22 +355,22 @@ type gateStorage struct {
 }
 
 func (g *gateStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	g.s.gate(ctx, "storage list "+prefix)
+	defer g.s.gate(ctx, "storage list "+prefix)()
 	return g.inner.List(ctx, prefix)
 }
 
 func (g *gateStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	g.s.gate(ctx, "storage get "+key)
+	defer g.s.gate(ctx, "storage get "+key)()
 	return g.inner.Get(ctx, key)
 }
 
 func (g *gateStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	g.s.gate(ctx, "storage put "+e.Key)
+	defer g.s.gate(ctx, "storage put "+e.Key)()
 	return g.inner.Put(ctx, e)
 }
 
 func (g *gateStorage) Delete(ctx context.Context, key string) error {
-	g.s.gate(ctx, "storage delete "+key)
+	defer g.s.gate(ctx, "storage delete "+key)()
 	return g.inner.Delete(ctx, key)
 }
 
@@ -353,37 +386,37 @@ var (
 )
 
 func (g *gateAPI) CreateKey(ctx context.Context, name string) (*heronapi.Key, error) {
-	g.s().gate(ctx, "heron create "+name)
+	defer g.s().gate(ctx, "heron create "+name)()
 	return g.inner.CreateKey(ctx, name)
 }
 
 func (g *gateAPI) ListKeys(ctx context.Context) ([]heronapi.Key, error) {
-	g.s().gate(ctx, "heron list")
+	defer g.s().gate(ctx, "heron list")()
 	return g.inner.ListKeys(ctx)
 }
 
 func (g *gateAPI) EachKey(ctx context.Context, fn func(heronapi.Key)) error {
-	g.s().gate(ctx, "heron list")
+	defer g.s().gate(ctx, "heron list")()
 	return heronapi.EachKey(ctx, g.inner, fn)
 }
 
 func (g *gateAPI) DeactivateKey(ctx context.Context, id string) error {
-	g.s().gate(ctx, "heron deactivate "+id)
+	defer g.s().gate(ctx, "heron deactivate "+id)()
 	return g.inner.DeactivateKey(ctx, id)
 }
 
 func (g *gateAPI) ActivateKey(ctx context.Context, id string) error {
-	g.s().gate(ctx, "heron activate "+id)
+	defer g.s().gate(ctx, "heron activate "+id)()
 	return g.inner.ActivateKey(ctx, id)
 }
 
 func (g *gateAPI) DeleteKey(ctx context.Context, id string) error {
-	g.s().gate(ctx, "heron delete "+id)
+	defer g.s().gate(ctx, "heron delete "+id)()
 	return g.inner.DeleteKey(ctx, id)
 }
 
 func (g *gateAPI) Hello(ctx context.Context) error {
-	g.s().gate(ctx, "heron hello")
+	defer g.s().gate(ctx, "heron hello")()
 	return g.inner.Hello(ctx)
 }
 

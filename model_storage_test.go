@@ -74,6 +74,26 @@ func (s *modelStorage) arm(f storageFault) {
 	s.rules = append(s.rules, &c)
 }
 
+// armOnce arms a fault for the next write of op to key alone and returns
+// what takes it back when that write never came (a gated storage
+// operation's fault, model_concurrent_test.go "Faults inside a round").
+func (s *modelStorage) armOnce(op, key string, mode storageFaultMode) (disarm func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &storageFault{op: op, prefix: key, mode: mode, left: 1}
+	s.rules = append(s.rules, r)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i, x := range s.rules {
+			if x == r {
+				s.rules = append(s.rules[:i:i], s.rules[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
 // clear drops every armed fault.
 func (s *modelStorage) clear() {
 	s.mu.Lock()

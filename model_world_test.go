@@ -118,6 +118,25 @@ func (f *front429) arm(method string, n int) {
 	f.rules = append(f.rules, &front429Rule{method: method, left: n})
 }
 
+// armOnce arms a 429 for the next request of method alone and returns what
+// takes it back when that request never came.
+func (f *front429) armOnce(method string) (disarm func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := &front429Rule{method: method, left: 1}
+	f.rules = append(f.rules, r)
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for i, x := range f.rules {
+			if x == r {
+				f.rules = append(f.rules[:i:i], f.rules[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
 func (f *front429) clear() {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -119,6 +119,31 @@ func (s *Server) FailNext(method, pathPrefix string, n int, mode FaultMode) {
 	s.failNext = append(s.failNext, &failRule{method: method, pathPrefix: pathPrefix, left: n, mode: mode})
 }
 
+// CancelFailNext takes back one use of the most recently armed FailNext rule
+// that is still armed with exactly this method, pathPrefix and mode, and
+// reports whether there was one. A test that arms a fault for one call only
+// (FailNext with n = 1 just before it) cancels it after the call when the
+// call never sent a matching request (refused by the client's own limiter,
+// say), so that it does not strike a later call. Rules are consumed in the
+// order they were added, so among identical rules the latest is the one a
+// request has not used yet.
+func (s *Server) CancelFailNext(method, pathPrefix string, mode FaultMode) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.failNext) - 1; i >= 0; i-- {
+		r := s.failNext[i]
+		if r.late || r.method != method || r.pathPrefix != pathPrefix || r.mode != mode {
+			continue
+		}
+		r.left--
+		if r.left <= 0 {
+			s.failNext = append(s.failNext[:i:i], s.failNext[i+1:]...)
+		}
+		return true
+	}
+	return false
+}
+
 // FailNextLate makes the next n API requests matching method and pathPrefix (as
 // for FailNext, and sharing its queue) be answered at once with answerStatus, or
 // by closing the connection when answerStatus is 0, and then processed delay

@@ -54,6 +54,29 @@ func TestFailNextStatus(t *testing.T) {
 	}
 }
 
+func TestCancelFailNextTakesBackTheLatestUnusedRule(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.s.FailNext("POST", "/api/credentials/keys", 1, FaultStatus500)
+	f.s.FailNext("POST", "/api/credentials/keys", 1, FaultStatus502)
+	f.s.FailNext("POST", "/api/credentials/keys", 1, FaultStatus500)
+	if f.s.CancelFailNext("POST", "/api/credentials/keys", FaultStatus503) || f.s.CancelFailNext("GET", "/api/credentials/keys", FaultStatus500) {
+		t.Fatal("cancelled a rule that was never armed")
+	}
+	if !f.s.CancelFailNext("POST", "/api/credentials/keys", FaultStatus500) {
+		t.Fatal("the armed rule was not cancelled")
+	}
+	if f.s.PendingFailNext() != 2 {
+		t.Fatalf("pending = %d, want 2", f.s.PendingFailNext())
+	}
+	// The first 500 and the 502 are left, in their order.
+	wantError(t, f.do(t, "POST", "/api/credentials/keys", f.dev, `{"name":"x"}`), 500)
+	wantError(t, f.do(t, "POST", "/api/credentials/keys", f.dev, `{"name":"x"}`), 502)
+	f.create(t, f.dev, "x")
+	if f.s.CancelFailNext("POST", "/api/credentials/keys", FaultStatus500) {
+		t.Fatal("cancelled a rule already used up")
+	}
+}
+
 func TestFaultProcessThenDrop(t *testing.T) {
 	f := newFixture(t, Options{})
 	f.s.FailNext("POST", "/api/credentials/keys", 1, FaultProcessThenDrop)
