@@ -3,6 +3,7 @@ package heron
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -82,14 +83,17 @@ func (s *modelStorage) armOnce(op, key string, mode storageFaultMode) (disarm fu
 	defer s.mu.Unlock()
 	r := &storageFault{op: op, prefix: key, mode: mode, left: 1}
 	s.rules = append(s.rules, r)
+	return disarmer(&s.mu, &s.rules, r)
+}
+
+// disarmer is what takes rule r back out of *rules, under mu, if it is
+// still there (an armOnce's disarm).
+func disarmer[T comparable](mu *sync.Mutex, rules *[]T, r T) func() {
 	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for i, x := range s.rules {
-			if x == r {
-				s.rules = append(s.rules[:i:i], s.rules[i+1:]...)
-				return
-			}
+		mu.Lock()
+		defer mu.Unlock()
+		if i := slices.Index(*rules, r); i >= 0 {
+			*rules = append((*rules)[:i:i], (*rules)[i+1:]...)
 		}
 	}
 }

@@ -125,16 +125,7 @@ func (f *front429) armOnce(method string) (disarm func()) {
 	defer f.mu.Unlock()
 	r := &front429Rule{method: method, left: 1}
 	f.rules = append(f.rules, r)
-	return func() {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for i, x := range f.rules {
-			if x == r {
-				f.rules = append(f.rules[:i:i], f.rules[i+1:]...)
-				return
-			}
-		}
-	}
+	return disarmer(&f.mu, &f.rules, r)
 }
 
 func (f *front429) clear() {
