@@ -66,33 +66,39 @@ func (b *heronBackend) Setup(ctx context.Context, conf *logical.BackendConfig) e
 type mountSystemView struct {
 	logical.SystemView
 
-	mu      sync.Mutex
-	local   bool
-	localAt time.Time
-	repl    consts.ReplicationState
-	replAt  time.Time
+	mu    sync.Mutex
+	local keptAnswer[bool]
+	repl  keptAnswer[consts.ReplicationState]
 }
 
 // localMountFor is how long an answer of LocalMount or ReplicationState is
 // used.
 const localMountFor = 10 * time.Second
 
+// keptAnswer is one of Vault's answers about the mount, asked again once it
+// is localMountFor old. Its owner's lock guards it.
+type keptAnswer[T any] struct {
+	v  T
+	at time.Time
+}
+
+func (k *keptAnswer[T]) get(ask func() T) T {
+	if now := time.Now(); k.at.IsZero() || now.Sub(k.at) >= localMountFor {
+		k.v, k.at = ask(), now
+	}
+	return k.v
+}
+
 func (s *mountSystemView) ReplicationState() consts.ReplicationState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now := time.Now(); s.replAt.IsZero() || now.Sub(s.replAt) >= localMountFor {
-		s.repl, s.replAt = s.SystemView.ReplicationState(), now
-	}
-	return s.repl
+	return s.repl.get(s.SystemView.ReplicationState)
 }
 
 func (s *mountSystemView) LocalMount() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now := time.Now(); s.localAt.IsZero() || now.Sub(s.localAt) >= localMountFor {
-		s.local, s.localAt = s.SystemView.LocalMount(), now
-	}
-	return s.local
+	return s.local.get(s.SystemView.LocalMount)
 }
 
 // heronBackend is the engine. One instance per mount; the Heron rate limiters are

@@ -607,8 +607,8 @@ func TestSystemView_MountFactsAskedOncePerSpell(t *testing.T) {
 	// Past localMountFor, the next request asks again.
 	msv := e.b.System().(*mountSystemView)
 	msv.mu.Lock()
-	msv.localAt = msv.localAt.Add(-localMountFor)
-	msv.replAt = msv.replAt.Add(-localMountFor)
+	msv.local.at = msv.local.at.Add(-localMountFor)
+	msv.repl.at = msv.repl.at.Add(-localMountFor)
 	msv.mu.Unlock()
 	_, replBefore, _ = sys.counts()
 	leases = append(leases, e.issue("app"))
