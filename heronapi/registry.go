@@ -123,18 +123,17 @@ func (r *Registry) Acquire(baseURL, identity, holder, scope string, perMinute in
 
 // Restate sets scope's rate on (baseURL, identity) to perMinute through
 // holder, only while holder holds it (a holder that let go meanwhile is not
-// brought back). It reports whether it did.
-func (r *Registry) Restate(baseURL, identity, holder, scope string, perMinute int) bool {
+// brought back).
+func (r *Registry) Restate(baseURL, identity, holder, scope string, perMinute int) {
 	k := sharedKey(baseURL, identity)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.entries[k]
 	if !ok || e.holders[holder] != scope {
-		return false
+		return
 	}
 	e.rates[scope] = max(perMinute, 1)
 	e.apply()
-	return true
 }
 
 // dropHolderLocked removes holder, and its scope's rate when no other holder
